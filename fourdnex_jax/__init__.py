@@ -1,0 +1,9 @@
+"""fourdnex_jax: a JAX/Flax NNX implementation of 4DNeX (image -> 4D via a 6D-video Wan2.1-I2V DiT).
+
+Conventions used everywhere in the package:
+  * video tensors are NTHWC (batch, frames, height, width, channels);
+  * token tensors are (B, L, D), tokens flattened in (t, h, w) order;
+  * PyTorch layouts (NCTHW, (out, in) Linear weights) appear only at the loader boundary.
+"""
+
+__version__ = "0.1.0"

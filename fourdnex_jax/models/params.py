@@ -1,0 +1,54 @@
+"""Flat views of NNX parameter states: '/'-joined paths, targets for loaders, counts per dtype."""
+
+from __future__ import annotations
+
+import collections
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fourdnex_jax.loaders.mapping import Target
+
+
+def path_str(path: tuple) -> str:
+    return "/".join(str(p) for p in path)
+
+
+def flat_variables(node: nnx.Module | nnx.State, *filters) -> dict[str, nnx.Variable]:
+    """``{path: Variable}`` for a module or state (optionally filtered, e.g. ``nnx.Param``)."""
+    state = nnx.state(node, *filters) if isinstance(node, nnx.Module) else node
+    if filters and isinstance(node, nnx.Module) and len(filters) > 1:
+        raise ValueError("flat_variables takes at most one filter")
+    return {path_str(path): var for path, var in nnx.to_flat_state(state)}
+
+
+def targets_of(node: nnx.Module | nnx.State, *filters) -> dict[str, Target]:
+    """Shape/dtype expected at every path (works on abstract models from ``nnx.eval_shape``)."""
+    return {p: Target(tuple(v.shape), np.dtype(v.dtype)) for p, v in flat_variables(node, *filters).items()}
+
+
+def assign(module: nnx.Module, flat: Mapping[str, np.ndarray | jax.Array]) -> None:
+    """Writes ``{path: array}`` into ``module`` in place. Every path must exist with the same shape and dtype."""
+    variables = flat_variables(module)
+    bad = [p for p in flat if p not in variables]
+    if bad:
+        raise KeyError(f"paths not in the model: {bad}")
+    for p, value in flat.items():
+        var = variables[p]
+        if tuple(value.shape) != tuple(var.shape) or np.dtype(value.dtype) != np.dtype(var.dtype):
+            raise ValueError(f"{p}: got {value.shape}/{value.dtype}, model has {var.shape}/{var.dtype}")
+        var[...] = jnp.asarray(value)
+
+
+def count(node: nnx.Module | nnx.State, *filters) -> tuple[int, dict[str, int]]:
+    """Total number of parameters and bytes per dtype name."""
+    total = 0
+    nbytes: dict[str, int] = collections.Counter()
+    for v in flat_variables(node, *filters).values():
+        n = int(np.prod(v.shape, dtype=np.int64))
+        total += n
+        nbytes[np.dtype(v.dtype).name] += n * np.dtype(v.dtype).itemsize
+    return total, dict(nbytes)
