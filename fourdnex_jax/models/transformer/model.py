@@ -121,10 +121,11 @@ class WanTransformer3D(nnx.Module):
             return block(h, text, image, timestep_proj, rope)
 
         if cfg.remat_policy != "none":
-            layer = nnx.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers)
+            layer = nnx.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
+                              graph=False)
 
         if cfg.scan_layers:
-            @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+            @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph=False)
             def scan_layers(block: WanBlock, h: jax.Array) -> jax.Array:
                 return layer(block, h)
 

@@ -1,0 +1,63 @@
+"""Configs: presets build, unknown keys are rejected, every logical axis has a sharding rule, describe counts."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fourdnex_jax.config import load_config_file, model_config
+from fourdnex_jax.loaders.transformer import abstract_model
+from fourdnex_jax.models import params
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = ["tiny", "small", "wan21_i2v_14b_480p"]
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_build_abstractly_with_full_axis_rule_coverage(name):
+    config = load_config_file(ROOT / "configs" / f"{name}.py")
+    model = abstract_model(model_config(config))
+    rules = {logical for logical, _ in config.sharding.logical_axis_rules}
+    names = {ax for v in params.flat_variables(model).values() for ax in v.get_metadata()["out_sharding"]}
+    assert names - rules == set(), f"logical axes without a sharding rule: {names - rules}"
+    for path, var in params.flat_variables(model).items():
+        assert len(var.get_metadata()["out_sharding"]) == len(var.shape), path
+
+
+def test_unknown_keys_are_rejected():
+    config = load_config_file(ROOT / "configs" / "tiny.py")
+    with pytest.raises(AttributeError, match="does not exist"):
+        config.model.num_layer = 3  # typo of num_layers
+    config.model.num_layers = 3  # existing keys can change
+    assert model_config(config).num_layers == 3
+    with pytest.raises(ValueError, match="modality_layout='diagonal'"):
+        config.model.modality_layout = "diagonal"
+        model_config(config)
+
+
+def _run_tool(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_describe_rejects_unknown_override():
+    res = _run_tool("tools/describe.py", "--config", "configs/tiny.py", "--config.model.num_layer=3")
+    assert res.returncode != 0 and "num_layer" in res.stderr
+
+
+@pytest.mark.oracle
+def test_describe_14b_reports_the_diffusers_parameter_count():
+    torch = pytest.importorskip("torch")
+    from diffusers import WanTransformer3DModel
+
+    cfg = model_config(load_config_file(ROOT / "configs" / "wan21_i2v_14b_480p.py"))
+    with torch.device("meta"):
+        reference = WanTransformer3DModel(**{k: v for k, v in cfg.to_diffusers_config().items()
+                                             if not k.startswith("_")})
+    expected = sum(p.numel() for p in reference.parameters())
+    assert expected == 16_394_878_784
+    res = _run_tool("tools/describe.py", "--config", "configs/wan21_i2v_14b_480p.py")
+    assert res.returncode == 0, res.stderr
+    assert f"summary: {expected:,} base + 209,725,440 trainable" in res.stdout, res.stdout
