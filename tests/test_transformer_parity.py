@@ -81,6 +81,7 @@ def test_patch_embedding_and_unpatchify_match_torch(tiny):
     with torch.no_grad():
         conv = torch_model.patch_embedding(ref.to_ncthw(batch["latents"])).flatten(2).transpose(1, 2).numpy()
     ours = model.patch_embedding(layouts.patchify(jnp.asarray(batch["latents"]), (1, 2, 2)))
+    print(f"patch embedding rel L2 = {rel_l2(ours, conv):.2e}")
     assert rel_l2(ours, conv) <= TOL
     # unpatchify: diffusers' reshape/permute/flatten on the same token array must give exactly our layout.
     b, (f, g, k) = 2, (3, 2, 4)
@@ -100,6 +101,9 @@ def test_condition_embedder(tiny):
             torch.from_numpy(batch["image_embeds"]))
     ours = model.condition_embedder(jnp.asarray(batch["timestep"]), jnp.asarray(batch["text_embeds"]),
                                     jnp.asarray(batch["image_embeds"]))
+    errs = [rel_l2(ours[0], temb.numpy()), rel_l2(ours[1], tproj.unflatten(1, (6, -1)).numpy()),
+            rel_l2(ours[2], text.numpy()), rel_l2(ours[3], image.numpy())]
+    print("condition embedder rel L2 (temb, timestep_proj, text, image) =", ", ".join(f"{e:.2e}" for e in errs))
     assert rel_l2(ours[0], temb.numpy()) <= TOL
     assert rel_l2(ours[1], tproj.unflatten(1, (6, -1)).numpy()) <= TOL
     assert rel_l2(ours[2], text.numpy()) <= TOL
@@ -123,6 +127,7 @@ def test_single_block(tiny):
     block = nnx.merge(graphdef, jax.tree.map(lambda a: a[1], state))
     rope = rope_cos_sin(layouts.position_ids("none", grid), 32, 1024)
     ours = block(jnp.asarray(x), jnp.asarray(text), jnp.asarray(image), jnp.asarray(tproj), rope)
+    print(f"single block rel L2 = {rel_l2(ours, theirs):.2e}")
     assert rel_l2(ours, theirs) <= TOL
 
 

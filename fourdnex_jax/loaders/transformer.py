@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -20,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from fourdnex_jax.io_utils import Progress
 from fourdnex_jax.loaders.mapping import DictSource, TensorSource
 from fourdnex_jax.loaders.safetensors_io import CheckpointFileError, SafetensorsSource
 from fourdnex_jax.models import params
@@ -54,19 +53,6 @@ def materialize(abstract: nnx.Module, values: Mapping[str, Any]) -> nnx.Module:
     return nnx.merge(graphdef, nnx.from_flat_state(leaves))
 
 
-def _progress_printer(total: int, label: str):
-    """A one-line progress report on stderr (tensors done / total)."""
-    state = {"n": 0, "t0": time.perf_counter()}
-
-    def tick(_key: str) -> None:
-        state["n"] += 1
-        if state["n"] == total or state["n"] % max(1, total // 20) == 0:
-            print(f"\r{label}: {state['n']}/{total} tensors, {time.perf_counter() - state['t0']:.1f}s",
-                  end="\n" if state["n"] == total else "", file=sys.stderr, flush=True)
-
-    return tick
-
-
 def transformer_from_source(cfg: WanTransformerConfig, source: TensorSource, *, seed: int = 0,
                             progress: bool = False) -> WanTransformer3D:
     """Builds the model with base weights from ``source`` (diffusers state-dict keys), adapter freshly initialised.
@@ -75,8 +61,9 @@ def transformer_from_source(cfg: WanTransformerConfig, source: TensorSource, *, 
     """
     abstract = abstract_model(cfg, seed)
     table = mapping.base_mapping(cfg)
-    tick = _progress_printer(len(table.expected_torch_keys()), "loading transformer") if progress else None
-    values: dict[str, Any] = table.to_jax(source, params.targets_of(abstract, FROZEN), tick)
+    bar = Progress(len(table.expected_torch_keys()), "loading transformer") if progress else None
+    values: dict[str, Any] = table.to_jax(source, params.targets_of(abstract, FROZEN),
+                                          (lambda key: bar.update()) if bar else None)
     values.update(initial_trainable(cfg, seed))
     return materialize(abstract, values)
 
