@@ -22,7 +22,7 @@ from fourdnex_jax.io_utils import Progress
 from fourdnex_jax.loaders.mapping import DictSource, TensorSource
 from fourdnex_jax.loaders.safetensors_io import CheckpointFileError, SafetensorsSource
 from fourdnex_jax.models import params
-from fourdnex_jax.models.transformer import FROZEN, TRAINABLE, WanTransformer3D, WanTransformerConfig
+from fourdnex_jax.models.transformer import FROZEN, TRAINABLE, DomainEmbedding, WanTransformer3D, WanTransformerConfig
 from fourdnex_jax.models.transformer import mapping
 
 
@@ -100,7 +100,7 @@ def apply_adapter(model: WanTransformer3D, lora: Mapping[str, np.ndarray] | None
     if domain_embeddings is not None:
         if model.domain_embeddings is None:
             raise ValueError("the model has no domain embeddings (config.domain_embeddings=False)")
-        targets = params.targets_of(model, nnx.Any(*[type(model.domain_embeddings)]))
+        targets = params.targets_of(model, DomainEmbedding)
         values = mapping.domain_mapping().to_jax(
             DictSource({"learnable_domain_embeddings": np.asarray(domain_embeddings)}), targets)
         params.assign(model, values)

@@ -17,17 +17,19 @@ def path_str(path: tuple) -> str:
     return "/".join(str(p) for p in path)
 
 
-def flat_variables(node: nnx.Module | nnx.State, *filters) -> dict[str, nnx.Variable]:
-    """``{path: Variable}`` for a module or state (optionally filtered, e.g. ``nnx.Param``)."""
-    state = nnx.state(node, *filters) if isinstance(node, nnx.Module) else node
-    if filters and isinstance(node, nnx.Module) and len(filters) > 1:
-        raise ValueError("flat_variables takes at most one filter")
-    return {path_str(path): var for path, var in nnx.to_flat_state(state)}
+def flat_variables(node: nnx.Module | nnx.State, variable_filter: nnx.filterlib.Filter = ...
+                   ) -> dict[str, nnx.Variable]:
+    """``{path: Variable}`` of a module (optionally filtered, e.g. ``nnx.Param``) or of a state."""
+    if isinstance(node, nnx.Module):
+        node = nnx.state(node, variable_filter)
+    elif variable_filter is not ...:
+        node = node.filter(variable_filter)
+    return {path_str(path): var for path, var in nnx.to_flat_state(node)}
 
 
-def targets_of(node: nnx.Module | nnx.State, *filters) -> dict[str, Target]:
+def targets_of(node: nnx.Module | nnx.State, variable_filter: nnx.filterlib.Filter = ...) -> dict[str, Target]:
     """Shape/dtype expected at every path (works on abstract models from ``nnx.eval_shape``)."""
-    return {p: Target(tuple(v.shape), np.dtype(v.dtype)) for p, v in flat_variables(node, *filters).items()}
+    return {p: Target(tuple(v.shape), np.dtype(v.dtype)) for p, v in flat_variables(node, variable_filter).items()}
 
 
 def assign(module: nnx.Module, flat: Mapping[str, np.ndarray | jax.Array]) -> None:
@@ -43,11 +45,11 @@ def assign(module: nnx.Module, flat: Mapping[str, np.ndarray | jax.Array]) -> No
         var[...] = jnp.asarray(value)
 
 
-def count(node: nnx.Module | nnx.State, *filters) -> tuple[int, dict[str, int]]:
+def count(node: nnx.Module | nnx.State, variable_filter: nnx.filterlib.Filter = ...) -> tuple[int, dict[str, int]]:
     """Total number of parameters and bytes per dtype name."""
     total = 0
     nbytes: dict[str, int] = collections.Counter()
-    for v in flat_variables(node, *filters).values():
+    for v in flat_variables(node, variable_filter).values():
         n = int(np.prod(v.shape, dtype=np.int64))
         total += n
         nbytes[np.dtype(v.dtype).name] += n * np.dtype(v.dtype).itemsize

@@ -21,6 +21,7 @@ from flax import nnx
 
 from fourdnex_jax.models.layers import Dense, LayerNorm, make_param, torch_linear_init
 from fourdnex_jax.models.remat import remat_policy
+from fourdnex_jax.models.stacking import stack_layers
 from fourdnex_jax.models.transformer import layouts
 from fourdnex_jax.models.transformer.block import BLOCK_LINEARS, WanBlock, lora_targeted
 from fourdnex_jax.models.transformer.config import WanTransformerConfig
@@ -71,12 +72,7 @@ class WanTransformer3D(nnx.Module):
         self.patch_embedding = PatchEmbedding(cfg, rngs=rngs)
         self.condition_embedder = ConditionEmbedder(cfg, rngs=rngs)
 
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
-        def stacked_blocks(layer_rngs: nnx.Rngs) -> WanBlock:
-            return WanBlock(cfg, rngs=layer_rngs)
-
-        self.blocks = stacked_blocks(rngs)
+        self.blocks = stack_layers(lambda layer_rngs: WanBlock(cfg, rngs=layer_rngs), cfg.num_layers, rngs)
         self.norm_out = LayerNorm(d, eps=cfg.eps, affine=False)
         self.proj_out = Dense(d, cfg.out_channels * math.prod(cfg.patch_size), axes=("embed", "patch_out"),
                               param_dtype=cfg.param_jnp_dtype, compute_dtype=cfg.compute_jnp_dtype, rngs=rngs)
