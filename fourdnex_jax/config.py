@@ -38,6 +38,16 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("patch_w", None),
     ("latent_channels", None),
     ("patch_out", None),
+    # VAE convolutions (kernels (t, h, w, in, out)) and the encoders' embeddings: the frozen conditioning models
+    # are small next to the DiT; shard only their widest axes.
+    ("conv_t", None),
+    ("conv_h", None),
+    ("conv_w", None),
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("vocab", "tensor"),
+    ("positions", None),
+    ("relpos_buckets", None),
 )
 
 

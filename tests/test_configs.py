@@ -26,6 +26,23 @@ def test_presets_build_abstractly_with_full_axis_rule_coverage(name):
         assert len(var.get_metadata()["out_sharding"]) == len(var.shape), path
 
 
+def test_axis_rules_cover_vae_and_encoders():
+    from flax import nnx
+
+    from fourdnex_jax.config import DEFAULT_LOGICAL_AXIS_RULES
+    from fourdnex_jax.models import image_encoder, text_encoder
+    from fourdnex_jax.models.vae import WanVAEConfig, abstract_vae
+
+    rules = {logical for logical, _ in DEFAULT_LOGICAL_AXIS_RULES}
+    models = [abstract_vae(WanVAEConfig.wan21()),
+              nnx.eval_shape(lambda: text_encoder.UMT5Encoder(text_encoder.UMT5Config.umt5_xxl(), rngs=nnx.Rngs(0))),
+              nnx.eval_shape(lambda: image_encoder.CLIPVisionTower(image_encoder.CLIPVisionConfig.vit_h14(),
+                                                                   rngs=nnx.Rngs(0)))]
+    for model in models:
+        names = {ax for v in params.flat_variables(model).values() for ax in v.get_metadata()["out_sharding"]}
+        assert names - rules == set(), f"{type(model).__name__}: logical axes without a rule: {names - rules}"
+
+
 def test_unknown_keys_are_rejected():
     config = load_config_file(ROOT / "configs" / "tiny.py")
     with pytest.raises(AttributeError, match="does not exist"):

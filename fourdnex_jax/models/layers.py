@@ -85,6 +85,7 @@ class Dense(nnx.Module):
         self.lora_rank = lora_rank
         self.lora_scale = float(lora_scale)
         self.lora_merged = False
+        self.merged_fuse_scale = 0.0  # fuse_scale of the merge in effect (see fourdnex_jax.models.lora)
         if lora_rank > 0:
             a_init = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")  # torch kaiming(a=sqrt(5))
             self.lora_a = make_param(a_init, rngs.params(), (in_features, lora_rank), jnp.float32,
