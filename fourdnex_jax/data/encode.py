@@ -1,0 +1,182 @@
+"""The encode step: ``clips6d`` records -> ``encoded6d`` training examples with the frozen JAX encoders, data-parallel
+over all local devices.
+
+Per clip (T frames, H x W per modality), exactly what the 4DNeX trainer consumes:
+  * RGB (uint8 -> [-1, 1]) and XYZ (already in [-1, 1]) are VAE-encoded separately (one VAE call on the 2B stack);
+    the stored latent is the VAE-normalised posterior mean and standard deviation, XYZ additionally
+    ``(z + 0.13) / 1.70`` (4DNeX's XYZ latent normalisation). ``latent + std * eps`` equals normalising a VAE
+    ``sample()``, so training can draw a fresh sample every epoch (the reference caches one ``sample()``).
+  * Condition: frame 0 as ``[RGB | XYZ init]`` (H x 2W; XYZ init = :func:`xyz_init_pointmap`, 4DNeX's slanted plane
+    with z = -y), followed by T - 1 zero frames, VAE-encoded with the mode (as 4DNeX's inference; its trainer samples)
+    and VAE-normalised only (quirk 8: no XYZ mu/sigma).
+  * Prompt: ``caption + " POINTMAP_STYLE."`` -> UMT5 (Wan's recipe, zero past the prompt length); stored cut at the
+    prompt's token count.
+  * Image: CLIP ``hidden_states[-2]`` of frame 0 after CLIP preprocessing.
+
+Sharding: the encoders are replicated on a 1-D ``data`` mesh over ``jax.devices()``; each batch (padded to a multiple
+of the device count) is split along the batch axis, one jitted call encodes all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from fourdnex_jax.data import staging, tfds_builders
+from fourdnex_jax.data.captions import training_prompt
+from fourdnex_jax.io_utils import Progress
+from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
+from fourdnex_jax.models.text_encoder import clean_prompt, wan_prompt_embeds
+
+XYZ_LATENT_MEAN, XYZ_LATENT_STD = -0.13, 1.70  # 4DNeX: x_hat = (x - mu) / sigma on XYZ latents only
+
+
+def xyz_init_pointmap(height: int, width: int) -> np.ndarray:
+    """4DNeX ``generate_uniform_pointmap(H, W) * 2 - 1``: (H, W, 3) float32 with x = linspace(-1, 1) across the
+    width, y = linspace(-1, 1) down the height and z = -y (+1 on the top row)."""
+    x = np.broadcast_to(np.linspace(-1, 1, width, dtype=np.float32)[None, :], (height, width))
+    y = np.broadcast_to(np.linspace(-1, 1, height, dtype=np.float32)[:, None], (height, width))
+    return np.stack([x, y, -y], -1)
+
+
+def condition_video(rgb0: np.ndarray, num_frames: int) -> np.ndarray:
+    """First frames (B, H, W, 3) in [-1, 1] -> (B, T, H, 2W, 3): [RGB | XYZ init] then T - 1 zero frames."""
+    b, h, w, _ = rgb0.shape
+    first = np.concatenate([rgb0, np.broadcast_to(xyz_init_pointmap(h, w), rgb0.shape)], axis=2)
+    out = np.zeros((b, num_frames, h, 2 * w, 3), np.float32)
+    out[:, 0] = first
+    return out
+
+
+class Towers(nnx.Module):
+    """The frozen encoders in one module (so one ``nnx.split`` replicates them all)."""
+
+    def __init__(self, vae, text_encoder, image_encoder):
+        self.vae, self.text_encoder, self.image_encoder = vae, text_encoder, image_encoder
+
+
+@dataclasses.dataclass
+class EncodeSpec:
+    tokenizer: Any
+    clip_preprocess: CLIPPreprocessConfig = dataclasses.field(default_factory=CLIPPreprocessConfig)
+    text_len: int = 512
+
+
+def _encode(towers: Towers, rgb, xyz, cond, ids, mask, pixels):
+    vae = towers.vae
+    b = rgb.shape[0]
+    dist = vae.encode(jnp.concatenate([rgb, xyz], 0))
+    inv_std = 1.0 / jnp.asarray(vae.config.latents_std, jnp.float32)
+    mean_n = vae.normalize_latents(dist.mean.astype(jnp.float32))
+    std_n = jnp.exp(0.5 * dist.logvar.astype(jnp.float32)) * inv_std
+    cond_lat = vae.normalize_latents(vae.encode(cond).mode().astype(jnp.float32))
+    return {
+        "rgb_latent": mean_n[:b], "rgb_latent_std": std_n[:b],
+        "xyz_latent": (mean_n[b:] - XYZ_LATENT_MEAN) / XYZ_LATENT_STD, "xyz_latent_std": std_n[b:] / XYZ_LATENT_STD,
+        "cond_latent": cond_lat,
+        "text_embeds": wan_prompt_embeds(towers.text_encoder, ids, mask).astype(jnp.float32),
+        "image_embeds": towers.image_encoder(pixels).astype(jnp.float32),
+    }
+
+
+class Encoder:
+    """``Encoder(towers, spec)(records) -> list of encoded6d examples``; data-parallel over ``devices``."""
+
+    def __init__(self, towers: Towers, spec: EncodeSpec, devices: Sequence[jax.Device] | None = None):
+        self.spec = spec
+        self.mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+        graphdef, state = nnx.split(towers)
+        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
+        self._data = NamedSharding(self.mesh, P("data"))
+
+        @jax.jit
+        def run(state, *batch):
+            return _encode(nnx.merge(graphdef, state), *batch)
+
+        self._run = run
+
+    @property
+    def num_devices(self) -> int:
+        return self.mesh.size
+
+    def host_inputs(self, records: Sequence[dict[str, Any]]) -> tuple[tuple[np.ndarray, ...], list[str]]:
+        """Decoded ``clips6d`` records -> the jitted function's numpy inputs and the prompts."""
+        rgb_u8 = np.stack([np.asarray(r["rgb"]) for r in records])
+        rgb = rgb_u8.astype(np.float32) / 127.5 - 1.0
+        xyz = np.stack([np.asarray(r["xyz"], np.float32) for r in records])
+        t = rgb.shape[1]
+        if (t - 1) % 4:
+            raise ValueError(f"the Wan VAE needs 1 + 4k frames, got {t}")
+        cond = condition_video(rgb[:, 0], t)
+        captions = [r["caption"].decode() if isinstance(r["caption"], bytes) else str(r["caption"]) for r in records]
+        prompts = [training_prompt(c) for c in captions]
+        ids, mask = self.spec.tokenizer([clean_prompt(p) for p in prompts], max_length=self.spec.text_len)
+        pixels = preprocess_images(list(rgb_u8[:, 0]), self.spec.clip_preprocess)
+        return (rgb, xyz, cond, ids.astype(np.int32), mask.astype(np.int32), pixels), prompts
+
+    def __call__(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        n = len(records)
+        d = self.num_devices
+        padded = list(records) + [records[-1]] * (-n % d)  # pad to a multiple of the device count
+        inputs, prompts = self.host_inputs(padded)
+        out = self._run(self._state, *(jax.device_put(x, self._data) for x in inputs))
+        out = jax.tree.map(np.asarray, out)
+        mask = inputs[4]
+        examples = []
+        for i in range(n):
+            length = int(mask[i].sum())
+            ex = {k: v[i] for k, v in out.items()}
+            ex["text_embeds"] = ex["text_embeds"][:length]
+            ex["text_len"] = np.int32(length)
+            ex["prompt"] = prompts[i]
+            cid = records[i]["clip_id"]
+            ex["clip_id"] = cid.decode() if isinstance(cid, bytes) else str(cid)
+            examples.append(ex)
+        return examples
+
+
+def encoded_config_for(towers: Towers, num_frames: int, height: int, width: int, **kw):
+    """The ``encoded6d`` config matching clips of (T, H, W) under these encoders."""
+    v = towers.vae.config
+    tc, ic = towers.text_encoder.config, towers.image_encoder.config
+    return tfds_builders.encoded_config(1 + (num_frames - 1) // v.temporal_factor, height // v.spatial_factor,
+                                        width // v.spatial_factor, z_dim=v.z_dim, text_dim=tc.d_model,
+                                        image_tokens=ic.num_positions, image_dim=ic.hidden_size, **kw)
+
+
+def encode_dataset(clips_dir: str | os.PathLike, data_dir: str | os.PathLike, encoder: Encoder, towers: Towers, *,
+                   splits: Sequence[str] = ("train",), batch_size: int = 8, shard_size: int = 64,
+                   progress: bool = True, **config_kw) -> Path:
+    """Encodes every record of ``splits`` of a built ``clips6d`` folder into the ``encoded6d`` dataset under
+    ``data_dir``. Resumable per shard (staging), atomic (TFDS build). Returns the dataset folder."""
+    import tensorflow_datasets as tfds
+
+    info = tfds.builder_from_directory(os.fspath(clips_dir)).info
+    t, h, w = info.features["rgb"].shape[:3]
+    cfg = encoded_config_for(towers, t, h, w, **config_kw)
+    stage_dirs = {}
+    for split in splits:
+        src = tfds_builders.data_source(clips_dir, split)
+        sdir = Path(data_dir) / "_staging" / tfds_builders.Encoded6D.name / cfg.name / split
+        items = [(str(i), i) for i in range(len(src))]
+        _, todo, _ = staging.plan_shards(items, sdir, shard_size)
+        bar = Progress(sum(len(s[2]) for s in todo), f"encode {split}") if progress and todo else None
+        for _, name, chunk in todo:
+            examples = []
+            for j in range(0, len(chunk), batch_size):
+                recs = [src[i] for _, i in chunk[j:j + batch_size]]
+                examples += encoder(recs)
+                if bar:
+                    bar.update(len(recs))
+            staging.write_shard(sdir, name, examples, {"kept": len(examples), "skipped": {}, "ids": {}})
+        stage_dirs[split] = sdir
+    tfds_builders.build(tfds_builders.Encoded6D, data_dir, cfg, stage_dirs)
+    return Path(data_dir) / tfds_builders.Encoded6D.name / cfg.name / str(tfds_builders.Encoded6D.VERSION)
