@@ -1,7 +1,7 @@
 """Data-layer throughput: synthetic generation, preparation (clips/min) and the grain loader (batches/s, reader
 threads vs worker processes).
 
-    python tools/data_benchmark.py --work /tmp/fdx_bench [--num-clips 64] [--frames 49 --height 64 --width 96]
+    python tools/data_benchmark.py --work DIR [--num-clips 64] [--frames 49 --height 64 --width 96]
         [--batch-size 8] [--batches 60] [--workers 2]
 
 Prints one line per measurement and a JSON summary (also written to WORK/benchmark.json).
