@@ -15,4 +15,9 @@ def get_config(arg=None):
     m.lora_rank, m.lora_alpha = 64, 32.0
     m.param_dtype, m.compute_dtype = "bfloat16", "bfloat16"
     m.remat_policy, m.attention = "full", "chunked"
+    # 4DNeX training (scripts/finetune.sh): global batch 8, AdamW 2e-5 (0.9, 0.95), wd 1e-4, clip 1.0, 100 warmup
+    # steps then linear decay (DeepSpeed WarmupDecayLR), checkpoint every 500 steps, keep 2. Base weights from
+    # tools/convert.py torch-to-jax output, data from the encode step (set both on the command line).
+    config.train.global_batch_size, config.train.checkpoint_every, config.train.max_to_keep = 8, 500, 2
+    config.data.text_len = 512
     return finalize(config)

@@ -73,6 +73,61 @@ def base_config() -> ml_collections.ConfigDict:
     config.smoke.num_steps = 50
     config.smoke.guidance_scale = 5.0
     config.smoke.flow_shift = 3.0
+    # Image-to-4D sampling (tools/generate.py): per-modality video size, solver and guidance (4DNeX: 49 frames,
+    # 480 x 720 per modality, 50 UniPC steps with flow_shift 3.0, CFG 5.0 with an empty negative prompt, seed 42).
+    config.sample = ml_collections.ConfigDict()
+    config.sample.num_frames = 49
+    config.sample.height = 480
+    config.sample.width = 720
+    config.sample.num_steps = 50
+    config.sample.solver = "unipc"  # 'unipc' (Wan's scheduler) | 'euler'
+    config.sample.flow_shift = 3.0
+    config.sample.guidance_scale = 5.0
+    config.sample.negative_prompt = ""
+    config.sample.seed = 42
+    config.sample.text_len = 512  # prompt embeddings are zero-padded to this length (Wan: 512)
+    config.sample.batch_size = 1  # images per sampling call per device (data-parallel over devices)
+    config.sample.xyz_normalization = "reference"  # how the training XYZ was normalised (recorded in outputs)
+    # --- sharded LoRA training (fourdnex_jax.training, tools/train.py, tools/plan.py) ---------------------------
+    config.train = ml_collections.ConfigDict()
+    config.train.num_steps = 5000
+    config.train.global_batch_size = 8  # samples per optimizer step (all hosts, all micro-batches)
+    config.train.grad_accum_steps = 1  # micro-batches per step (global_batch_size must be a multiple)
+    config.train.log_every = 10
+    config.train.checkpoint_every = 500
+    config.train.max_to_keep = 2
+    config.train.async_checkpoint = True
+    config.train.nan_policy = "skip"  # skip: drop the update of a non-finite step; stop: raise, never save it
+    config.train.max_nan_skips = 20  # consecutive skipped steps before stopping anyway
+    config.train.base_checkpoint = ""  # converted folder (tools/convert.py); "" = random base from config.seed
+    config.train.peak_tflops_per_device = 0.0  # 0: from the device kind (MFU omitted where unknown)
+    config.train.profile_steps = 0
+    config.train.distributed = False  # jax.distributed.initialize (multi-host); coordinator from env when ""
+    config.train.coordinator_address = ""
+    config.train.num_processes = 0
+    config.train.process_id = -1
+    config.optim = ml_collections.ConfigDict()  # 4DNeX: DeepSpeed AdamW + WarmupDecayLR
+    config.optim.learning_rate = 2e-5
+    config.optim.b1 = 0.9
+    config.optim.b2 = 0.95
+    config.optim.eps = 1e-8
+    config.optim.weight_decay = 1e-4
+    config.optim.grad_clip_norm = 1.0
+    config.optim.warmup_steps = 100
+    config.optim.decay_steps = 0  # linear decay to end_learning_rate at this step (0: train.num_steps)
+    config.optim.end_learning_rate = 0.0
+    config.data = ml_collections.ConfigDict()
+    config.data.dir = ""  # an encoded6d dataset folder (.../encoded6d/<config>/<version>); "" = synthetic
+    config.data.split = "train"
+    config.data.text_len = 512
+    config.data.sample_posterior = True  # latent = mean + std * eps (a fresh VAE sample each time)
+    config.data.num_threads = 2
+    config.data.num_workers = 0
+    config.data.synthetic_dir = "out/data/synthetic"  # where the synthetic encoded dataset is built if missing
+    config.data.synthetic_clips = 32
+    config.data.synthetic_frames = 49
+    config.data.synthetic_height = 64
+    config.data.synthetic_width = 96
     return config
 
 

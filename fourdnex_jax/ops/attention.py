@@ -36,4 +36,8 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, *, implement
         qc = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))).reshape(b, n, chunk_size, h, d).swapaxes(0, 1)
         out = jax.lax.map(jax.checkpoint(lambda qi: _attend(qi, k, v)), qc)
         return out.swapaxes(0, 1).reshape(b, n * chunk_size, h, d)[:, :lq]
-    raise ValueError(f"unknown attention implementation {implementation!r}; use 'xla' or 'chunked'")
+    if implementation == "ring":
+        from fourdnex_jax.ops.context_parallel import ring_attention
+
+        return ring_attention(q, k, v, chunk_size=chunk_size)
+    raise ValueError(f"unknown attention implementation {implementation!r}; use 'xla', 'chunked' or 'ring'")

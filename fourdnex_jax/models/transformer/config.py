@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from fourdnex_jax.models.remat import REMAT_POLICIES
 
 MODALITY_LAYOUTS = ("none", "width", "height", "frame", "channel", "batch")
-ATTENTION_IMPLEMENTATIONS = ("xla", "chunked")
+ATTENTION_IMPLEMENTATIONS = ("xla", "chunked", "ring")
 
 # Keys of a diffusers `config.json` that carry no architecture (bookkeeping written by diffusers).
 _DIFFUSERS_BOOKKEEPING = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")

@@ -1,0 +1,126 @@
+"""Training checkpoints: one orbax ``CheckpointManager`` step = train state + data iterator state + metadata.
+
+Items of step ``N`` (``WORKDIR/checkpoints/N``):
+  * ``state``: the whole train state (:mod:`fourdnex_jax.training.state`: step, trainable fp32, optimizer state,
+    RNG key, NaN counters), sharded arrays written by every host (``StandardSave``);
+  * ``data``: the grain iterator state after ``N`` batches (JSON; equal on every host by construction, see
+    :mod:`fourdnex_jax.training.input`), captured when ``save`` is called, so an async save stays consistent;
+  * ``meta``: JSON with the *reference* to the frozen base (``{"kind": "random", "seed": s}`` or
+    ``{"kind": "checkpoint", "path": dir}``: the base is never copied), the config, mesh and process count.
+
+Saves are asynchronous (``train.async_checkpoint``): orbax writes into a temporary folder and renames it when
+complete, so a process killed mid-save leaves the previous step as the latest one. Restore takes abstract targets
+with the *current* mesh's shardings, so a run resumes on a different mesh shape or host count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from fourdnex_jax.convert.orbax_io import flatten
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Checkpointer:
+    def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = Path(workdir).absolute() / CHECKPOINT_DIR
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=async_save,
+                                               create=True)
+        self.manager = ocp.CheckpointManager(os.fspath(self.directory), options=options,
+                                             item_names=("state", "data", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: Mapping[str, Any], iterator_state: Mapping[str, Any] | None,
+             meta: Mapping[str, Any]) -> None:
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(dict(state)),
+            data=ocp.args.JsonSave(_jsonable(iterator_state or {})),
+            meta=ocp.args.JsonSave(_jsonable(meta))))
+
+    def restore(self, step: int, abstract_state: Mapping[str, Any]) -> tuple[dict, dict, dict]:
+        """(train state placed as ``abstract_state``'s shardings, iterator state, metadata) of ``step``."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(dict(abstract_state)), data=ocp.args.JsonRestore(),
+            meta=ocp.args.JsonRestore()))
+        return dict(out["state"]), dict(out["data"]), dict(out["meta"])
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _jsonable(obj):
+    return json.loads(json.dumps(obj, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+def read_meta(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:
+    """(step, metadata) of the latest (or given) checkpoint of a run."""
+    ckpt = Checkpointer(workdir, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+    meta = ckpt.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    ckpt.close()
+    return step, dict(meta)
+
+
+def load_trainable(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    """(step, ``{path: array}``) of the trained adapter (LoRA + domain embeddings) of a run, as numpy on the host
+    (no mesh needed): what inference merges into a model with :func:`fourdnex_jax.models.params.assign`."""
+    ckpt = Checkpointer(workdir, async_save=False)
+    step = ckpt.latest_step() if step is None else step
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
+    path = ckpt.directory / str(step) / "state"
+    meta = ocp.StandardCheckpointer().metadata(path)
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev), tree["trainable"])
+    restored = ocp.PyTreeCheckpointer().restore(
+        path, args=ocp.args.PyTreeRestore(item={"trainable": target}, restore_args=jax.tree.map(
+            lambda t: ocp.ArrayRestoreArgs(sharding=dev), {"trainable": target}), partial_restore=True))
+    ckpt.close()
+    return step, {p: np.asarray(v) for p, v in flatten(restored["trainable"]).items()}
+
+
+def load_trained_model(workdir: str | os.PathLike, step: int | None = None, **overrides):
+    """The trained :class:`WanTransformer3D` of a run on one device: the frozen base as referenced by the
+    checkpoint (random from the config seed, or the converted folder) plus the trained adapter.
+    ``overrides``: execution fields of the model config (e.g. ``attention='xla'``)."""
+    from flax import nnx
+
+    from fourdnex_jax.models import params
+    from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
+
+    step, meta = read_meta(workdir, step)
+    cfg = WanTransformerConfig.from_dict(_model_dict(meta["config"]["model"])).replace(**overrides)
+    base = meta["base"]
+    if base["kind"] == "random":
+        model = WanTransformer3D(cfg, rngs=nnx.Rngs(int(base["seed"])))
+    else:
+        from fourdnex_jax.convert.restore import restore_model
+
+        model = restore_model(base["path"], "transformer", **{k: v for k, v in overrides.items()})
+    _, trainable = load_trainable(workdir, step)
+    params.assign(model, trainable)
+    return model
+
+
+def _model_dict(d: Mapping[str, Any]) -> dict:
+    out = dict(d)
+    for k in ("patch_size", "lora_targets"):
+        out[k] = tuple(out[k])
+    return out

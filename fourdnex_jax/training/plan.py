@@ -1,0 +1,81 @@
+"""AOT memory plan of the real train step: lower + compile for a mesh of (possibly deviceless) devices and read
+the compiler's per-device memory analysis. Nothing is materialised: parameters, optimizer state and batch are
+``ShapeDtypeStruct``s with their shardings.
+
+Per device: ``params`` = frozen base + trainable shards, ``optimizer`` = optimizer-state shards (from the
+shardings, exact), ``arguments``/``temp``/``output``/``alias`` from ``compiled.memory_analysis()`` and
+``peak = arguments + output - alias + temp`` (the donated train state is aliased). On a deviceless TPU topology
+(``jax.experimental.topologies``, needs ``libtpu``) the TPU compiler also rejects plans over the HBM size.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from fourdnex_jax.config import model_config
+from fourdnex_jax.training import input as input_lib
+from fourdnex_jax.training import mesh as mesh_lib
+from fourdnex_jax.training import optimizer as optim_lib
+from fourdnex_jax.training import state as state_lib
+from fourdnex_jax.training import step as step_lib
+
+GiB = 2.0 ** 30
+
+
+def shard_bytes(tree) -> float:
+    """Bytes per device of a tree of sharded ShapeDtypeStructs (max over devices of the shard sizes)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape)
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return float(total)
+
+
+def compile_train_step(config, devices: Sequence[Any], *, mesh_shape: Sequence[int] | None = None,
+                       latent_thw: tuple[int, int, int] = (13, 60, 90), text_len: int | None = None,
+                       image_tokens: int = 257) -> dict[str, Any]:
+    """Compiles the train step of ``config`` for ``devices`` and returns the plan numbers (bytes per device)."""
+    t = config.train
+    cfg = model_config(config)
+    mesh = mesh_lib.make_mesh(config.sharding, devices=devices, shape=mesh_shape)
+    rules = mesh_lib.rules_of(config.sharding)
+    text_len = text_len or config.data.text_len
+    t0 = time.perf_counter()
+    parts = state_lib.ModelParts.build(cfg, config.seed)
+    tx, schedule = optim_lib.make_optimizer(config.optim, t.num_steps)
+    state_sh = state_lib.state_shardings(parts, tx, mesh, rules)
+    frozen_sh = parts.frozen_shardings(mesh, rules)
+    shapes = input_lib.abstract_batch_shapes(cfg, t.global_batch_size, t.grad_accum_steps, latent_thw, text_len,
+                                             image_tokens)
+    batch_sh = step_lib.batch_shardings(mesh, rules, shapes)
+    abstract_state = state_lib.abstract_state(parts, tx, state_sh)
+    abstract_frozen = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                   parts.abstract_frozen(), frozen_sh)
+    abstract_batch = {k: jax.ShapeDtypeStruct(s, np.float32, sharding=batch_sh[k]) for k, s in shapes.items()}
+    fn = step_lib.jit_train_step(step_lib.build_train_step(parts, tx, schedule, grad_accum_steps=t.grad_accum_steps,
+                                                           sample_posterior=config.data.sample_posterior),
+                                 state_sh, frozen_sh, batch_sh, mesh)
+    with jax.set_mesh(mesh):
+        lowered = fn.lower(abstract_state, abstract_frozen, abstract_batch)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+    t2 = time.perf_counter()
+    ma = compiled.memory_analysis()
+    out = {"mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
+           "global_batch": t.global_batch_size, "grad_accum": t.grad_accum_steps,
+           "tokens": int(np.prod(latent_thw)) * 2 // int(np.prod(cfg.patch_size)),
+           "frozen_params": state_lib.count_params(parts.abstract_frozen()),
+           "trainable_params": state_lib.count_params(parts.abstract_trainable()),
+           "params_bytes": shard_bytes(abstract_frozen) + shard_bytes(abstract_state["trainable"]),
+           "optimizer_bytes": shard_bytes(abstract_state["opt_state"]),
+           "lower_s": t1 - t0, "compile_s": t2 - t1, "compiled": compiled}
+    if ma is not None:
+        out.update(arguments_bytes=float(ma.argument_size_in_bytes), output_bytes=float(ma.output_size_in_bytes),
+                   alias_bytes=float(ma.alias_size_in_bytes), temp_bytes=float(ma.temp_size_in_bytes),
+                   code_bytes=float(ma.generated_code_size_in_bytes))
+        out["peak_bytes"] = out["arguments_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+    return out

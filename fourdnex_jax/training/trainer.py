@@ -1,0 +1,179 @@
+"""The training loop (``tools/train.py``): builds mesh, state, data and step from a config, resumes from the
+latest checkpoint of the work directory, trains, logs, checkpoints and applies the NaN/inf policy.
+
+NaN/inf policy (``train.nan_policy``): the step itself drops a non-finite update (state unchanged, batch
+consumed). ``skip``: training goes on (and stops with an error after ``train.max_nan_skips`` consecutive skips);
+``stop``: raises :class:`NonFiniteError` before any further checkpoint is written, so no saved state ever
+includes the offending step. Metrics are read one step late (the next step is dispatched first), so the host
+does not stall the device pipeline.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from fourdnex_jax.config import model_config
+from fourdnex_jax.training import checkpoint as ckpt_lib
+from fourdnex_jax.training import input as input_lib
+from fourdnex_jax.training import mesh as mesh_lib
+from fourdnex_jax.training import metrics as metrics_lib
+from fourdnex_jax.training import optimizer as optim_lib
+from fourdnex_jax.training import state as state_lib
+from fourdnex_jax.training import step as step_lib
+
+#: Test hook: SIGKILL this process right after ``save()`` of this step returned (async write in flight).
+KILL_AFTER_SAVE_ENV = "FOURDNEX_KILL_AFTER_SAVE_STEP"
+
+
+class NonFiniteError(FloatingPointError):
+    pass
+
+
+class Trainer:
+    def __init__(self, config, workdir: str | os.PathLike, *, verbose: bool = True):
+        self.config = config
+        self.workdir = Path(workdir)
+        self.verbose = verbose and jax.process_index() == 0
+        t = config.train
+        self.cfg = model_config(config)
+        self.mesh = mesh_lib.make_mesh(config.sharding)
+        self.rules = mesh_lib.rules_of(config.sharding)
+        self.parts = state_lib.ModelParts.build(self.cfg, config.seed)
+        self.tx, self.schedule = optim_lib.make_optimizer(config.optim, t.num_steps)
+        self.state_sh = state_lib.state_shardings(self.parts, self.tx, self.mesh, self.rules)
+        self.frozen_sh = self.parts.frozen_shardings(self.mesh, self.rules)
+        self.dataset_dir = input_lib.dataset_dir(config)
+        self.batch_shapes = input_lib.batch_shapes(self.dataset_dir, t.global_batch_size, t.grad_accum_steps,
+                                                   config.data.text_len)
+        dp = mesh_lib.data_parallel_size(self.mesh, self.rules)
+        micro = t.global_batch_size // t.grad_accum_steps
+        if micro % dp:
+            raise ValueError(f"micro batch {micro} is not a multiple of the data-parallel size {dp} "
+                             f"(mesh {dict(self.mesh.shape)})")
+        self.batch_sh = step_lib.batch_shardings(self.mesh, self.rules, self.batch_shapes)
+        step_fn = step_lib.build_train_step(self.parts, self.tx, self.schedule, grad_accum_steps=t.grad_accum_steps,
+                                            sample_posterior=config.data.sample_posterior)
+        self.step_fn = step_lib.jit_train_step(step_fn, self.state_sh, self.frozen_sh, self.batch_sh, self.mesh)
+        self.checkpointer = ckpt_lib.Checkpointer(self.workdir, max_to_keep=t.max_to_keep,
+                                                  async_save=t.async_checkpoint)
+        # frozen base: referenced, never copied into training checkpoints
+        if t.base_checkpoint:
+            self.base_ref = {"kind": "checkpoint", "path": os.path.abspath(t.base_checkpoint)}
+            self.frozen = state_lib.restore_frozen(t.base_checkpoint, self.parts, self.mesh, self.rules)
+        else:
+            self.base_ref = {"kind": "random", "seed": int(config.seed)}
+            self.frozen = state_lib.init_frozen(self.parts, self.frozen_sh, config.seed)
+        ds = input_lib.make_train_dataset(input_lib.data_source(self.dataset_dir, config.data.split),
+                                          global_batch=t.global_batch_size, grad_accum_steps=t.grad_accum_steps,
+                                          seed=config.seed, text_len=config.data.text_len)
+        self.iterator = input_lib.make_iterator(ds, config.data)
+        latest = self.checkpointer.latest_step()
+        if latest is None:
+            self.state = state_lib.init_state(self.parts, self.tx, self.state_sh, config.seed)
+            self.start_step = 0
+        else:
+            abstract = state_lib.abstract_state(self.parts, self.tx, self.state_sh)
+            self.state, it_state, meta = self.checkpointer.restore(latest, abstract)
+            if meta.get("base") != self.base_ref:
+                raise ValueError(f"checkpoint step {latest} was trained on base {meta.get('base')}, this run uses "
+                                 f"{self.base_ref}")
+            self.iterator.set_state(it_state)
+            self.start_step = int(jax.device_get(self.state["step"]))
+            self._log(f"resumed from {self.checkpointer.directory / str(latest)} at step {self.start_step}")
+        layout_shape = self.batch_shapes["cond_latent"][2:]  # the fused (T, H, 2W, C) latent of one sample
+        self.flops_per_sample = metrics_lib.train_flops_per_sample(self.cfg, layout_shape, config.data.text_len,
+                                                                   self.batch_shapes["image_embeds"][2])
+        self.tokens_per_sample = metrics_lib.dit_flops(self.cfg, layout_shape, config.data.text_len)["tokens"]
+        self.peak = metrics_lib.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops_per_device)
+        self.writer = metrics_lib.MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
+
+    def _log(self, msg: str) -> None:
+        if self.verbose:
+            print(f"train: {msg}", flush=True)
+
+    def meta(self) -> dict[str, Any]:
+        return {"base": self.base_ref, "config": self.config.to_dict(), "mesh": dict(self.mesh.shape),
+                "process_count": jax.process_count(), "dataset": str(self.dataset_dir)}
+
+    def save(self, step: int) -> None:
+        self.checkpointer.save(step, self.state, self.iterator.get_state(), self.meta())
+        if os.environ.get(KILL_AFTER_SAVE_ENV) == str(step):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _check(self, step: int, m: dict) -> None:
+        if bool(m["finite"]):
+            return
+        t = self.config.train
+        skips = int(jax.device_get(self.state["nan_skips"]))
+        self._log(f"step {step}: non-finite loss/gradient (loss {float(m['loss'])}, |g| {float(m['grad_norm'])}); "
+                  f"update dropped ({t.nan_policy})")
+        if t.nan_policy == "stop":
+            raise NonFiniteError(f"non-finite loss or gradient at step {step}; nothing saved after it")
+        if skips >= t.max_nan_skips:
+            raise NonFiniteError(f"{skips} consecutive non-finite steps (max_nan_skips {t.max_nan_skips})")
+
+    def run(self, num_steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
+        """Trains up to step ``num_steps`` (default ``train.num_steps``); ``stop_after``: return after that many
+        steps of this call (no final save; for tests and time-boxed runs). Returns a summary."""
+        t = self.config.train
+        total = int(num_steps or t.num_steps)
+        step = self.start_step
+        history = []
+        pending = None  # (step, metrics) of the previous step, read after dispatching the next one
+        t_window, n_window, first_time = time.perf_counter(), 0, None
+        done_here = 0
+        try:
+            while step < total and (stop_after is None or done_here < stop_after):
+                local = next(self.iterator)
+                batch = input_lib.to_global(local, self.batch_sh, t.global_batch_size, t.grad_accum_steps)
+                t0 = time.perf_counter()
+                self.state, metrics = self.step_fn(self.state, self.frozen, batch)
+                step += 1
+                done_here += 1
+                if pending is not None:
+                    self._check(*pending)
+                if first_time is None:
+                    jax.block_until_ready(metrics)
+                    first_time = time.perf_counter() - t0
+                    self._log(f"first step (compile + run) {first_time:.1f}s")
+                    t_window, n_window = time.perf_counter(), 0
+                else:
+                    n_window += 1
+                m = jax.device_get(metrics)
+                pending = (step, m)
+                history.append({"step": step, "loss": float(m["loss"])})
+                if step % t.log_every == 0 or step == total:
+                    self._check(*pending)
+                    pending = None
+                    dt = (time.perf_counter() - t_window) / max(n_window, 1)
+                    samples = t.global_batch_size / dt
+                    tflops = samples * self.flops_per_sample / jax.device_count() / 1e12
+                    scalars = {k: float(m[k]) for k in ("loss", "grad_norm", "learning_rate", "param_norm")}
+                    scalars.update(step_time=dt, tokens_per_s=samples * self.tokens_per_sample,
+                                   tflops_per_device=tflops, mfu=(tflops / self.peak if self.peak else None),
+                                   skipped=float(jax.device_get(self.state["skipped"])))
+                    self.writer.write(step, scalars)
+                    if self.verbose:
+                        self.writer.console(step, total, scalars)
+                    t_window, n_window = time.perf_counter(), 0
+                if step % t.checkpoint_every == 0 or step == total:
+                    if pending is not None:
+                        self._check(*pending)
+                        pending = None
+                    self.save(step)
+            if pending is not None:
+                self._check(*pending)
+        finally:
+            self.checkpointer.wait()
+        return {"start_step": self.start_step, "end_step": step, "first_step_s": first_time, "history": history}
+
+    def close(self) -> None:
+        self.checkpointer.close()
+        self.writer.close()
