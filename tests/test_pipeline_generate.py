@@ -1,0 +1,146 @@
+"""The image-to-4D pipeline and tools/generate.py without torch: a random tiny bundle written by save_bundle and
+read back, data-parallel sampling equal to single-device sampling, several images per run, the output files and
+their formats, the shipped bundle's loadability."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from fourdnex_jax.config import load_config_file, model_config
+from fourdnex_jax.data import synthetic
+from fourdnex_jax.data.encode import xyz_init_pointmap
+from fourdnex_jax.data.media import read_video, write_png
+from fourdnex_jax.models.image_encoder import CLIPVisionConfig, CLIPVisionTower
+from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Encoder
+from fourdnex_jax.models.transformer import WanTransformer3D
+from fourdnex_jax.models.vae import WanVAE, WanVAEConfig
+from fourdnex_jax.pipelines import bundle as bundle_lib
+from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, SampleSettings, prepare_image
+from fourdnex_jax.pipelines.postprocess import valid_mask
+
+ROOT = Path(__file__).resolve().parents[1]
+T, H, W = 5, 32, 48
+
+
+def _tokenizer_dir(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = "a synthetic 3d scene with ball box on floor sky the camera orbits pointmap_style .".split()
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    path.mkdir(parents=True)
+    tok.save(str(path / "tokenizer.json"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_bundle(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bundle")
+    cfg = model_config(load_config_file(ROOT / "configs" / "tiny.py"))
+    rngs = nnx.Rngs(0)
+    dit = WanTransformer3D(cfg, rngs=rngs)
+    # non-zero adapter so a save/load mix-up would show
+    for path, var in nnx.to_flat_state(nnx.state(dit, nnx.LoRAParam)):
+        var.value = 0.05 * jax.random.normal(jax.random.key(len(path)), var.value.shape)
+    save = dict(transformer=dit, vae=WanVAE(WanVAEConfig.tiny(), rngs=rngs),
+                text_encoder=UMT5Encoder(dataclasses.replace(UMT5Config.tiny(), d_model=cfg.text_dim), rngs=rngs),
+                image_encoder=CLIPVisionTower(CLIPVisionConfig.tiny(), rngs=rngs))
+    out = bundle_lib.save_bundle(tmp / "b", tokenizer_dir=_tokenizer_dir(tmp / "tok"),
+                                 clip_preprocess={"size": {"shortest_edge": 32},
+                                                  "crop_size": {"height": 32, "width": 32}},
+                                 info={"test": True}, **save)
+    return out, save
+
+
+def _settings(**kw):
+    return SampleSettings(**{**dict(num_frames=T, height=H, width=W, num_steps=3, text_len=16), **kw})
+
+
+def test_bundle_roundtrip(random_bundle):
+    path, models = random_bundle
+    b = bundle_lib.load_bundle(path)
+    assert b.info == {"test": True} and b.scheduler.flow_shift == 3.0
+    for name in bundle_lib.MODELS:
+        ours = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(getattr(b, name), nnx.Param))}
+        theirs = {p: np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(models[name], nnx.Param))}
+        assert ours.keys() == theirs.keys(), name
+        for k in ours:
+            np.testing.assert_array_equal(ours[k], theirs[k], err_msg=f"{name} {k}")
+
+
+def test_data_parallel_equals_single_device(random_bundle, solver="unipc"):
+    b = bundle_lib.load_bundle(random_bundle[0])
+    rng = np.random.default_rng(0)
+    images = [(rng.random((H, W, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    prompts = ["a ball on the floor", "a box", ""]
+    multi = ImageTo4D.from_bundle(b, _settings(solver=solver), devices=jax.devices()[:4])
+    single = ImageTo4D.from_bundle(b, _settings(solver=solver), devices=jax.devices()[:1])
+    r8 = multi(images, prompts, seeds=[1, 2, 3], progress=False)
+    r1 = single(images, prompts, seeds=[1, 2, 3], progress=False)
+    assert len(r8) == 3 and r8[0].rgb.shape == (T, H, W, 3) and r8[0].rgb.dtype == np.uint8
+    assert r8[0].xyz.shape == (T, H, W, 3) and r8[0].xyz.dtype == np.float32
+    assert r8[2].prompt == " POINTMAP_STYLE." and r8[0].prompt.endswith(" POINTMAP_STYLE.")
+    for a, c in zip(r8, r1):
+        np.testing.assert_allclose(a.latents, c.latents, rtol=1e-4, atol=1e-4)
+    # seeds matter, images matter
+    assert not np.allclose(r8[0].latents, r8[1].latents)
+    # the XYZ init of the condition is 4DNeX's slanted plane (z = -y)
+    p = xyz_init_pointmap(4, 6)
+    np.testing.assert_array_equal(p[..., 2], -p[..., 1])
+
+
+def test_prepare_image_and_valid_mask():
+    img = np.zeros((100, 300, 3), np.uint8)
+    assert prepare_image(img, H, W).shape == (H, W, 3)
+    xyz = np.zeros((1, 2, 2, 3), np.float32)
+    xyz[0, 0, 0] = [0, 0, 1.0]  # saturated
+    xyz[0, 0, 1] = [0, 0, -0.5]  # behind the camera
+    v = valid_mask(xyz, "sequence")
+    assert v.tolist() == [[[False, False], [False, False]]]
+    xyz[0, 1] = [0.1, 0.1, 0.5]
+    assert valid_mask(xyz, "sequence")[0, 1].all() and valid_mask(xyz, "reference")[0, 0, 1]
+
+
+def test_generate_cli_list_file(random_bundle, tmp_path):
+    _, r, cap = synthetic.generate_clip("heldout", 0, 1, H, W)
+    for name in ("a", "b"):
+        write_png(tmp_path / f"{name}.png", r["images"][0])
+    (tmp_path / "a.txt").write_text(cap)
+    (tmp_path / "list.txt").write_text("a.png\nb.png\ta box\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "tools" / "generate.py"), "--images", str(tmp_path / "list.txt"),
+           "--checkpoint", str(random_bundle[0]), "--out", str(out), "--config.sample.num_frames=5",
+           "--config.sample.height=32", "--config.sample.width=48", "--config.sample.num_steps=2"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                         env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    for name, prompt in (("a", cap), ("b", "a box")):
+        d = out / name
+        z = np.load(d / "pointmaps.npz")
+        assert z["xyz"].shape == (T, H, W, 3) and z["xyz"].dtype == np.float32
+        assert z["rgb"].shape == (T, H, W, 3) and z["rgb"].dtype == np.uint8
+        assert z["valid"].shape == (T, H, W) and z["valid"].dtype == bool
+        s = json.loads((d / "summary.json").read_text())
+        assert s["prompt"] == prompt + " POINTMAP_STYLE." and s["seed"] in (42, 43)
+        assert s["settings"]["num_steps"] == 2 and s["schedule"]["timesteps"][0] == 999
+        assert {"sampling_s", "decode_s", "load_models"} <= set(s["timings_s"])
+        assert read_video(d / "rgb.mp4").shape == (T, H, W, 3) and read_video(d / "xyz.mp4").shape == (T, H, W, 3)
+    assert "generate: 2 image(s)" in res.stdout
+
+
+@pytest.mark.skipif(not (bundle_lib.DEFAULT_BUNDLE / "manifest.json").exists(), reason="no shipped bundle")
+def test_shipped_bundle_loads_and_is_small():
+    size = sum(p.stat().st_size for p in bundle_lib.DEFAULT_BUNDLE.rglob("*") if p.is_file())
+    assert size < 30e6
+    b = bundle_lib.load_bundle()
+    cfg = load_config_file(ROOT / "configs" / "tiny.py")
+    assert b.transformer.config.modality_layout == "width" and cfg.sample.text_len == cfg.data.text_len

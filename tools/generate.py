@@ -1,0 +1,123 @@
+"""Image -> 4D: generates an RGB video and a pixel-aligned XYZ pointmap video from one image (or many).
+
+    python tools/generate.py --image IMG [--prompt TEXT] [--config configs/tiny.py] [--checkpoint DIR] --out DIR
+    python tools/generate.py --images LIST.txt [--checkpoint DIR] --out DIR      # many images, one model load
+
+``--checkpoint``: a model bundle in the layout of ``tools/convert.py torch-to-jax`` (a converted 4DNeX checkpoint,
+or ours); default: the bundled tiny model ``checkpoints/tiny``. ``--transformer`` optionally takes the DiT (base +
+adapter) from another such folder. The architecture comes from the checkpoint; the config supplies the sampling
+settings (``config.sample``: frames, size, steps, solver unipc|euler, flow_shift, guidance, seed, text_len, ...),
+overridable as ``--config.sample.num_steps=20``. Without ``--prompt``, ``IMG.txt`` next to the image is used when it
+exists (else the empty caption); the prompt always gets the 4DNeX suffix " POINTMAP_STYLE.".
+
+A list file has one image per line: ``path`` or ``path<TAB>prompt`` (relative paths are relative to the list
+file); results go to ``OUT/<image stem>/``. Images are sampled in batches of ``config.sample.batch_size`` per device,
+data-parallel over all devices (``--devices N`` limits them).
+
+Writes per image: ``rgb.mp4``, ``xyz.mp4``, ``pointmaps.npz`` (xyz float32 [T,H,W,3], rgb uint8, valid bool),
+``input.png`` and ``summary.json`` (settings, seed, timings), each atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny.py"),
+                                          "Experiment config (its sample section is used).", lock_config=True)
+_IMAGE = flags.DEFINE_string("image", None, "Input image (PNG/JPEG).")
+_IMAGES = flags.DEFINE_string("images", None, "List file: one 'path[<TAB>prompt]' per line.")
+_PROMPT = flags.DEFINE_string("prompt", None, "Caption of the image (default: IMG.txt next to it, else empty).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder (default: checkpoints/tiny).")
+_TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this folder (same layout).")
+_OUT = flags.DEFINE_string("out", None, "Output folder.")
+_FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
+_DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).")
+
+
+def _read_list(path: Path) -> list[tuple[Path, str | None]]:
+    items = []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, prompt = line.partition("\t")
+        p = Path(name.strip())
+        items.append((p if p.is_absolute() else path.parent / p, prompt.strip() if prompt else None))
+    return items
+
+
+def _caption(image: Path, given: str | None) -> str:
+    if given is not None:
+        return given
+    side = image.with_suffix(".txt")
+    return side.read_text().strip() if side.exists() else ""
+
+
+def main(argv) -> None:
+    del argv
+    t_start = time.perf_counter()
+    if not _OUT.value or (_IMAGE.value is None) == (_IMAGES.value is None):
+        raise app.UsageError("give --out and exactly one of --image / --images")
+    import jax
+    import numpy as np
+
+    from fourdnex_jax.data.media import read_image
+    from fourdnex_jax.pipelines import bundle as bundle_lib
+    from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, SampleSettings, prepare_image
+    from fourdnex_jax.pipelines.postprocess import write_result
+
+    config = _CONFIG.value
+    settings = SampleSettings.from_config(config.sample)
+    if _IMAGE.value:
+        items = [(Path(_IMAGE.value), _PROMPT.value)]
+        outs = [Path(_OUT.value)]
+    else:
+        items = _read_list(Path(_IMAGES.value))
+        outs = [Path(_OUT.value) / p.stem for p, _ in items]
+        if len(set(outs)) != len(outs):
+            raise app.UsageError("two images of the list share a file stem")
+    ckpt = Path(_CHECKPOINT.value) if _CHECKPOINT.value else bundle_lib.DEFAULT_BUNDLE
+    t0 = time.perf_counter()
+    bundle = bundle_lib.load_bundle(ckpt, transformer_dir=_TRANSFORMER.value)
+    load_s = time.perf_counter() - t0
+    devices = jax.devices()[: _DEVICES.value] if _DEVICES.value else jax.devices()
+    t0 = time.perf_counter()
+    pipe = ImageTo4D.from_bundle(bundle, settings, devices=devices)
+    init_s = time.perf_counter() - t0
+    images = [prepare_image(read_image(p), settings.height, settings.width) for p, _ in items]
+    prompts = [_caption(p, given) for p, given in items]
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    results = pipe(images, prompts, timings=timings)
+    gen_s = time.perf_counter() - t0
+    n = len(results)
+    for (path, _), out, res in zip(items, outs, results):
+        summary = {
+            "input": str(path), "prompt": res.prompt, "seed": res.seed, "checkpoint": str(ckpt),
+            "transformer": _TRANSFORMER.value, "config": config.name, "settings": settings.to_dict(),
+            "schedule": {"solver": pipe.schedule.solver, "timesteps": pipe.schedule.timesteps.tolist(),
+                         "sigmas": pipe.schedule.sigmas.tolist()},
+            "devices": [str(d) for d in devices], "batch_per_call": pipe.batch, "images_in_run": n,
+            "timings_s": {"load_models": load_s, "setup": init_s, "generate_all": gen_s,
+                          **{k: v for k, v in timings.items()}, "per_image_generate": gen_s / n},
+            "latent_shape": list(res.latents.shape), "bundle": bundle.info,
+        }
+        write_result(out, res.rgb, res.xyz, summary, normalization=settings.xyz_normalization, fps=_FPS.value,
+                     input_image=res.image)
+    total = time.perf_counter() - t_start
+    print(f"generate: {n} image(s) -> {outs[0] if n == 1 else Path(_OUT.value)} in {total:.1f}s "
+          f"(load {load_s:.1f}s, generate {gen_s:.1f}s: sampling {timings.get('sampling_s', 0):.1f}s, decode "
+          f"{timings.get('decode_s', 0):.1f}s; {pipe.schedule.solver} {settings.num_steps} steps, CFG "
+          f"{settings.guidance_scale}, {len(devices)} device(s))")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    app.run(main)
