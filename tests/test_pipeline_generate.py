@@ -134,6 +134,12 @@ def test_generate_cli_list_file(random_bundle, tmp_path):
         assert s["settings"]["num_steps"] == 2 and s["schedule"]["timesteps"][0] == 999
         assert {"sampling_s", "decode_s", "load_models"} <= set(s["timings_s"])
         assert read_video(d / "rgb.mp4").shape == (T, H, W, 3) and read_video(d / "xyz.mp4").shape == (T, H, W, 3)
+        # The main job ends with cameras, depth, PLY/GLB exports and a novel-view video (fourdnex_jax.geometry).
+        cams = json.loads((d / "cameras.json").read_text())
+        assert np.asarray(cams["cam_to_world"]).shape == (T, 4, 4) and s["cameras"] == "cameras.json"
+        assert (d / "depth.npz").exists() and (d / "transforms.json").exists()
+        assert list(d.glob("*.glb")) and list(d.rglob("*.ply")) and list(d.glob("*.mp4"))
+        assert any("novel" in p.name for p in d.glob("*.mp4"))
     assert "generate: 2 image(s)" in res.stdout
 
 

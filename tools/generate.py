@@ -40,6 +40,8 @@ _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this 
 _OUT = flags.DEFINE_string("out", None, "Output folder.")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
 _DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).")
+_POSTPROCESS = flags.DEFINE_bool("postprocess", True, "Recover cameras and depth, export PLY/GLB/viewer and render "
+                                 "a novel-view video (fourdnex_jax.geometry) after generation.")
 
 
 def _read_list(path: Path) -> list[tuple[Path, str | None]]:
@@ -71,10 +73,12 @@ def main(argv) -> None:
     from fourdnex_jax.data.media import read_image
     from fourdnex_jax.pipelines import bundle as bundle_lib
     from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, SampleSettings, prepare_image
-    from fourdnex_jax.pipelines.postprocess import write_result
+    from fourdnex_jax.pipelines.postprocess import POSTPROCESS_HOOKS, geometry_hook, write_result
 
     config = _CONFIG.value
     settings = SampleSettings.from_config(config.sample)
+    if _POSTPROCESS.value and geometry_hook not in POSTPROCESS_HOOKS:
+        POSTPROCESS_HOOKS.append(geometry_hook)
     if _IMAGE.value:
         items = [(Path(_IMAGE.value), _PROMPT.value)]
         outs = [Path(_OUT.value)]

@@ -55,6 +55,17 @@ def write_video_atomic(path: Path, frames: np.ndarray, fps: int) -> Path:
     return path
 
 
+def geometry_hook(out: Path, arrays: dict[str, np.ndarray], summary: dict[str, Any]) -> dict[str, Any]:
+    """Camera recovery, depth, PLY/GLB/viewer exports and a default novel-view video for one result
+    (:func:`fourdnex_jax.geometry.scene.postprocess_scene`); register it in :data:`POSTPROCESS_HOOKS`."""
+    from fourdnex_jax.geometry.scene import postprocess_scene
+
+    del arrays
+    report = postprocess_scene(out / "pointmaps.npz", out, normalization=summary["xyz_normalization"],
+                               fps=summary.get("fps", 8))
+    return {"cameras": "cameras.json", "geometry": report}
+
+
 def write_result(out_dir: str | os.PathLike, rgb: np.ndarray, xyz: np.ndarray, summary: dict[str, Any], *,
                  normalization: str, fps: int = 8, input_image: np.ndarray | None = None) -> dict[str, Any]:
     """Writes the four outputs (each atomically; ``summary.json`` last) and returns the summary written."""
