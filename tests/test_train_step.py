@@ -4,13 +4,10 @@ output shardings equal the inputs, the NaN/inf policy, a tiny overfit, and a sma
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
 
-from fourdnex_jax.config import load_config_file, model_config
+from fourdnex_jax.config import load_config_file
 from fourdnex_jax.convert.orbax_io import flatten, partition_spec
 from fourdnex_jax.training import mesh as mesh_lib
-from fourdnex_jax.training import optimizer as optim_lib
-from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training.trainer import NonFiniteError, Trainer
 from train_support import ROOT, TINY, random_dataset
 

@@ -43,7 +43,7 @@ def ntc(t) -> np.ndarray:
     return np.moveaxis(a, 1, -1)
 
 
-def nct(torch, a) -> "torch.Tensor":
+def nct(torch, a):  # -> torch.Tensor in NCTHW
     return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a), -1, 1)))
 
 

@@ -15,7 +15,6 @@ import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work; never grab an accelerator
 
 from fourdnex_jax.convert.adapter import DEFAULT_FUSE_SCALE  # noqa: E402

@@ -21,11 +21,9 @@ Writes per image: ``rgb.mp4``, ``xyz.mp4``, ``pointmaps.npz`` (xyz float32 [T,H,
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -68,7 +66,6 @@ def main(argv) -> None:
     if not _OUT.value or (_IMAGE.value is None) == (_IMAGES.value is None):
         raise app.UsageError("give --out and exactly one of --image / --images")
     import jax
-    import numpy as np
 
     from fourdnex_jax.data.media import read_image
     from fourdnex_jax.pipelines import bundle as bundle_lib

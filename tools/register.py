@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 from fourdnex_jax.geometry.scene import postprocess_scene  # noqa: E402

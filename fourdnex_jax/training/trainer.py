@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 
 from fourdnex_jax.config import model_config
 from fourdnex_jax.training import checkpoint as ckpt_lib

@@ -23,7 +23,7 @@ from fourdnex_jax.models.layers import Dense, LayerNorm, make_param, torch_linea
 from fourdnex_jax.models.remat import remat_policy
 from fourdnex_jax.models.stacking import stack_layers
 from fourdnex_jax.models.transformer import layouts
-from fourdnex_jax.models.transformer.block import BLOCK_LINEARS, WanBlock, lora_targeted
+from fourdnex_jax.models.transformer.block import BLOCK_LINEARS, WanBlock
 from fourdnex_jax.models.transformer.config import WanTransformerConfig
 from fourdnex_jax.models.transformer.embeddings import ConditionEmbedder
 from fourdnex_jax.models.transformer.rope import rope_cos_sin
