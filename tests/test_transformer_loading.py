@@ -120,7 +120,7 @@ def test_corrupt_and_missing_files_are_named(saved, tmp_path):
     with pytest.raises(CheckpointFileError, match=shard.name):
         load_transformer(tmp_path, progress=False, **NO_4DNEX)
     shard.unlink()
-    with pytest.raises(CheckpointFileError, match="lists shard"):
+    with pytest.raises(CheckpointFileError, match=r"lists 1 shard\(s\) that do not exist"):
         load_transformer(tmp_path, progress=False, **NO_4DNEX)
     with pytest.raises(CheckpointFileError, match="config.json"):
         load_transformer(tmp_path / "nowhere", progress=False)

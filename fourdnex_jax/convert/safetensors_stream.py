@@ -29,7 +29,7 @@ import ml_dtypes
 import numpy as np
 
 from fourdnex_jax.io_utils import atomic_save_json
-from fourdnex_jax.loaders.safetensors_io import CheckpointFileError
+from fourdnex_jax.loaders.safetensors_io import CheckpointFileError, check_index, model_files
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -142,29 +142,11 @@ class StreamingSafetensors:
     def from_model_dir(cls, directory: str | os.PathLike, name: str) -> "StreamingSafetensors":
         """Opens ``directory/<name>.safetensors`` or the shards listed in ``directory/<name>.safetensors.index.json``
         (every listed shard must exist and hold exactly the keys the index assigns to it)."""
-        directory = Path(directory)
-        index = directory / f"{name}.safetensors.index.json"
-        single = directory / f"{name}.safetensors"
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-                shards = sorted(set(weight_map.values()))
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise CheckpointFileError(f"{index} is not a valid safetensors index (need a 'weight_map'): {e}") from e
-            missing = [s for s in shards if not (directory / s).exists()]
-            if missing:
-                raise CheckpointFileError(f"{index} lists {len(missing)} shard(s) that do not exist: {missing}")
-            source = cls(directory / s for s in shards)
-            wrong = sorted(k for k, s in weight_map.items()
-                           if k not in source._entries or source._entries[k].file != directory / s)
-            extra = sorted(set(source._entries) - set(weight_map))
-            if wrong or extra:
-                raise CheckpointFileError(f"{index} disagrees with the shards' contents: {len(wrong)} key(s) not where "
-                                          f"the index says {wrong[:10]}, {len(extra)} not in the index {extra[:10]}")
-            return source
-        if single.exists():
-            return cls([single])
-        raise CheckpointFileError(f"no {name}.safetensors or {name}.safetensors.index.json in {directory}")
+        files, weight_map = model_files(directory, name)
+        source = cls(files)
+        if weight_map is not None:
+            check_index(directory, name, weight_map, {k: e.file for k, e in source._entries.items()})
+        return source
 
     # --- TensorSource -----------------------------------------------------------------------------------------
     @property

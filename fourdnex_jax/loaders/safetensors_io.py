@@ -33,6 +33,41 @@ def _open(path: Path):
             "download or convert it again.") from e
 
 
+def model_files(directory: str | os.PathLike, name: str) -> tuple[list[Path], dict[str, str] | None]:
+    """The safetensors files of a model folder and the index's ``weight_map`` (None for a single file).
+
+    Raises :class:`CheckpointFileError` for a missing folder/file, an unreadable index or a listed shard that does
+    not exist."""
+    directory = Path(directory)
+    index = directory / f"{name}.safetensors.index.json"
+    single = directory / f"{name}.safetensors"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+            shards = sorted(set(weight_map.values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+            raise CheckpointFileError(f"{index} is not a valid safetensors index (need a 'weight_map'): {e}") from e
+        missing = [s for s in shards if not (directory / s).exists()]
+        if missing:
+            raise CheckpointFileError(f"{index} lists {len(missing)} shard(s) that do not exist: {missing}")
+        return [directory / s for s in shards], weight_map
+    if single.exists():
+        return [single], None
+    raise CheckpointFileError(f"no {name}.safetensors or {name}.safetensors.index.json in {directory}")
+
+
+def check_index(directory: str | os.PathLike, name: str, weight_map: dict[str, str], where: dict[str, Path]) -> None:
+    """Raises unless every tensor sits in the shard the index names and the index lists every tensor
+    (``where``: tensor key -> the shard file it was found in)."""
+    directory = Path(directory)
+    wrong = sorted(k for k, s in weight_map.items() if where.get(k) != directory / s)
+    extra = sorted(set(where) - set(weight_map))
+    if wrong or extra:
+        raise CheckpointFileError(f"{directory / (name + '.safetensors.index.json')} disagrees with the shards' "
+                                  f"contents: {len(wrong)} key(s) not where the index says {wrong[:10]}, "
+                                  f"{len(extra)} not in the index {extra[:10]}")
+
+
 class SafetensorsSource:
     """A :class:`fourdnex_jax.loaders.mapping.TensorSource` over one or more safetensors files."""
 
@@ -52,27 +87,11 @@ class SafetensorsSource:
     @classmethod
     def from_model_dir(cls, directory: str | os.PathLike, name: str = "diffusion_pytorch_model") -> "SafetensorsSource":
         """Opens ``directory/<name>.safetensors`` or the shards of ``directory/<name>.safetensors.index.json``."""
-        directory = Path(directory)
-        index = directory / f"{name}.safetensors.index.json"
-        single = directory / f"{name}.safetensors"
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise CheckpointFileError(f"{index} is not a valid safetensors index (need a 'weight_map'): {e}") from e
-            shards = sorted(set(weight_map.values()))
-            missing = [s for s in shards if not (directory / s).exists()]
-            if missing:
-                raise CheckpointFileError(f"{index} lists shard(s) that do not exist: {missing}")
-            source = cls(directory / s for s in shards)
-            wrong = sorted(k for k, s in weight_map.items() if source._where.get(k) != directory / s)
-            if wrong:
-                raise CheckpointFileError(f"{index} disagrees with the shards' contents for {len(wrong)} key(s): "
-                                          f"{wrong[:10]}")
-            return source
-        if single.exists():
-            return cls([single])
-        raise CheckpointFileError(f"no {name}.safetensors or {name}.safetensors.index.json in {directory}")
+        files, weight_map = model_files(directory, name)
+        source = cls(files)
+        if weight_map is not None:
+            check_index(directory, name, weight_map, source._where)
+        return source
 
     @property
     def files(self) -> list[Path]:
