@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from fourdnex_jax.data import encode, pipeline, prepare, synthetic, tfds_builders
-from fourdnex_jax.data.convert import ClipConfig
+from fourdnex_jax.data.annotations import ClipConfig
 from fourdnex_jax.data.writers import write_caption_csv
 from fourdnex_jax.io_utils import atomic_save_npz
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig, CLIPVisionTower

@@ -6,7 +6,7 @@ import pytest
 
 from fourdnex_jax.data import geometry, normalize, resize, synthetic, temporal
 from fourdnex_jax.data.clip6d import RawClip
-from fourdnex_jax.data.convert import ClipConfig, to_clip6d
+from fourdnex_jax.data.annotations import ClipConfig, to_clip6d
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 
 from fourdnex_jax.data import geometry, media, prepare, staging, synthetic, writers
 from fourdnex_jax.data.captions import CaptionTable, read_caption_csv, training_prompt
-from fourdnex_jax.data.convert import ClipConfig, to_clip6d
+from fourdnex_jax.data.annotations import ClipConfig, to_clip6d
 from fourdnex_jax.data.errors import BadExample
 from fourdnex_jax.data.readers import read_dust3r, read_megasam, read_monst3r
 

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
               f"{res[f'synth_clips_per_min_workers{workers}']:.0f} clips/min (incl. interpreter start-up)")
 
     from fourdnex_jax.data import prepare
-    from fourdnex_jax.data.convert import ClipConfig
+    from fourdnex_jax.data.annotations import ClipConfig
 
     cfg = ClipConfig(num_frames=args.frames, height=args.height, width=args.width)
     items = prepare.discover("synthetic", work / "raw_w0")

@@ -21,7 +21,7 @@ import time
 
 from fourdnex_jax.data import prepare
 from fourdnex_jax.data.captions import CaptionTable
-from fourdnex_jax.data.convert import ClipConfig
+from fourdnex_jax.data.annotations import ClipConfig
 from fourdnex_jax.data.readers import LAYOUTS
 
 

@@ -7,7 +7,7 @@ annotation, world frame of the annotation):
     ``points_world`` (T, H, W, 3) (DUSt3R; ``K`` then optional, estimated if absent);
   * ``dynamic_mask`` (T, H, W) bool or None; ``caption`` str or None; ``clip_id``, ``source`` (layout name).
 
-:class:`Clip6D` is one training clip after :func:`fourdnex_jax.data.convert.to_clip6d` (what the raw TFDS dataset
+:class:`Clip6D` is one training clip after :func:`fourdnex_jax.data.annotations.to_clip6d` (what the raw TFDS dataset
 stores, one record per clip), all arrays at the training resolution (T = ``num_frames``):
 
 ==================  ====================  =========================================================================

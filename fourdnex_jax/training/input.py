@@ -145,7 +145,7 @@ def ensure_synthetic_dataset(config, root: str | os.PathLike | None = None, prog
     from flax import nnx
 
     from fourdnex_jax.data import encode, prepare, synthetic
-    from fourdnex_jax.data.convert import ClipConfig
+    from fourdnex_jax.data.annotations import ClipConfig
     from fourdnex_jax.data.writers import write_caption_csv
     from fourdnex_jax.io_utils import Progress, atomic_save_npz
     from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig, CLIPVisionTower

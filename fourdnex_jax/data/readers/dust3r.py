@@ -1,7 +1,7 @@
 """Reader of DUSt3R-style static annotations (4DNeX-10M ``static_1``/``static_2``): one ``.npz`` per clip with
 ``pts3d`` (T, H, W, 3) world points and ``poses`` (T, 4, 4) camera-to-world. RGB comes from the npz's ``images``
 when present, else from the raw source (DL3DV ``images_4/`` folder or a RealEstate10K ``.mp4``), resized onto the
-pointmap grid. No intrinsics are stored: :func:`fourdnex_jax.data.convert.to_clip6d` estimates them."""
+pointmap grid. No intrinsics are stored: :func:`fourdnex_jax.data.annotations.to_clip6d` estimates them."""
 
 from __future__ import annotations
 
