@@ -69,8 +69,9 @@ class UniPCConfig:
             bad.append("only predict_x0=True is ported")
         if self.solver_type not in ("bh1", "bh2"):
             bad.append(f"solver_type {self.solver_type!r}")
-        if self.solver_order not in (1, 2, 3):
-            bad.append(f"solver_order {self.solver_order} (1-3 supported)")
+        if self.solver_order not in (1, 2):
+            bad.append(f"solver_order {self.solver_order} (1 and 2 are ported; Wan uses 2, order 3 would need a "
+                       "deeper history in the step state)")
         if self.thresholding or self.use_karras_sigmas or self.use_exponential_sigmas or self.use_beta_sigmas:
             bad.append("thresholding / karras / exponential / beta sigmas are not ported")
         if self.use_dynamic_shifting or self.shift_terminal:
@@ -163,12 +164,10 @@ def unipc_coefficients(sigmas: np.ndarray, cfg: UniPCConfig = UniPCConfig()) -> 
     Step i, with ``m_i = x_i - sigma_i v_i`` and the state ``(x_i, last, m_{i-1}, m_{i-2})``::
 
         x_c      = c_self x_i + c_last last + c_prev m_{i-1} + c_prev2 m_{i-2} + c_this m_i     (UniC)
-        x_{i+1}  = p_x x_c + p_this m_i + p_prev m_{i-1}  [+ p_prev2 m_{i-2}, order 3 only]     (UniP)
+        x_{i+1}  = p_x x_c + p_this m_i + p_prev m_{i-1}                                        (UniP)
         last <- x_c
     """
     n = len(sigmas) - 1
-    if cfg.solver_order > 2:
-        raise NotImplementedError("solver_order 3 needs a 4-deep history; Wan uses 2")
     orders = _orders(n, cfg)
     table = np.zeros((n, len(COLUMNS)), np.float64)
     col = {c: k for k, c in enumerate(COLUMNS)}

@@ -32,6 +32,21 @@ def require(path: epath.Path, reason: str = "missing_file") -> epath.Path:
     return path
 
 
+def list_npz_clips(root: str | epath.Path) -> list[epath.Path]:
+    """The ``*.npz`` clip files of an annotation folder (one clip per file), sorted."""
+    return sorted(epath.Path(root).glob("*.npz"), key=str)
+
+
+def load_npz_keys(path: epath.Path, keys: tuple[str, ...]) -> dict:
+    """Loads one clip ``.npz`` (no pickles); a missing file, an unreadable file or a missing key is a
+    :class:`BadExample`."""
+    z = read(lambda: media.load_npz(require(path)), str(path))
+    missing = [k for k in keys if k not in z]
+    if missing:
+        raise BadExample("corrupt_file", f"{path.name} lacks {missing} (has {sorted(z)})")
+    return z
+
+
 def rgb_uint8(images: np.ndarray) -> np.ndarray:
     """Frames as stored by annotation tools -> (T, H, W, 3) uint8 (floats in [0, 1] or [-1, 1] are rescaled)."""
     a = np.asarray(images)

@@ -8,15 +8,13 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.data import media
 from fourdnex_jax.data.captions import CaptionTable
 from fourdnex_jax.data.clip6d import RawClip
 from fourdnex_jax.data.errors import BadExample
-from fourdnex_jax.data.readers.common import fit_rgb, read, read_rgb_source, require, rgb_uint8
+from fourdnex_jax.data.readers.common import fit_rgb, list_npz_clips, load_npz_keys, read_rgb_source, rgb_uint8
 
 
-def list_clips(root: str | epath.Path) -> list[epath.Path]:
-    return sorted(epath.Path(root).glob("*.npz"), key=str)
+list_clips = list_npz_clips
 
 
 def find_rgb_source(rgb_root: str | epath.Path, clip_id: str) -> epath.Path | None:
@@ -37,9 +35,7 @@ def read_dust3r(path: str | epath.Path, *, rgb_source: str | epath.Path | None =
                 captions: CaptionTable | None = None, clip_id: str | None = None) -> RawClip:
     path = epath.Path(path)
     clip_id = clip_id or path.stem
-    z = read(lambda: media.load_npz(require(path)), str(path))
-    if "pts3d" not in z or "poses" not in z:
-        raise BadExample("corrupt_file", f"{path.name} lacks pts3d/poses (has {sorted(z)})")
+    z = load_npz_keys(path, ("pts3d", "poses"))
     pts = np.asarray(z["pts3d"], np.float32)
     if pts.ndim != 4 or pts.shape[-1] != 3:
         raise BadExample("shape_mismatch", f"pts3d must be (T, H, W, 3), got {pts.shape}")

@@ -7,27 +7,22 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.data import media
 from fourdnex_jax.data.captions import CaptionTable
 from fourdnex_jax.data.clip6d import RawClip
 from fourdnex_jax.data.errors import BadExample
-from fourdnex_jax.data.readers.common import read, require, rgb_uint8
+from fourdnex_jax.data.readers.common import list_npz_clips, load_npz_keys, rgb_uint8
 
 KEYS = ("images", "depths", "intrinsic", "cam_c2w")
 
 
-def list_clips(root: str | epath.Path) -> list[epath.Path]:
-    return sorted(epath.Path(root).glob("*.npz"), key=str)
+list_clips = list_npz_clips
 
 
 def read_megasam(path: str | epath.Path, *, captions: CaptionTable | None = None,
                  clip_id: str | None = None) -> RawClip:
     path = epath.Path(path)
     clip_id = clip_id or path.stem
-    z = read(lambda: media.load_npz(require(path)), str(path))
-    missing = [k for k in KEYS if k not in z]
-    if missing:
-        raise BadExample("corrupt_file", f"{path.name} lacks {missing}")
+    z = load_npz_keys(path, KEYS)
     K = np.asarray(z["intrinsic"], np.float64)
     if K.shape != (3, 3):
         raise BadExample("shape_mismatch", f"intrinsic must be (3, 3), got {K.shape}")
