@@ -4,7 +4,7 @@
     python tools/make_tiny_bundle.py encode --config configs/tiny.py --vae VAE_DIR --clips CLIPS6D_DIR \
         --stage STAGE_DIR --data-out DATA_DIR
     # 2. after `tools/train.py --config.data.dir=<printed encoded6d folder> --workdir RUN`:
-    python tools/make_tiny_bundle.py assemble --stage STAGE_DIR --run RUN --out checkpoints/tiny
+    python tools/make_tiny_bundle.py assemble --stage STAGE_DIR --run RUN --out checkpoints/tiny [--vae VAE_DIR]
 
 The UMT5 and CLIP towers are random (seed ``--seed``) frozen feature extractors: the DiT learns to read them during
 training, so they only need to be fixed, not pretrained. The tokenizer is word-level over the synthetic captions'
@@ -85,13 +85,30 @@ def cmd_assemble(args) -> int:
     from fourdnex_jax.training.checkpoint import load_trained_model, read_meta
 
     stage = load_bundle(args.stage)
+    vae = stage.vae
+    if args.vae:  # a decoder-only fine-tune of the staged VAE: the encoded training latents must still be its own
+        import numpy as np
+        from flax import nnx
+
+        from fourdnex_jax.convert.restore import restore_model
+        from fourdnex_jax.models import params
+
+        vae = restore_model(args.vae, "vae")
+        old, new = (params.flat_variables(m, nnx.Param) for m in (stage.vae, vae))
+        changed = [p for p in old if not p.startswith(("decoder", "post_quant_conv"))
+                   and not np.array_equal(np.asarray(old[p][...]), np.asarray(new[p][...]))]
+        if changed or old.keys() != new.keys():
+            raise SystemExit(f"--vae {args.vae}: its encoder differs from the staged VAE's ({changed[:3]}...); the "
+                             "DiT was trained on latents of the staged encoder (use --train-part decoder)")
     step, meta = read_meta(args.run)
     dit = load_trained_model(args.run)
-    vae_report = Path(args.vae_report) if args.vae_report else None
+    missing = [p for p in args.vae_report if not Path(p).is_file()]
+    if missing:
+        raise SystemExit(f"--vae-report: no such file(s) {missing}")
     info = {"name": "fourdnex_jax tiny demo model", "dit_run": str(args.run), "dit_step": step,
             "dit_base": meta.get("base"), "command_log": "docs/tiny_model.md",
-            "vae_report": json.loads(vae_report.read_text()) if vae_report and vae_report.exists() else None}
-    save_bundle(args.out, transformer=dit, vae=stage.vae, text_encoder=stage.text_encoder,
+            "vae_reports": [json.loads(Path(p).read_text()) for p in args.vae_report]}
+    save_bundle(args.out, transformer=dit, vae=vae, text_encoder=stage.text_encoder,
                 image_encoder=stage.image_encoder, tokenizer_dir=Path(args.stage) / "tokenizer",
                 clip_preprocess={"size": dict(stage.clip_preprocess.size),
                                  "crop_size": dict(stage.clip_preprocess.crop_size)},
@@ -116,7 +133,10 @@ def main(argv=None) -> int:
     a.add_argument("--stage", required=True)
     a.add_argument("--run", required=True)
     a.add_argument("--out", required=True)
-    a.add_argument("--vae-report", default=None)
+    a.add_argument("--vae", default=None, help="take the VAE from this tools/train_tiny_vae.py run instead of the "
+                   "stage (only a decoder-only fine-tune of the staged VAE is accepted)")
+    a.add_argument("--vae-report", nargs="*", default=[],
+                   help="vae_report.json of each tools/train_tiny_vae.py phase, in order (stored in bundle.json)")
     args = ap.parse_args(argv)
     return cmd_encode(args) if args.cmd == "encode" else cmd_assemble(args)
 

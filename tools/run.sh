@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh machine: creates .venv with the pinned stack on first use, then runs a job.
-#   bash tools/run.sh smoke [extra flags]   the main job on the embedded default (configs/tiny.py)
+#   bash tools/run.sh demo  [extra flags]   the main job: image -> 4D with the bundled tiny model on the bundled
+#                                           held-out example (video, pointmaps, cameras, PLY/GLB, novel-view video)
+#   bash tools/run.sh smoke [extra flags]   DiT smoke run on the embedded default (configs/tiny.py, random weights)
 #   bash tools/run.sh test  [pytest args]   the test suite (what .ci/run calls)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,8 @@ fi
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 job=${1:-}; shift || true
 case "$job" in
+  demo)  exec "$PY" tools/generate.py --image examples/synth_heldout_000000.png --out out/demo "$@" ;;
   smoke) exec "$PY" tools/smoke.py --config configs/tiny.py --out out/smoke "$@" ;;
   test)  exec "$PY" -m pytest "$@" ;;
-  *) echo "usage: bash tools/run.sh {smoke|test} [args]" >&2; exit 2 ;;
+  *) echo "usage: bash tools/run.sh {demo|smoke|test} [args]" >&2; exit 2 ;;
 esac

@@ -2,7 +2,8 @@
 synthetic 6D clips, so the bundled tiny model has a VAE that actually reconstructs RGB and XYZ.
 
     python tools/train_tiny_vae.py --data CLIPS6D_DATASET_DIR --out DIR [--steps 1500] [--batch 2]
-        [--frames 5] [--crop H W] [--lr 1e-3] [--seed 0] [--max-minutes 0]
+        [--frames 5] [--crop H W] [--lr 1e-3] [--seed 0] [--max-minutes 0] [--spatial-factor 8|4] [--init RUN]
+        [--train-part all|decoder]
 
 Training examples are what the pipeline feeds the VAE: fused ``[RGB | XYZ]`` clips (H x 2W, RGB uint8 -> [-1, 1],
 XYZ already normalised to [-1, 1]) of ``frames`` consecutive frames (1 + 4k), and, one step in four, the
@@ -68,7 +69,13 @@ def main(argv=None) -> int:
     ap.add_argument("--crop", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="train on random (H, W) crops of the fused frames (multiples of 8; the VAE is convolutional)")
     ap.add_argument("--latent-noise", type=float, default=0.0, help="std of noise added to the latent mean")
-    ap.add_argument("--init", default=None, help="start from this run's vae/ (a previous --out)")
+    ap.add_argument("--init", default=None, help="start from this run's vae/ (a previous --out; its architecture)")
+    ap.add_argument("--spatial-factor", type=int, choices=(4, 8), default=8,
+                    help="8: Wan's dim_mult (1, 2, 4, 4); 4: dim_mult (1, 2, 4), one downsampling stage fewer "
+                         "(the bundled tiny model: it trains far faster on a CPU)")
+    ap.add_argument("--train-part", choices=("all", "decoder"), default="all",
+                    help="decoder: train post_quant_conv + decoder only (the encoder, hence every latent already "
+                         "encoded with it, stays valid; use with --init)")
     ap.add_argument("--max-minutes", type=float, default=0.0, help="stop early after this long (0: no limit)")
     args = ap.parse_args(argv)
     if (args.frames - 1) % 4:
@@ -77,15 +84,20 @@ def main(argv=None) -> int:
     rgb, xyz = load_split(args.data, "train")
     n, t_all = rgb.shape[:2]
     print(f"train_tiny_vae: {n} clips of {rgb.shape[1:]} from {args.data}", flush=True)
-    cfg = WanVAEConfig.tiny(latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16)
-    vae = WanVAE(cfg, rngs=nnx.Rngs(args.seed))
+    stages = {8: {}, 4: {"dim_mult": (1, 2, 4), "temperal_downsample": (True, True)}}[args.spatial_factor]
+    cfg = WanVAEConfig.tiny(latents_mean=(0.0,) * 16, latents_std=(1.0,) * 16, **stages)
     if args.init:
         from fourdnex_jax.convert.restore import restore_model
 
         prev = restore_model(args.init, "vae")
+        cfg = dataclasses.replace(prev.config, latents_mean=cfg.latents_mean, latents_std=cfg.latents_std)
+    vae = WanVAE(cfg, rngs=nnx.Rngs(args.seed))
+    if args.init:
         params.assign(vae, {p: v[...] for p, v in params.flat_variables(prev, nnx.Param).items()})
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(100, args.steps // 10), args.steps, args.lr * 0.05)
-    opt = nnx.Optimizer(vae, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched)), wrt=nnx.Param)
+    trained = nnx.Param if args.train_part == "all" else nnx.All(
+        nnx.Param, nnx.Any(nnx.PathContains("decoder"), nnx.PathContains("post_quant_conv")))
+    opt = nnx.Optimizer(vae, optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched)), wrt=trained)
 
     def loss_fn(model, video, eps):
         dist = model.encode(video, chunked=False)
@@ -97,14 +109,18 @@ def main(argv=None) -> int:
 
     @nnx.jit
     def train_step(model, optimizer, video, eps):
-        (loss, rec), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, video, eps)
+        (loss, rec), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, trained), has_aux=True)(
+            model, video, eps)
         optimizer.update(model, grads)
         return loss, rec
 
     rng = np.random.default_rng(args.seed)
     f = args.frames
     ch, cw = args.crop if args.crop else (rgb.shape[2], 2 * rgb.shape[3])
-    lat_shape = (args.batch, 1 + (f - 1) // 4, ch // 8, cw // 8, 16)
+    sf, tf = cfg.spatial_factor, cfg.temporal_factor
+    if (f - 1) % tf or ch % sf or cw % sf:
+        raise SystemExit(f"--frames must be 1 + {tf}k and --crop multiples of {sf} for this VAE")
+    lat_shape = (args.batch, 1 + (f - 1) // tf, ch // sf, cw // sf, cfg.z_dim)
     bar = Progress(args.steps, "vae", every=25)
     hist = []
     step = 0
@@ -121,8 +137,8 @@ def main(argv=None) -> int:
             video = np.concatenate([clip_rgb, clip_xyz], axis=3)
         if args.crop:
             ch, cw = args.crop
-            y0 = int(rng.integers(0, video.shape[2] - ch + 1) // 8 * 8)
-            x0 = int(rng.integers(0, video.shape[3] - cw + 1) // 8 * 8)
+            y0 = int(rng.integers(0, video.shape[2] - ch + 1) // sf * sf)
+            x0 = int(rng.integers(0, video.shape[3] - cw + 1) // sf * sf)
             video = video[:, :, y0:y0 + ch, x0:x0 + cw]
         eps = rng.standard_normal(lat_shape).astype(np.float32)
         loss, rec = train_step(vae, opt, jnp.asarray(video), jnp.asarray(eps))
@@ -139,13 +155,14 @@ def main(argv=None) -> int:
     k = min(n, 64)
     lat = np.concatenate([np.asarray(enc(vae, jnp.asarray(a[i:i + 8]))) for a in (rgb[:k], xyz[:k])
                           for i in range(0, k, 8)])
-    mean = lat.reshape(-1, 16).mean(0)
-    std = lat.reshape(-1, 16).std(0) + 1e-6
+    mean = lat.reshape(-1, cfg.z_dim).mean(0)
+    std = lat.reshape(-1, cfg.z_dim).std(0) + 1e-6
     cfg = dataclasses.replace(cfg, latents_mean=tuple(float(v) for v in mean), latents_std=tuple(float(v) for v in std))
     vae.config = cfg
 
     # held-out reconstruction (full clips, the chunked inference path, fused and separate)
-    report = {"steps": step, "train_seconds": round(train_s, 1), "history": hist, "clips": n,
+    report = {"steps": step, "train_part": args.train_part, "spatial_factor": cfg.spatial_factor, "init": args.init,
+              "train_seconds": round(train_s, 1), "history": hist, "clips": n,
               "frames_per_example": f, "batch": args.batch, "lr": args.lr, "seed": args.seed,
               "latents_mean": list(cfg.latents_mean), "latents_std": list(cfg.latents_std)}
     try:
