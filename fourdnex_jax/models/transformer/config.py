@@ -8,9 +8,9 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from fourdnex_jax.models.remat import REMAT_POLICIES
+from fourdnex_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 
 MODALITY_LAYOUTS = ("none", "width", "height", "frame", "channel", "batch")
-ATTENTION_IMPLEMENTATIONS = ("xla", "chunked", "ring")
 
 # Keys of a diffusers `config.json` that carry no architecture (bookkeeping written by diffusers).
 _DIFFUSERS_BOOKKEEPING = ("_class_name", "_diffusers_version", "_name_or_path", "_use_default_values")
