@@ -81,3 +81,121 @@ def test_noisy_dynamic_within_tolerance():
     dyn = tr["dynamic"] & reg.valid
     assert reg.inconsistent[dyn].mean() > 0.5
     assert reg.inconsistent[reg.valid & ~tr["dynamic"]].mean() < 0.1
+
+
+def _pairs(rng, n, K, r, t, noise=0.0, bad=0.0):
+    X = rng.normal(size=(n, 3)) + [0, 0, 5]
+    p = (X @ r.T + t) @ K.T
+    uv = p[:, :2] / p[:, 2:] + rng.normal(size=(n, 2)) * noise
+    out = rng.random(n) < bad
+    X[out] += rng.normal(size=(int(out.sum()), 3))
+    return X, uv
+
+
+def test_p3p_exact_on_random_triples():
+    rng = np.random.default_rng(4)
+    b = 200
+    r = cameras.project_to_so3(np.eye(3) + rng.normal(size=(b, 3, 3)))
+    t = rng.normal(size=(b, 3))
+    xc = rng.normal(size=(b, 3, 3)) + [0, 0, 6]  # camera-frame points
+    xw = np.einsum("bji,bnj->bni", r, xc - t[:, None])  # world points with R xw + t = xc
+    rs, ts, ok = cameras.p3p(xc / np.linalg.norm(xc, axis=-1, keepdims=True), xw)
+    err = np.abs(rs - r[:, None]).max((-1, -2)) + np.abs(ts - t[:, None]).max(-1)
+    best = np.where(ok, err, np.inf).min(1)
+    assert np.quantile(best, 0.99) < 1e-8 and (best < 1e-6).mean() > 0.99
+
+
+def test_masked_quantile_matches_sorting():
+    rng = np.random.default_rng(5)
+    e = rng.random((7, 40))
+    mask = rng.random((7, 40)) < 0.6
+    mask[0] = True
+    for q in (0.3, 0.5):
+        got = cameras.masked_quantile(e, mask, q)
+        want = [np.sort(row[m])[int(q * m.sum())] for row, m in zip(e, mask)]
+        np.testing.assert_array_equal(got, want)
+    assert cameras.masked_median(e[:1], np.zeros((1, 40), bool))[0] == np.inf
+
+
+def test_gauss_newton_converges_to_exact_pose():
+    rng = np.random.default_rng(6)
+    K = np.array([[300.0, 0, 160], [0, 310, 120], [0, 0, 1]])
+    r, t = _rand_pose(rng)
+    X, uv = _pairs(rng, 300, K, r, t)
+    r0 = cameras.project_to_so3(r + 0.02 * rng.normal(size=(3, 3)))
+    r1, t1 = cameras.gauss_newton_pose(K, r0, t + 0.05, X, uv, steps=6)
+    np.testing.assert_allclose(r1, r, atol=1e-10)
+    np.testing.assert_allclose(t1, t, atol=1e-10)
+    r2, t2 = cameras.irls_pose(K, r0, t + 0.05, X, uv, iters=8)
+    np.testing.assert_allclose(r2, r, atol=1e-9)
+    np.testing.assert_allclose(t2, t, atol=1e-9)
+
+
+@pytest.mark.parametrize("method", ["lmeds", "ransac"])
+def test_batched_poses_equal_per_frame(method):
+    """All frames in one vectorised pass = one call per frame with the same seed (different valid counts, per-frame
+    K, an init hypothesis for some frames)."""
+    rng = np.random.default_rng(7)
+    tt, n = 5, 2500
+    Ks = np.stack([np.array([[300.0 + 10 * i, 0, 160], [0, 300 + 10 * i, 120], [0, 0, 1]]) for i in range(tt)])
+    X = np.zeros((tt, n, 3))
+    uv = np.zeros((tt, n, 2))
+    poses = [_rand_pose(rng) for _ in range(tt)]
+    for i, (r, t) in enumerate(poses):
+        X[i], uv[i] = _pairs(rng, n, Ks[i], r, t, noise=0.3, bad=0.25)
+    valid = rng.random((tt, n)) < np.array([1.0, 0.9, 0.5, 0.3, 0.05])[:, None]  # 125 .. 2500 pairs
+    init = (np.stack([p[0] for p in poses])[:, None], np.stack([p[1] for p in poses])[:, None] + 0.01)
+    kw = dict(method=method, threshold=1.0 if method == "ransac" else None)
+    res = cameras.robust_pose_batch(Ks, X, uv, valid, init=init, seeds=[3, 1, 4, 1, 5], **kw)
+    for i in range(tt):
+        one = cameras.robust_pose(Ks[i], X[i][valid[i]], uv[i][valid[i]], init=[(init[0][i, 0], init[1][i, 0])],
+                                  seed=[3, 1, 4, 1, 5][i], **kw)
+        np.testing.assert_allclose(res.R[i], one.R, atol=1e-12)
+        np.testing.assert_allclose(res.t[i], one.t, atol=1e-12)
+        np.testing.assert_array_equal(res.inliers[i][valid[i]], one.inliers)
+        assert not res.inliers[i][~valid[i]].any()
+        assert res.threshold[i] == pytest.approx(one.threshold) and res.source[i] == one.source
+        assert res.median_error[i] == pytest.approx(one.median_error)
+        assert cameras.rotation_angle_deg(one.R.T @ poses[i][0]) < 0.2
+
+
+def test_calibrated_dlt_weights_and_robust_projection():
+    rng = np.random.default_rng(8)
+    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
+    r, t = _rand_pose(rng)
+    X, uv = _pairs(rng, 400, K, r, t)
+    bad = np.arange(400) < 100
+    X[bad] += 1.0
+    b = np.concatenate([uv, np.ones((400, 1))], 1) @ np.linalg.inv(K).T
+    rc, tc = cameras.calibrated_dlt(b, X, w=(~bad).astype(float))  # zero weight = left out
+    np.testing.assert_allclose(rc, r, atol=1e-9)
+    np.testing.assert_allclose(tc, t, atol=1e-8)
+    P, inl = cameras.robust_projection(X, uv, seed=0)
+    k2, r2, _ = cameras.decompose_projection(P)
+    np.testing.assert_allclose(k2, K, atol=1e-5)
+    assert inl[~bad].all() and not inl[bad].any()
+
+
+def test_per_frame_intrinsics_clean_exact():
+    inp, tr = synthetic.pointmap_sequence(0, frames=4, height=36, width=48, normalization="sequence")
+    reg = register.register(inp["xyz"], inp["valid"], per_frame_intrinsics=True)
+    np.testing.assert_allclose(reg.K_per_frame, np.broadcast_to(tr["K"], (4, 3, 3)), atol=1e-5)
+    np.testing.assert_allclose(reg.c2w, tr["c2w"], atol=1e-6)
+
+
+def test_neighbour_fallback_repairs_a_wrong_frame():
+    inp, tr = synthetic.pointmap_sequence(2, frames=6, height=36, width=48, normalization="sequence", noise=0.003)
+    reg = register.register(inp["xyz"], inp["valid"])
+    xg = inp["xyz"].reshape(6, -1, 3).astype(np.float64)
+    vg = inp["valid"].reshape(6, -1)
+    u, v = np.meshgrid(np.arange(48.0), np.arange(36.0))
+    uvg = np.stack([u, v], -1).reshape(-1, 2)
+    Ks = np.broadcast_to(reg.K, (6, 3, 3))
+    w2c = np.linalg.inv(reg.c2w)
+    res = cameras.robust_pose_batch(Ks[1:], xg[1:], uvg, vg[1:], seeds=np.arange(1, 6))
+    good_r = res.R[2].copy()
+    res.R[2] = cameras.project_to_so3(good_r + 0.3)  # a failed frame: far off, large median error
+    res.median_error[2] = np.inf
+    fixed = register._neighbour_fallback(res, Ks, xg, uvg, vg, (w2c[0, :3, :3], w2c[0, :3, 3]), 0, {})
+    assert np.isfinite(fixed.median_error[2])
+    assert cameras.rotation_angle_deg(fixed.R[2].T @ good_r) < 0.05

@@ -7,12 +7,21 @@ Building blocks:
   * :func:`dlt_projection` -- normalised (Hartley) DLT for a full 3x4 projection ``P`` (11 DoF);
     :func:`decompose_projection` -- RQ split ``P = K [R | t]`` with ``diag(K) > 0`` and ``det R = +1``.
     This is what recovers K and the (unknown) offset of a per-frame-centred 4DNeX frame 0.
+    :func:`robust_projection` -- the same robustly (batched minimal hypotheses).
   * :func:`fit_intrinsics_camera_frame` -- a camera-frame pointmap (no shift) gives ``u = fx X/Z + cx`` and
-    ``v = fy Y/Z + cy``: two robust 1-D line fits (LMedS, then least squares on the inliers).
+    ``v = fy Y/Z + cy``: two robust 1-D line fits (LMedS, then least squares on the inliers), then a joint
+    square-pixel Tukey IRLS fit.
   * :func:`calibrated_dlt` -- with K known, ``cross(K^-1 p, R X + t) = 0`` is linear in the 12 entries of
-    ``[R | t]``; SVD null vector, projection onto SO(3), then a linear re-solve of ``t`` given ``R``.
-    :func:`robust_pose` draws minimal 6-point hypotheses (all solved in one batched SVD), scores them by LMedS or
-    RANSAC on the reprojection error, refits on the inliers and optionally runs Gauss-Newton steps.
+    ``[R | t]``; null vector of the 12x12 normal matrix, projection onto SO(3), then a linear re-solve of ``t``.
+  * :func:`p3p` -- minimal 3-point absolute pose (Lambda Twist), batched over many triples.
+  * :func:`robust_pose_batch` -- the poses of ALL frames of a video in one vectorised pass: P3P hypotheses from
+    random triples scored by LMedS / RANSAC (preemptively), a calibrated-DLT refit on the winner's inliers,
+    robust (Tukey) Gauss-Newton on a random subset and a few full-resolution steps, every stage as stacked
+    (T, ...) arrays (6x6 normal equations from one Gram product, ``np.linalg.solve`` on (T, 6, 6)). Frame by
+    frame it is :func:`robust_pose` (T = 1) with the same results.
+
+Robust scale: errors are summarised by :func:`robust_level`, an estimate of the INLIERS' median error from the 30%
+quantile of all errors, so that moving objects covering a third of a frame do not inflate thresholds and weights.
 """
 
 from __future__ import annotations
@@ -20,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-
 
 # -- small linear algebra ---------------------------------------------------------------------------------------
 def project_to_so3(m: np.ndarray) -> np.ndarray:
@@ -64,7 +72,57 @@ def _normalise_points(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return (x - m) / s, m, s
 
 
-# -- projection ---------------------------------------------------------------------------------------------------
+# -- robust statistics ------------------------------------------------------------------------------------------
+def masked_quantile(e: np.ndarray, mask: np.ndarray, q: float) -> np.ndarray:
+    """Quantile along the last axis over the entries where ``mask`` is set: the element of 0-based rank
+    ``floor(q n)`` among the ``n`` selected ones, with ONE ``np.partition`` (the unselected entries become -inf /
+    +inf in the proportion that keeps that rank at one common position). e, mask (..., N) -> (...); +inf where
+    ``n = 0``."""
+    n_all = e.shape[-1]
+    k = min(int(q * n_all), n_all - 1)
+    if mask.all():
+        return np.partition(e, k, -1)[..., k]
+    n = mask.sum(-1)
+    n_low = np.clip(k - np.floor(q * n).astype(np.int64), 0, n_all - n)[..., None]  # unselected -> -inf
+    rank = np.cumsum(~mask, -1)
+    a = np.where(mask, e, np.where(rank <= n_low, -np.inf, np.inf))
+    return np.partition(a, k, -1)[..., k]
+
+
+def masked_median(e: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Upper median (rank ``floor(n / 2)``, ``np.median`` for odd ``n``) over the masked entries of the last axis
+    (:func:`masked_quantile`)."""
+    return masked_quantile(e, mask, 0.5)
+
+
+# Robust error level: the median of the inlier errors, estimated from the 30% quantile of all errors. For 2-D
+# Gaussian pixel noise (Rayleigh-distributed errors) median / q30 = 1.1774 / 0.8446; with a fraction ``o`` of
+# outliers the q30 is the inliers' 0.3 / (1 - o) quantile, so the estimate stays near the inlier median for
+# outlier fractions where the plain median of all errors (the inliers' 0.5 / (1 - o) quantile) is already
+# inflated (o = 1/3: 1.10 sigma vs 1.68 sigma) and would bias the robust scale, the IRLS and the inlier threshold.
+ROBUST_QUANTILE = 0.3
+ROBUST_QUANTILE_TO_MEDIAN = 1.1774 / 0.8446
+HALF_NORMAL_Q30_TO_MEDIAN = 0.6745 / 0.3853  # the same for 1-D residuals |r| (half-normal)
+TUKEY_C = 4.685  # biweight cut-off in per-axis sigmas (95% efficiency under Gaussian noise)
+
+
+def robust_level(e: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Robust estimate of the inliers' median error over the masked entries of the last axis: (..., N) -> (...)."""
+    return ROBUST_QUANTILE_TO_MEDIAN * masked_quantile(e, mask, ROBUST_QUANTILE)
+
+
+def tukey_weights(e: np.ndarray, mask: np.ndarray, min_scale: float = 1e-6,
+                  level: np.ndarray | None = None) -> np.ndarray:
+    """Tukey biweight IRLS weights ``(1 - (e / c)^2)^2`` for ``e < c`` (0 beyond and where not ``mask``), with
+    ``c = 4.685 sigma`` and the per-axis ``sigma = level / 1.1774`` (the Rayleigh median of 2-D Gaussian pixel
+    errors), ``level`` (...,) the :func:`robust_level` of ``e`` over ``mask`` unless given. e, mask (..., N)."""
+    level = robust_level(e, mask) if level is None else level
+    c = np.maximum(TUKEY_C / 1.1774 * level, min_scale)[..., None]
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.where(mask & (e < c), (1.0 - (e / c) ** 2) ** 2, 0.0)
+
+
+# -- projection -------------------------------------------------------------------------------------------------
 def reprojection_error(K: np.ndarray, r: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray) -> np.ndarray:
     """Pixel reprojection error of points ``X`` (..., N, 3) under pose(s) ``r`` (..., 3, 3), ``t`` (..., 3).
     Points behind the camera get ``inf``."""
@@ -77,24 +135,40 @@ def reprojection_error(K: np.ndarray, r: np.ndarray, t: np.ndarray, X: np.ndarra
     return np.where(ok, np.sqrt(du * du + dv * dv), np.inf)
 
 
-# -- full DLT + RQ -------------------------------------------------------------------------------------------------
-def dlt_projection(X: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Normalised DLT: 3x4 ``P`` with ``uv ~ P [X; 1]`` (least squares over >= 6 points)."""
-    xn, xm, xs = _normalise_points(np.asarray(X, np.float64))
-    un, um, us = _normalise_points(np.asarray(uv, np.float64))
-    n = len(xn)
-    xh = np.concatenate([xn, np.ones((n, 1))], 1)
-    a = np.zeros((2 * n, 12))
-    a[0::2, 0:4] = xh
-    a[0::2, 8:12] = -un[:, :1] * xh
-    a[1::2, 4:8] = xh
-    a[1::2, 8:12] = -un[:, 1:] * xh
+# -- full DLT + RQ ----------------------------------------------------------------------------------------------
+def _dlt_batch(X: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Normalised (Hartley) DLT for a batch of point sets: X (M, k, 3), uv (M, k, 2), k >= 6 -> P (M, 3, 4) with
+    ``uv ~ P [X; 1]`` (least squares; one batched SVD)."""
+    nb, k, _ = X.shape
+    xm = X.mean(1, keepdims=True)
+    xs = np.sqrt(((X - xm) ** 2).sum(-1).mean(-1))
+    xs = np.where(xs > 1e-12, xs, 1.0)
+    um = uv.mean(1, keepdims=True)
+    us = np.sqrt(((uv - um) ** 2).sum(-1).mean(-1))
+    us = np.where(us > 1e-12, us, 1.0)
+    xh = np.concatenate([(X - xm) / xs[:, None, None], np.ones((nb, k, 1))], -1)
+    un = (uv - um) / us[:, None, None]
+    a = np.zeros((nb, 2 * k, 12))
+    a[:, 0::2, 0:4] = xh
+    a[:, 0::2, 8:12] = -un[..., :1] * xh
+    a[:, 1::2, 4:8] = xh
+    a[:, 1::2, 8:12] = -un[..., 1:] * xh
     _, _, vt = np.linalg.svd(a, full_matrices=False)
-    pn = vt[-1].reshape(3, 4)
-    tx = np.array([[1 / xs, 0, 0, -xm[0] / xs], [0, 1 / xs, 0, -xm[1] / xs], [0, 0, 1 / xs, -xm[2] / xs],
-                   [0, 0, 0, 1]])
-    tu_inv = np.array([[us, 0, um[0]], [0, us, um[1]], [0, 0, 1]])
+    pn = vt[:, -1].reshape(nb, 3, 4)
+    tx = np.zeros((nb, 4, 4))
+    tx[:, [0, 1, 2], [0, 1, 2]] = 1 / xs[:, None]
+    tx[:, :3, 3] = -xm[:, 0] / xs[:, None]
+    tx[:, 3, 3] = 1.0
+    tu_inv = np.zeros((nb, 3, 3))
+    tu_inv[:, [0, 1], [0, 1]] = us[:, None]
+    tu_inv[:, :2, 2] = um[:, 0]
+    tu_inv[:, 2, 2] = 1.0
     return tu_inv @ pn @ tx
+
+
+def dlt_projection(X: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """Normalised DLT: 3x4 ``P`` with ``uv ~ P [X; 1]`` (least squares over >= 6 points): X (N, 3), uv (N, 2)."""
+    return _dlt_batch(np.asarray(X, np.float64)[None], np.asarray(uv, np.float64)[None])[0]
 
 
 def decompose_projection(P: np.ndarray, X: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -112,9 +186,51 @@ def decompose_projection(P: np.ndarray, X: np.ndarray | None = None) -> tuple[np
     return k, r, t
 
 
-# -- intrinsics from a camera-frame map ----------------------------------------------------------------------------
+def robust_projection(X: np.ndarray, uv: np.ndarray, *, hypotheses: int = 256, score_points: int = 2000,
+                      min_threshold: float = 1e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Full DLT robustly: X (N, 3), uv (N, 2). Minimal 6-point DLT hypotheses (solved in one batched SVD, scored
+    in one pass on ``score_points`` pairs) ranked by the truncated squared error at the threshold of the best
+    median (MSAC with an LMedS scale), refit on the inliers. Returns (P (3, 4), inliers (N,))."""
+    X = np.asarray(X, np.float64)
+    uv = np.asarray(uv, np.float64)
+    n = len(X)
+    rng = np.random.default_rng(seed)
+    sub = rng.choice(n, min(n, score_points), replace=False)
+    xh = np.concatenate([X, np.ones((n, 1))], 1)
+
+    def errors(P, rows):  # P (..., 3, 4) -> (..., len(rows))
+        p = xh[rows] @ np.swapaxes(P, -1, -2)
+        z = np.where(np.abs(p[..., 2]) > 1e-12, p[..., 2], 1e-12)
+        return np.hypot(p[..., 0] / z - uv[rows, 0], p[..., 1] / z - uv[rows, 1])
+
+    picks = rng.integers(0, n, (hypotheses, 6))
+    for _ in range(100):  # redraw sets with a repeated index
+        srt = np.sort(picks, 1)
+        rep = (srt[:, 1:] == srt[:, :-1]).any(1)
+        if not rep.any() or n < 6:
+            break
+        picks[rep] = rng.integers(0, n, (int(rep.sum()), 6))
+    Ps = _dlt_batch(X[picks], uv[picks])
+    with np.errstate(all="ignore"):
+        err = errors(Ps, sub)
+        meds = np.median(err, axis=1)
+        # LMedS ties (a plane-dominated map: a degenerate P fits the plane's points exactly) are broken MSAC-style:
+        # truncated squared error at the threshold the best median implies
+        cap = max(2.5 * 1.4826 * float(np.nanmin(np.where(np.isfinite(meds), meds, np.nan))), min_threshold)
+        score = np.where(np.isfinite(meds), (np.minimum(err, cap) ** 2).sum(1), np.nan)
+    P = Ps[int(np.nanargmin(score))]
+    allrows = np.arange(n)
+    for _ in range(2):
+        e = errors(P, allrows)
+        inl = e < max(2.5 * 1.4826 * np.median(e), min_threshold)
+        P = dlt_projection(X[inl], uv[inl])
+    e = errors(P, allrows)
+    return P, e < max(2.5 * 1.4826 * np.median(e), min_threshold)
+
+
+# -- intrinsics from frame 0 ------------------------------------------------------------------------------------
 def _robust_line(a: np.ndarray, b: np.ndarray, fixed_c: float | None, rng: np.random.Generator, iters: int = 200,
-                 min_thresh: float = 1e-6) -> tuple[float, float, np.ndarray]:
+                 min_thresh: float = 1e-6, score_points: int = 500) -> tuple[float, float, np.ndarray]:
     """Robust fit of ``b = f a + c`` (LMedS over 2-point hypotheses, least squares on inliers)."""
     n = len(a)
     if fixed_c is not None:
@@ -128,13 +244,13 @@ def _robust_line(a: np.ndarray, b: np.ndarray, fixed_c: float | None, rng: np.ra
         ok = np.abs(da) > 1e-6
         fs = (b[i][ok] - b[j][ok]) / da[ok]
         cs = b[i][ok] - fs * a[i][ok]
-    sub = rng.choice(n, min(n, 2000), replace=False)
+    sub = rng.choice(n, min(n, score_points), replace=False)
     res = np.abs(b[sub][None] - fs[:, None] * a[sub][None] - cs[:, None])
-    best = int(np.argmin(np.median(res, 1)))
+    best = int(np.argmin(np.partition(res, len(sub) // 2, 1)[:, len(sub) // 2]))  # LMedS (upper median)
     f, c = fs[best], cs[best]
     for _ in range(2):
         r = np.abs(b - f * a - c)
-        sigma = 1.4826 * np.median(r)
+        sigma = 1.4826 * HALF_NORMAL_Q30_TO_MEDIAN * np.partition(r, int(ROBUST_QUANTILE * n))[int(ROBUST_QUANTILE * n)]
         inl = r <= max(3.0 * sigma, min_thresh)
         if fixed_c is not None:
             f = float((a[inl] * (b[inl] - fixed_c)).sum() / max((a[inl] ** 2).sum(), 1e-12))
@@ -158,19 +274,23 @@ def fit_intrinsics_camera_frame(X: np.ndarray, uv: np.ndarray, principal_point: 
     fx, cx, inx = _robust_line(a, uv[:, 0], pp[0], rng)
     fy, cy, iny = _robust_line(b, uv[:, 1], pp[1], rng)
     inl = inx & iny
-    if square_pixels:
-        for _ in range(2):
-            n = int(inl.sum())
-            if principal_point is None:  # unknowns (f, cx, cy)
-                m = np.zeros((2 * n, 3))
-                m[:n, 0], m[:n, 1], m[n:, 0], m[n:, 2] = a[inl], 1.0, b[inl], 1.0
-                (fx, cx, cy), *_ = np.linalg.lstsq(m, np.concatenate([uv[inl, 0], uv[inl, 1]]), rcond=None)
+    if square_pixels:  # Tukey IRLS of the joint fit, starting from the two line fits' common inliers
+        wts = inl.astype(np.float64)
+        ones = np.ones(len(a), bool)
+        for _ in range(6):
+            if principal_point is None:  # unknowns (f, cx, cy): 3x3 weighted normal equations
+                sa, sb, sw = (wts * a).sum(), (wts * b).sum(), wts.sum()
+                nm = np.array([[(wts * (a * a + b * b)).sum(), sa, sb], [sa, sw, 0.0], [sb, 0.0, sw]])
+                rhs = np.array([(wts * (a * uv[:, 0] + b * uv[:, 1])).sum(), (wts * uv[:, 0]).sum(),
+                                (wts * uv[:, 1]).sum()])
+                fx, cx, cy = np.linalg.solve(nm + 1e-300 * np.eye(3), rhs)
             else:
-                aa, bb = np.concatenate([a[inl], b[inl]]), np.concatenate([uv[inl, 0] - cx, uv[inl, 1] - cy])
-                fx = float((aa * bb).sum() / max((aa * aa).sum(), 1e-12))
+                fx = float((wts * (a * (uv[:, 0] - cx) + b * (uv[:, 1] - cy))).sum()
+                           / max((wts * (a * a + b * b)).sum(), 1e-12))
             fy = fx
             e = np.hypot(fx * a + cx - uv[:, 0], fy * b + cy - uv[:, 1])
-            inl = e <= max(2.5 * 1.4826 * np.median(e), 1e-6)
+            wts = tukey_weights(e, ones)
+        inl = e <= max(2.5 * 1.4826 * float(robust_level(e, ones)), 1e-6)
     K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
     mask = np.zeros(len(good), bool)
     mask[np.nonzero(good)[0]] = inl
@@ -191,17 +311,21 @@ def _shifted_rows(X, uv, square: bool):
 
 
 def _shifted_params(theta):
-    if len(theta) == 6:
-        f, cx, k1, cy, k2, c = theta
+    """(fx, fy, cx, cy, offset) of theta (..., 6 or 7): each (...), offset (..., 3)."""
+    th = np.moveaxis(np.asarray(theta, np.float64), -1, 0)
+    if len(th) == 6:
+        f, cx, k1, cy, k2, c = th
         fx = fy = f
     else:
-        fx, cx, k1, fy, cy, k2, c = theta
-    return fx, fy, cx, cy, np.array([(k1 - cx * c) / fx, (k2 - cy * c) / fy, c])
+        fx, cx, k1, fy, cy, k2, c = th
+    return fx, fy, cx, cy, np.stack([(k1 - cx * c) / fx, (k2 - cy * c) / fy, c], -1)
 
 
 def _shifted_error(theta, X, uv):
+    """Pixel errors of points X (S, 3) at uv (S, 2) under theta (..., P) -> (..., S)."""
     fx, fy, cx, cy, off = _shifted_params(theta)
-    p = X + off
+    fx, fy, cx, cy = (np.asarray(v)[..., None] for v in (fx, fy, cx, cy))
+    p = X + off[..., None, :]
     z = p[..., 2]
     zs = np.where(z > 1e-12, z, 1e-12)
     e = np.hypot(fx * p[..., 0] / zs + cx - uv[..., 0], fy * p[..., 1] / zs + cy - uv[..., 1])
@@ -209,7 +333,8 @@ def _shifted_error(theta, X, uv):
 
 
 def fit_intrinsics_shifted(X: np.ndarray, uv: np.ndarray, hypotheses: int = 128, score_points: int = 1000,
-                           min_threshold: float = 1e-3, square_pixels: bool = True, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                           min_threshold: float = 1e-3, square_pixels: bool = True,
+                           seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """K and the offset ``o`` of a camera-ORIENTED but shifted pointmap (4DNeX frame 0: ``X_cam = X + o``):
     ``u = fx (x + a) / (z + c) + cx`` is linear in (fx, cx, fx a + cx c, fy, cy, fy b + cy c, c) after multiplying
     by ``z + c``. LMedS over 4-point sets (batched), then IRLS least squares weighted by ``1 / (z + c)`` (pixel
@@ -229,7 +354,7 @@ def fit_intrinsics_shifted(X: np.ndarray, uv: np.ndarray, hypotheses: int = 128,
     thetas = np.linalg.solve(ata, np.einsum("mki,mk->mi", a, b)[..., None])[..., 0]
     sub = rng.choice(n, min(n, score_points), replace=False)
     with np.errstate(all="ignore"):
-        meds = np.array([np.median(_shifted_error(th, Xs[sub], uv[sub])) for th in thetas])
+        meds = np.median(_shifted_error(thetas, Xs[sub], uv[sub]), axis=1)  # all hypotheses in one pass
     theta = thetas[int(np.nanargmin(np.where(np.isfinite(meds), meds, np.nan)))]
     for _ in range(4):
         e = _shifted_error(theta, Xs, uv)
@@ -244,220 +369,585 @@ def fit_intrinsics_shifted(X: np.ndarray, uv: np.ndarray, hypotheses: int = 128,
     return K, off * m, e < max(2.5 * 1.4826 * np.median(e), min_threshold)
 
 
-# -- calibrated DLT -------------------------------------------------------------------------------------------------
-def _cross_rows(b: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Rows of ``cross(b, M X + t) = 0`` in the unknown vec([M | t]) (row-major 3x4): (..., 3N, 12)."""
-    xh = np.concatenate([X, np.ones(X.shape[:-1] + (1,))], -1)  # (..., N, 4)
-    z = np.zeros_like(xh)
-    bx, by, bz = b[..., 0:1], b[..., 1:2], b[..., 2:3]
-    # cross(b, q) = (by q3 - bz q2, bz q1 - bx q3, bx q2 - by q1), q_i = row_i . xh
-    r1 = np.concatenate([z, -bz * xh, by * xh], -1)
-    r2 = np.concatenate([bz * xh, z, -bx * xh], -1)
-    r3 = np.concatenate([-by * xh, bx * xh, z], -1)
-    out = np.stack([r1, r2, r3], -2)  # (..., N, 3, 12)
-    return out.reshape(out.shape[:-3] + (-1, 12))
+# -- batched pose machinery -------------------------------------------------------------------------------------
+# The pose code works on frames stacked along a leading axis T, with the points in a "transposed" layout:
+# ``Xt`` (T, 3, N) world points and ``uvt`` (T, 2, N) pixels (rows contiguous, which keeps every elementwise pass a
+# plain vector loop), and ``mask`` (T, N) bool for frames with fewer valid points than N. One frame is T = 1.
+def gather_columns(a: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``out[..., c, :] = a[c, idx]``: a (C, M), integer idx (..., n) -> (..., C, n) float64, one 1-D ``np.take``
+    per component (several times faster than fancy indexing of an interleaved (..., 3) array)."""
+    a = np.ascontiguousarray(a, np.float64)
+    out = np.empty(idx.shape[:-1] + (a.shape[0], idx.shape[-1]))
+    for c in range(a.shape[0]):
+        np.take(a[c], idx, out=out[..., c, :], mode="clip")
+    return out
 
 
-def _solve_t(b: np.ndarray, X: np.ndarray, r: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-    """Least-squares ``t`` of ``cross(b, R X + t) = 0`` for a fixed R."""
-    q = X @ r.T
-    bx = np.zeros((len(b), 3, 3))  # [b]_x
-    bx[:, 0, 1], bx[:, 0, 2], bx[:, 1, 0] = -b[:, 2], b[:, 1], b[:, 2]
-    bx[:, 1, 2], bx[:, 2, 0], bx[:, 2, 1] = -b[:, 0], -b[:, 1], b[:, 0]
-    rhs = -np.einsum("nij,nj->ni", bx, q)
-    if w is not None:
-        bx, rhs = bx * w[:, None, None], rhs * w[:, None]
-    t, *_ = np.linalg.lstsq(bx.reshape(-1, 3), rhs.reshape(-1), rcond=None)
-    return t
+def _kparams(K: np.ndarray, tt: int) -> tuple[np.ndarray, ...]:
+    """(fx, fy, skew, cx, cy) of K (3, 3) or (T, 3, 3), each (T, 1) to broadcast over (T, N)."""
+    K = np.broadcast_to(np.asarray(K, np.float64), (tt, 3, 3))
+    return tuple(np.ascontiguousarray(K[:, i, j])[:, None] for i, j in ((0, 0), (1, 1), (0, 1), (0, 2), (1, 2)))
+
+
+def _take(kp: tuple, idx: np.ndarray) -> tuple:
+    return tuple(a[idx] for a in kp)
+
+
+def _project(kp: tuple, r: np.ndarray, t: np.ndarray, Xt: np.ndarray, uvt: np.ndarray):
+    """Pixel residuals of ``Xt`` (T, 3, N) under w2c (r (T, 3, 3), t (T, 3)): returns ``ok`` (in front), ``iz``
+    (1 / z), normalised coordinates ``xn, yn`` and the residuals ``ru, rv`` (prediction - observation), all
+    (T, N)."""
+    fx, fy, sk, cx, cy = kp
+    p = r @ Xt + t[:, :, None]
+    z = p[:, 2]
+    ok = z > 1e-12
+    iz = 1.0 / np.where(ok, z, 1.0)
+    xn, yn = p[:, 0] * iz, p[:, 1] * iz
+    return ok, iz, xn, yn, fx * xn + sk * yn + cx - uvt[:, 0], fy * yn + cy - uvt[:, 1]
+
+
+def _pixel_error(ok: np.ndarray, ru: np.ndarray, rv: np.ndarray) -> np.ndarray:
+    return np.where(ok, np.sqrt(ru * ru + rv * rv), np.inf)
+
+
+# Pixel Jacobians of the left update (columns: d/dw then d/dt, p = z (x, y, 1)): du = fx U + skew V, dv = fy V
+#   U = (-x y, 1 + x^2, -y, 1/z, 0, -x/z),  V = (-(1 + y^2), x y, x, 0, 1/z, -y/z),
+# both linear in the 8 per-point functions b = (x y, 1 + x^2, 1 + y^2, x, y, 1/z, x/z, y/z): [U | V] = b @ _QUV.
+_QUV = np.zeros((8, 12))
+for _i, _j, _s in ((0, 0, -1), (1, 1, 1), (4, 2, -1), (5, 3, 1), (6, 5, -1),  # U
+                   (2, 6, -1), (0, 7, 1), (3, 8, 1), (5, 10, 1), (7, 11, -1)):  # V (columns 6..11)
+    _QUV[_i, _j] = _s
+
+
+def _gn_delta(kp: tuple, ok, iz, xn, yn, ru, rv, w: np.ndarray) -> np.ndarray:
+    """Weighted Gauss-Newton step (T, 6) = (w, dt) for the left update ``R <- exp(w) R``, ``t <- exp(w) t + dt``
+    (so ``p <- exp(w) p + dt``), weights ``w`` (T, N) >= 0. The normal equations come from ONE batched Gram
+    product of the 8 basis functions and the 2 residuals, ``G = sum w [b, ru, rv] [b, ru, rv]^T`` (T, 10, 10):
+    ``H = fx^2 UU + fx s (UV + VU) + (s^2 + fy^2) VV``, ``g = fx U.ru + s V.ru + fy V.rv`` with ``UU = QU^T G QU``
+    etc.; then one batched 6x6 solve."""
+    fx, fy, sk, _, _ = (a[:, :, None] for a in kp)
+    tt, n = xn.shape
+    sw = np.sqrt(np.where(ok, w, 0.0))
+    bm = np.empty((tt, 10, n))
+    np.multiply(xn, yn, out=bm[:, 0])
+    np.multiply(xn, xn, out=bm[:, 1])
+    bm[:, 1] += 1.0
+    np.multiply(yn, yn, out=bm[:, 2])
+    bm[:, 2] += 1.0
+    bm[:, 3], bm[:, 4], bm[:, 5] = xn, yn, iz
+    np.multiply(xn, iz, out=bm[:, 6])
+    np.multiply(yn, iz, out=bm[:, 7])
+    bm[:, 8], bm[:, 9] = ru, rv
+    bm *= sw[:, None, :]
+    g10 = bm @ bm.transpose(0, 2, 1)
+    m = _QUV.T @ g10[:, :8, :8] @ _QUV  # (T, 12, 12): [[UU, UV], [VU, VV]]
+    uv_ = m[:, :6, 6:]
+    h = fx * fx * m[:, :6, :6] + fx * sk * (uv_ + uv_.transpose(0, 2, 1)) + (sk * sk + fy * fy) * m[:, 6:, 6:]
+    gr = _QUV.T @ g10[:, :8, 8:]  # (T, 12, 2): U.ru, U.rv; V.ru, V.rv
+    g = fx[:, :, 0] * gr[:, :6, 0] + sk[:, :, 0] * gr[:, 6:, 0] + fy[:, :, 0] * gr[:, 6:, 1]
+    reg = 1e-12 * np.trace(h, axis1=1, axis2=2) + 1e-300
+    return -np.linalg.solve(h + reg[:, None, None] * np.eye(6), g[..., None])[..., 0]
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    out = np.zeros(v.shape[:-1] + (3, 3))
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -v[..., 2], v[..., 1], -v[..., 0]
+    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = v[..., 2], -v[..., 1], v[..., 0]
+    return out
+
+
+def _apply_delta(r: np.ndarray, t: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``R <- exp(w) R``, ``t <- exp(w) t + dt`` for delta (T, 6) (Rodrigues, batched)."""
+    w, dt = delta[:, :3], delta[:, 3:]
+    th = np.linalg.norm(w, axis=-1)
+    kx = _skew(w / np.where(th > 1e-15, th, 1.0)[:, None])
+    dr = np.eye(3) + np.sin(th)[:, None, None] * kx + (1.0 - np.cos(th))[:, None, None] * (kx @ kx)
+    return dr @ r, (dr @ t[:, :, None])[..., 0] + dt
+
+
+def _step_size(delta: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """max(|w| (rad), |dt| / scale) per frame: the convergence measure of the iterative refinements."""
+    return np.maximum(np.linalg.norm(delta[:, :3], axis=-1), np.linalg.norm(delta[:, 3:], axis=-1) / scale)
+
+
+def _depth_scale(r: np.ndarray, t: np.ndarray, Xt: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """|depth of the masked points' centroid| per frame (T,): the length unit of the convergence tests."""
+    cen = (Xt * mask[:, None]).sum(-1) / np.maximum(mask.sum(-1), 1)[:, None]
+    return np.maximum(np.abs((r[:, 2] * cen).sum(-1) + t[:, 2]), 1e-12)
+
+
+def _refine(kp: tuple, r: np.ndarray, t: np.ndarray, Xt: np.ndarray, uvt: np.ndarray, mask: np.ndarray,
+            iters: int, tol: float, robust: bool, min_scale: float = 1e-6,
+            level_cols: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched (robust) Gauss-Newton on the pixel reprojection error: kp from :func:`_kparams`, r (T, 3, 3),
+    t (T, 3), Xt (T, 3, N), uvt (T, 2, N), mask (T, N). ``robust``: IRLS with
+    :func:`tukey_weights` re-estimated each step (their scale from the first ``level_cols`` pairs, default all);
+    otherwise plain least squares over ``mask``. Each frame stops on its own after a step smaller than ``tol``
+    (:func:`_step_size`: rad, translation relative to the centroid depth; ``tol = 0``: always ``iters`` steps),
+    or when it has < 6 usable pairs; only the still-active frames are computed. Returns (R, t, steps per
+    frame)."""
+    r, t = r.copy(), t.copy()
+    tt = r.shape[0]
+    steps = np.zeros(tt, np.int64)
+    active = np.ones(tt, bool)
+    scale = _depth_scale(r, t, Xt, mask) if tol > 0 else np.ones(tt)
+    for _ in range(iters):
+        idx = np.flatnonzero(active)
+        if len(idx) == 0:
+            break
+        full = len(idx) == tt
+        sub = (lambda a: a) if full else (lambda a: a[idx])
+        k = kp if full else _take(kp, idx)
+        ok, iz, xn, yn, ru, rv = _project(k, sub(r), sub(t), sub(Xt), sub(uvt))
+        m = sub(mask) & ok
+        enough = m.sum(1) >= 6
+        if robust:
+            e = _pixel_error(ok, ru, rv)
+            lev = None if level_cols is None else robust_level(e[:, :level_cols], m[:, :level_cols])
+            wts = tukey_weights(e, m, min_scale, level=lev)
+        else:
+            wts = m.astype(np.float64)
+        delta = _gn_delta(k, ok, iz, xn, yn, ru, rv, wts)
+        upd = idx[enough]
+        r[upd], t[upd] = _apply_delta(sub(r)[enough], sub(t)[enough], delta[enough])
+        steps[upd] += 1
+        done = ~enough
+        if tol > 0:
+            done |= _step_size(delta, sub(scale)) < tol
+        active[idx[done]] = False
+    return project_to_so3(r), t, steps
+
+
+# -- calibrated DLT ---------------------------------------------------------------------------------------------
+def _calibrated_dlt_batch(bn: np.ndarray, Xt: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated DLT for stacked frames: unit bearings ``bn`` (T, 3, N), points ``Xt`` (T, 3, N), normal-equation
+    weights ``w`` (T, N) >= 0 (0 = unused). ``cross(b, M x + t) = 0`` in vec([M | t]) has per point the 12x12
+    normal matrix ``(I - b b^T) (x) (xh xh^T)`` (unit b), so the system is ``I3 (x) sum(w xh xh^T) - sum(w
+    (b (x) xh)(b (x) xh)^T)``: two batched Gram products instead of the (3N, 12) design matrix. Points are
+    normalised (weighted centroid, RMS distance 1) for conditioning; null vector by ``eigh``; the rotation part
+    is projected onto SO(3) and ``t`` re-solved linearly given R. Returns R (T, 3, 3), t (T, 3)."""
+    tt, _, n = Xt.shape
+    wsum = np.maximum(w.sum(1), 1e-300)
+    m = (Xt * w[:, None]).sum(-1) / wsum[:, None]
+    d = Xt - m[:, :, None]
+    s = np.sqrt(((d * d).sum(1) * w).sum(1) / wsum)
+    s = np.where(s > 1e-12, s, 1.0)
+    xh = np.concatenate([d / s[:, None, None], np.ones((tt, 1, n))], 1)  # (T, 4, N)
+    sw = np.sqrt(w)[:, None, :]
+    o = (bn[:, :, None, :] * xh[:, None, :, :]).reshape(tt, 12, n) * sw
+    xw = xh * sw
+    a = -(o @ o.transpose(0, 2, 1))
+    gx = xw @ xw.transpose(0, 2, 1)
+    for i in range(3):
+        a[:, 4 * i:4 * i + 4, 4 * i:4 * i + 4] += gx
+    _, vecs = np.linalg.eigh(a)
+    v = vecs[:, :, 0].reshape(tt, 3, 4)
+    v = v * np.sign(np.linalg.det(v[:, :, :3]))[:, None, None]
+    r = project_to_so3(v[:, :, :3])
+    # t given R: sum_n w (I - b b^T) (R x_n + t) = 0
+    q = r @ xh[:, :3]
+    bq = (bn * q).sum(1)
+    lhs = wsum[:, None, None] * np.eye(3) - (bn * w[:, None]) @ bn.transpose(0, 2, 1)
+    rhs = (q * w[:, None]).sum(-1) - (bn * (w * bq)[:, None]).sum(-1)
+    tn = -np.linalg.solve(lhs + 1e-300 * np.eye(3), rhs[..., None])[..., 0]
+    return r, s[:, None] * tn - (r @ m[:, :, None])[..., 0]
 
 
 def calibrated_dlt(bearings: np.ndarray, X: np.ndarray, w: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pose (R, t) with ``R X + t`` parallel to ``bearings = K^-1 [u, v, 1]`` (least squares, >= 6 points)."""
-    xn, m, s = _normalise_points(X)
-    bn = bearings / np.linalg.norm(bearings, axis=-1, keepdims=True)
-    a = _cross_rows(bn, xn)
-    if w is not None:
-        a = a * np.repeat(w, 3)[:, None]
-    _, vecs = np.linalg.eigh(a.T @ a)  # normal equations: 12x12 (points are normalised, float64)
-    v = vecs[:, 0].reshape(3, 4)
-    if np.linalg.det(v[:, :3]) < 0:
-        v = -v
-    r = project_to_so3(v[:, :3])
-    tn = _solve_t(bn, xn, r, w)
-    return r, s * tn - r @ m
+    """Pose (R, t) with ``R X + t`` parallel to ``bearings = K^-1 [u, v, 1]`` (least squares, >= 6 points).
+    bearings, X (N, 3); ``w`` (N,) multiplies each point's equations (weight ``w^2`` in the normal equations)."""
+    b = np.asarray(bearings, np.float64)
+    bn = (b / np.linalg.norm(b, axis=-1, keepdims=True)).T[None]
+    w2 = np.ones(len(b)) if w is None else np.asarray(w, np.float64) ** 2
+    r, t = _calibrated_dlt_batch(bn, np.asarray(X, np.float64).T[None], w2[None])
+    return r[0], t[0]
 
 
-def _batched_minimal(bearings: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated DLT on a batch of minimal sets: bearings, X (M, 6, 3) -> R (M, 3, 3), t (M, 3)."""
+def _minimal_hypotheses(bn: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Calibrated DLT on a batch of small point sets: unit bearings, X (B, k, 3), k >= 6. Solved with the last
+    entry of the normalised ``[M | t]`` (``t_z``: the centroid's depth, far from 0 for points in front) fixed to
+    1: one batched 11x11 solve instead of an SVD per set. Returns the 3x4 ``[M | t]`` (B, 3, 4) in the original
+    coordinates, up to a positive scale (``det M > 0``), and the nearest pose (R (B, 3, 3), t (B, 3))."""
+    nb, k, _ = X.shape
     m = X.mean(1, keepdims=True)
-    s = np.sqrt(((X - m) ** 2).sum(-1).mean(-1))[:, None, None]
+    d = X - m
+    s = np.sqrt((d * d).sum(-1).mean(-1))
     s = np.where(s > 1e-12, s, 1.0)
-    xn = (X - m) / s
-    bn = bearings / np.linalg.norm(bearings, axis=-1, keepdims=True)
-    a = _cross_rows(bn, xn)  # (M, 18, 12)
-    _, _, vt = np.linalg.svd(a)
-    v = vt[:, -1].reshape(-1, 3, 4)
+    xh = np.concatenate([d / s[:, None, None], np.ones((nb, k, 1))], -1)  # (B, k, 4)
+    o = (bn[:, :, :, None] * xh[:, :, None, :]).reshape(nb, k, 12)
+    a = -(o.transpose(0, 2, 1) @ o)
+    gx = xh.transpose(0, 2, 1) @ xh
+    for i in range(3):
+        a[:, 4 * i:4 * i + 4, 4 * i:4 * i + 4] += gx
+    a11 = a[:, :11, :11] + (1e-10 * np.trace(a, axis1=1, axis2=2) + 1e-300)[:, None, None] * np.eye(11)
+    v = np.concatenate([np.linalg.solve(a11, -a[:, :11, 11:])[..., 0], np.ones((nb, 1))], 1).reshape(nb, 3, 4)
     v = v * np.sign(np.linalg.det(v[:, :, :3]))[:, None, None]
-    r = project_to_so3(v[:, :, :3])
-    sv = np.linalg.svd(v[:, :, :3], compute_uv=False).mean(-1)
-    tn = v[:, :, 3] / np.where(sv > 1e-12, sv, 1.0)[:, None]
-    t = s[:, 0] * tn - np.einsum("mij,mj->mi", r, m[:, 0])
-    return r, t
+    mn = v[:, :, :3]
+    p = np.concatenate([mn, s[:, None, None] * v[:, :, 3:] - mn @ m.transpose(0, 2, 1)], -1)
+    r = project_to_so3(mn)
+    c = np.linalg.svd(mn, compute_uv=False).mean(-1)
+    c = np.where(c > 1e-12, c, 1.0)
+    t = (s[:, None] * v[:, :, 3] / c[:, None]) - (r @ m.transpose(0, 2, 1))[..., 0]
+    return p, r, t
+
+
+# -- P3P (Lambda Twist) -----------------------------------------------------------------------------------------
+def _cubic_root(b: np.ndarray, c: np.ndarray, d: np.ndarray, iters: int = 12) -> np.ndarray:
+    """One real root of ``x^3 + b x^2 + c x + d`` per entry (the leftmost or rightmost one, where the cubic is
+    steep): Lambda Twist's start from the stationary points, then Newton steps."""
+    disc = b * b - 3.0 * c
+    v = np.sqrt(np.maximum(disc, 0.0))
+    t1, t2 = (-b - v) / 3.0, (-b + v) / 3.0
+    k1 = ((t1 + b) * t1 + c) * t1 + d
+    k2 = ((t2 + b) * t2 + c) * t2 + d
+    with np.errstate(invalid="ignore", divide="ignore"):
+        left = t1 - np.sqrt(np.maximum(-k1 / (3.0 * t1 + b), 0.0))
+        right = t2 + np.sqrt(np.maximum(-k2 / (3.0 * t2 + b), 0.0))
+    r = np.where(disc >= 0, np.where(k1 > 0, left, right), -b / 3.0)
+    r = np.where(np.isfinite(r), r, -b / 3.0)
+    for _ in range(iters):
+        fp = (3.0 * r + 2.0 * b) * r + c
+        r = r - (((r + b) * r + c) * r + d) / np.where(np.abs(fp) > 1e-300, fp, 1e-300)
+    return r
+
+
+def p3p(y: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Minimal absolute pose from 3 points, batched (Lambda Twist, Persson & Nordberg, ECCV 2018).
+
+    y (B, 3, 3) unit bearings (rows = points), x (B, 3, 3) world points. The depths ``l`` of the three points
+    satisfy ``|l_i y_i - l_j y_j|^2 = |x_i - x_j|^2``; one root of a cubic makes a pencil of the two quadrics
+    degenerate, its eigen-split gives ``l1 = w0 l2 + w1 l3`` and a quadratic in ``l3 / l2``; the rotation maps
+    the world triangle frame onto the camera triangle frame. Returns R (B, 4, 3, 3), t (B, 4, 3) world -> camera
+    and ok (B, 4) (real solutions with positive depths; degenerate sets give none)."""
+    y1, y2, y3 = y[:, 0], y[:, 1], y[:, 2]
+    x1 = x[:, 0]
+    b12, b13, b23 = (-2.0 * (y1 * y2).sum(-1), -2.0 * (y1 * y3).sum(-1), -2.0 * (y2 * y3).sum(-1))
+    d12, d13, d23 = x1 - x[:, 1], x1 - x[:, 2], x[:, 1] - x[:, 2]
+    a12, a13, a23 = (d12 * d12).sum(-1), (d13 * d13).sum(-1), (d23 * d23).sum(-1)
+    c31, c23, c12 = -0.5 * b13, -0.5 * b23, -0.5 * b12
+    blob = c12 * c23 * c31 - 1.0
+    s31, s23, s12 = 1.0 - c31 * c31, 1.0 - c23 * c23, 1.0 - c12 * c12
+    p3 = a13 * (a23 * s31 - a13 * s23)
+    p2 = 2.0 * blob * a23 * a13 + a13 * (2.0 * a12 + a13) * s23 + a23 * (a23 - a12) * s31
+    p1 = a23 * (a13 - a23) * s12 - a12 * a12 * s23 - 2.0 * a12 * (blob * a23 + a13 * s23)
+    p0 = a12 * (a12 * s23 - a23 * s12)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        ip3 = 1.0 / p3
+        g = _cubic_root(p2 * ip3, p1 * ip3, p0 * ip3)
+    a = np.empty(y.shape[:1] + (3, 3))
+    a[:, 0, 0] = a23 * (1.0 - g)
+    a[:, 0, 1] = a[:, 1, 0] = 0.5 * a23 * b12
+    a[:, 0, 2] = a[:, 2, 0] = -0.5 * a23 * b13 * g
+    a[:, 1, 1] = a23 - a12 + a13 * g
+    a[:, 1, 2] = a[:, 2, 1] = 0.5 * b23 * (a13 * g - a12)
+    a[:, 2, 2] = g * (a13 - a23) - a12
+    good = np.isfinite(a).all((1, 2))
+    lam, vec = np.linalg.eigh(np.where(good[:, None, None], a, 0.0))
+    order = np.argsort(-np.abs(lam), -1)  # |L0| >= |L1| >= |L2| (= 0)
+    lam = np.take_along_axis(lam, order, -1)
+    vec = np.take_along_axis(vec, order[:, None, :], -1)
+    ls, oks = [], []
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        v = np.sqrt(np.maximum(-lam[:, 1] / lam[:, 0], 0.0))
+        for s in (v, -v):
+            w2 = 1.0 / (s * vec[:, 0, 1] - vec[:, 0, 0])
+            w0 = (vec[:, 1, 0] - s * vec[:, 1, 1]) * w2
+            w1 = (vec[:, 2, 0] - s * vec[:, 2, 1]) * w2
+            ia = 1.0 / ((a13 - a12) * w1 * w1 - a12 * b13 * w1 - a12)
+            bq = (a13 * b12 * w1 - a12 * b13 * w0 - 2.0 * w0 * w1 * (a12 - a13)) * ia
+            cq = ((a13 - a12) * w0 * w0 + a13 * b12 * w0 + a13) * ia
+            dq = bq * bq - 4.0 * cq
+            sq = np.sqrt(np.maximum(dq, 0.0))
+            for tau in ((-bq + sq) / 2.0, (-bq - sq) / 2.0):
+                dd = a23 / (tau * (b23 + tau) + 1.0)
+                l2 = np.sqrt(np.maximum(dd, 0.0))
+                l3 = tau * l2
+                l1 = w0 * l2 + w1 * l3
+                ls.append(np.stack([l1, l2, l3], -1))
+                oks.append(good & (dq >= 0) & (tau > 0) & (dd > 0) & (l1 >= 0))
+    depth = np.stack(ls, 1)  # (B, 4, 3)
+    ok = np.stack(oks, 1) & np.isfinite(depth).all(-1)
+    depth = np.where(ok[..., None], depth, 1.0)
+    n = np.cross(d12, d13)
+    det = (n * n).sum(-1)  # det [d12, d13, d12 x d13]
+    inv_rows = np.stack([np.cross(d13, n), np.cross(n, d12), n], 1) / np.where(det > 1e-300, det, 1.0)[:, None, None]
+    ry = depth[..., None] * y[:, None]  # (B, 4, 3 points, 3)
+    e1, e2 = ry[:, :, 0] - ry[:, :, 1], ry[:, :, 0] - ry[:, :, 2]
+    ym = np.stack([e1, e2, np.cross(e1, e2)], -1)  # columns
+    r = ym @ inv_rows[:, None]
+    t = ry[:, :, 0] - (r @ x1[:, None, :, None])[..., 0]
+    ok &= (det > 1e-300)[:, None] & np.isfinite(r).all((-1, -2)) & np.isfinite(t).all(-1)
+    return np.where(ok[..., None, None], r, np.eye(3)), np.where(ok[..., None], t, 0.0), ok
+
+
+# -- robust poses -----------------------------------------------------------------------------------------------
+def pose_medians(K: np.ndarray, r: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+    """Median pixel reprojection error of candidate poses per frame: K (3, 3) or (T, 3, 3), r (T, C, 3, 3),
+    t (T, C, 3), X (T, N, 3), uv (T, N, 2) or (N, 2), valid (T, N) -> (T, C) (upper median over the valid pairs,
+    see :func:`masked_median`; points behind the camera count as inf)."""
+    X = np.asarray(X, np.float64)
+    tt, n, _ = X.shape
+    Xt = np.ascontiguousarray(X.transpose(0, 2, 1))
+    uvt = np.ascontiguousarray(np.broadcast_to(np.asarray(uv, np.float64), (tt, n, 2)).transpose(0, 2, 1))
+    mask = np.ones((tt, n), bool) if valid is None else np.asarray(valid, bool)
+    kp = _kparams(K, tt)
+    out = np.empty(r.shape[:2])
+    for j in range(r.shape[1]):
+        ok, _, _, _, ru, rv = _project(kp, np.asarray(r[:, j], np.float64), np.asarray(t[:, j], np.float64), Xt, uvt)
+        out[:, j] = masked_median(_pixel_error(ok, ru, rv), mask)
+    return out
 
 
 @dataclasses.dataclass
 class PoseResult:
+    """One frame's pose (:func:`robust_pose`)."""
     R: np.ndarray          # (3, 3) world -> camera
     t: np.ndarray          # (3,)
     inliers: np.ndarray    # (N,) bool over the input pairs
     threshold: float       # inlier threshold in pixels
     median_error: float    # median reprojection error of the final pose (pixels, all pairs)
-    source: str = ""       # which hypothesis won ('init' or 'dlt')
+    source: str = ""       # which hypothesis won ('init', 'p3p' or 'dlt')
+
+
+@dataclasses.dataclass
+class PoseBatch:
+    """The poses of T frames (:func:`robust_pose_batch`); ``frame(i)`` is frame i's :class:`PoseResult`."""
+    R: np.ndarray             # (T, 3, 3) world -> camera
+    t: np.ndarray             # (T, 3)
+    inliers: np.ndarray       # (T, N) bool over the input pairs (False where not valid)
+    threshold: np.ndarray     # (T,) inlier threshold in pixels
+    median_error: np.ndarray  # (T,) median reprojection error of the final pose (pixels, valid pairs)
+    source: list              # (T,) which hypothesis won per frame ('init', 'p3p' or 'dlt')
+    refit: np.ndarray         # (T,) bool: the calibrated-DLT refit on the winner's inliers replaced it
+    irls_steps: np.ndarray    # (T,) robust Gauss-Newton steps taken on the subset
+    gn_steps: np.ndarray      # (T,) robust Gauss-Newton steps taken on all pairs
+
+    def frame(self, i: int) -> PoseResult:
+        return PoseResult(self.R[i], self.t[i], self.inliers[i], float(self.threshold[i]),
+                          float(self.median_error[i]), self.source[i])
+
+
+def _single(K, r, t, X, uv):
+    X, uv = np.asarray(X, np.float64), np.asarray(uv, np.float64)
+    return (_kparams(K, 1), np.asarray(r, np.float64)[None], np.asarray(t, np.float64)[None], X.T[None],
+            uv.T[None], np.ones((1, len(X)), bool))
 
 
 def irls_pose(K: np.ndarray, r: np.ndarray, t: np.ndarray, X: np.ndarray, uv: np.ndarray, iters: int = 8,
-              min_scale: float = 1e-6) -> tuple[np.ndarray, np.ndarray]:
-    """Robust Gauss-Newton (Cauchy weights, scale from the MAD of the current residuals)."""
-    for _ in range(iters):
-        e = reprojection_error(K, r, t, X, uv)
-        fin = np.isfinite(e)
-        if fin.sum() < 6:
-            break
-        c = max(2.385 * 1.4826 * float(np.median(e[fin])), min_scale)
-        wts = np.where(fin, 1.0 / (1.0 + (e / c) ** 2), 0.0)
-        keep = wts > 1e-3
-        r, t = _weighted_gn_step(K, r, t, X[keep], uv[keep], wts[keep])
-    return r, t
-
-
-def _weighted_gn_step(K, r, t, X, uv, wts):
-    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    q = X @ r.T
-    p = q + t
-    z = p[:, 2]
-    ok = z > 1e-12
-    if ok.sum() < 6:
-        return r, t
-    q, p, z, uvo, sw = q[ok], p[ok], z[ok], uv[ok], np.sqrt(wts[ok])
-    res = np.concatenate([(fx * p[:, 0] / z + cx - uvo[:, 0]) * sw, (fy * p[:, 1] / z + cy - uvo[:, 1]) * sw])
-    ju = np.stack([fx / z, np.zeros_like(z), -fx * p[:, 0] / z ** 2], -1) * sw[:, None]
-    jv = np.stack([np.zeros_like(z), fy / z, -fy * p[:, 1] / z ** 2], -1) * sw[:, None]
-    qx = np.zeros((len(q), 3, 3))  # dp/dw = -[q]_x
-    qx[:, 0, 1], qx[:, 0, 2], qx[:, 1, 0] = q[:, 2], -q[:, 1], -q[:, 2]
-    qx[:, 1, 2], qx[:, 2, 0], qx[:, 2, 1] = q[:, 0], q[:, 1], -q[:, 0]
-    jw = np.concatenate([np.einsum("ni,nij->nj", ju, qx), np.einsum("ni,nij->nj", jv, qx)])
-    j = np.concatenate([jw, np.concatenate([ju, jv])], 1)
-    jtj = j.T @ j
-    delta = np.linalg.solve(jtj + 1e-12 * np.trace(jtj) * np.eye(6), -(j.T @ res))
-    w, dt = delta[:3], delta[3:]
-    th = np.linalg.norm(w)
-    if th > 1e-15:
-        kx = np.array([[0, -w[2], w[1]], [w[2], 0, -w[0]], [-w[1], w[0], 0]]) / th
-        dr = np.eye(3) + np.sin(th) * kx + (1 - np.cos(th)) * kx @ kx
-    else:
-        dr = np.eye(3)
-    return project_to_so3(dr @ r), dr @ t + dt
+              min_scale: float = 1e-6, tol: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Robust Gauss-Newton of one pose (IRLS with :func:`tukey_weights` re-estimated each step): K (3, 3),
+    r (3, 3), t (3,), X (N, 3), uv (N, 2) -> (R, t). ``tol > 0`` stops early (see :func:`_refine`)."""
+    kp, r, t, Xt, uvt, mask = _single(K, r, t, X, uv)
+    r, t, _ = _refine(kp, r, t, Xt, uvt, mask, iters, tol, robust=True, min_scale=min_scale)
+    return r[0], t[0]
 
 
 def gauss_newton_pose(K, r, t, X, uv, steps: int = 3):
-    """Plain Gauss-Newton steps on the pixel reprojection error (left perturbation ``R <- exp(w) R``)."""
-    for _ in range(steps):
-        r, t = _weighted_gn_step(K, r, t, X, uv, np.ones(len(X)))
-    return r, t
+    """Plain Gauss-Newton steps on the pixel reprojection error (left update ``R <- exp(w) R``,
+    ``t <- exp(w) t + dt``); shapes as :func:`irls_pose`."""
+    kp, r, t, Xt, uvt, mask = _single(K, r, t, X, uv)
+    r, t, _ = _refine(kp, r, t, Xt, uvt, mask, steps, 0.0, robust=False)
+    return r[0], t[0]
+
+
+def _score_poses(Kb: np.ndarray, r: np.ndarray, t: np.ndarray, ok: np.ndarray, Xt: np.ndarray, uvt: np.ndarray,
+                 mask: np.ndarray, method: str, threshold: float) -> np.ndarray:
+    """Score (T, C), lower is better, of candidate poses r (T, C, 3, 3), t (T, C, 3) (``ok`` (T, C) False: +inf)
+    on the pairs ``Xt`` (T, 3, S), ``uvt`` (T, 2, S), ``mask`` (T, S): LMedS = median squared pixel error,
+    RANSAC = minus the number of pairs within ``threshold`` px. One (T, C, 3, S) projection pass."""
+    tt, nc = r.shape[:2]
+    ns = Xt.shape[-1]
+    cp = Kb[:, None] @ np.concatenate([r, t[..., None]], -1)  # (T, C, 3, 4)
+    xs = np.concatenate([Xt, np.ones((tt, 1, ns))], 1)
+    pr = (cp.reshape(tt, nc * 3, 4) @ xs).reshape(tt, nc, 3, ns)
+    z = pr[:, :, 2]
+    front = z > 1e-12
+    iz = 1.0 / np.where(front, z, 1.0)
+    du = pr[:, :, 0] * iz - uvt[:, None, 0]
+    dv = pr[:, :, 1] * iz - uvt[:, None, 1]
+    e2 = np.where(front, du * du + dv * dv, np.inf)
+    m = np.broadcast_to(mask[:, None], e2.shape)
+    if method == "lmeds":
+        score = masked_median(e2, m)
+    else:
+        score = -((e2 < threshold * threshold) & m).sum(-1).astype(np.float64)
+    return np.where(ok, score, np.inf)
+
+
+def robust_pose_batch(K: np.ndarray, X: np.ndarray, uv: np.ndarray, valid: np.ndarray | None = None, *,
+                      init: tuple | None = None, method: str = "lmeds", solver: str = "p3p", hypotheses: int = 64,
+                      subset: int = 8, threshold: float | None = None, prescore_points: int = 64,
+                      prescore_keep: int = 8, score_points: int = 500, irls_points: int = 1000,
+                      irls_iters: int = 8, irls_tol: float = 1e-4, gn_steps: int = 3, gn_tol: float = 5e-4,
+                      min_threshold: float = 1e-3, seeds=0) -> PoseBatch:
+    """Poses of T frames from dense 3D-2D pairs, all frames in one vectorised pass.
+
+    K (3, 3) or (T, 3, 3); X (T, N, 3) world points; uv (T, N, 2) or (N, 2) pixels; valid (T, N) bool (>= 6 per
+    frame); init: optional (R (T, I, 3, 3), t (T, I, 3)) extra hypotheses per frame; seeds: an int (frame i uses
+    ``seeds + i``) or T ints. Frame i draws, from its own generator, a random order of its valid pairs and the
+    index sets of its hypotheses, so each frame's result equals a one-frame call with its seed (frames are
+    padded to a common N; padding is masked out everywhere).
+
+    1. hypotheses: the ``init`` poses and, from ``hypotheses`` random minimal sets, P3P solutions (``solver=
+       'p3p'``: 3 pairs, up to 4 poses each, :func:`p3p`) or calibrated-DLT solutions of ``subset`` pairs
+       (``'dlt'``; poor on noisy, plane-dominated maps). Preemptive scoring: all on the first ``prescore_points``
+       pairs of each frame's random order, the best ``prescore_keep`` again on the first ``score_points``, by
+       LMedS (median reprojection error) or RANSAC (inlier count at ``threshold`` px);
+    2. the winner's inliers among the first ``irls_points`` pairs (error below ``2.5 x 1.4826 x``
+       :func:`robust_level`, or ``threshold``; at least ``min_threshold``) get a calibrated-DLT refit, kept where
+       its squared error over those inliers is not larger (the linear DLT is ill-conditioned when most points lie
+       on one plane, e.g. a floor);
+    3. robust Gauss-Newton (Tukey IRLS, :func:`tukey_weights`) on the same ``irls_points`` pairs, at most
+       ``irls_iters`` steps, each frame stopping after a step below ``irls_tol`` (rad; translation relative to
+       the centroid depth);
+    4. at most ``gn_steps`` robust Gauss-Newton steps on ALL valid pairs (stopping after a step below ``gn_tol``;
+       none when the subset is already all pairs): from the subset optimum they converge in one or two steps.
+    The final threshold and inliers use the robust level of the first ``irls_points`` pairs' errors; the median
+    error is over all valid pairs."""
+    if method not in ("lmeds", "ransac"):
+        raise ValueError(f"unknown robust method {method!r}")
+    if solver not in ("p3p", "dlt"):
+        raise ValueError(f"unknown minimal solver {solver!r}")
+    X = np.asarray(X, np.float64)
+    tt, n_in, _ = X.shape
+    if tt == 0:
+        raise ValueError("no frames")
+    uv_in = np.asarray(uv, np.float64)
+    uv = np.broadcast_to(uv_in, (tt, n_in, 2))
+    valid = np.ones((tt, n_in), bool) if valid is None else np.asarray(valid, bool)
+    counts = valid.sum(1)
+    if counts.min() < 6:
+        raise ValueError("need at least 6 3D-2D pairs for a pose")
+    seeds = np.asarray(seeds, np.int64)
+    seeds = seeds + np.arange(tt) if seeds.ndim == 0 else seeds
+    nmax = int(counts.max())
+    k = 3 if solver == "p3p" else max(6, min(subset, int(counts.min())))
+    nh = max(hypotheses, 0)
+    order = np.empty((tt, nmax), np.int64)
+    hyp = np.zeros((tt, nh, k), np.int64)
+    for i in range(tt):  # per-frame random draws (cheap); everything after is batched
+        rng = np.random.default_rng(int(seeds[i]))
+        vi = np.flatnonzero(valid[i])
+        n = len(vi)
+        order[i, :n] = vi[rng.permutation(n)]
+        order[i, n:] = order[i, 0]
+        if nh:
+            hyp[i] = np.argsort(rng.random((nh, n)), axis=1)[:, :k] if n < 4 * k else rng.integers(0, n, (nh, k))
+    rows = np.arange(tt)[:, None]
+    flat_idx = order + rows * n_in
+    Xt = gather_columns(X.reshape(-1, 3).T, flat_idx)  # (T, 3, nmax)
+    uvt = gather_columns(uv_in.T, order) if uv_in.ndim == 2 else gather_columns(uv.reshape(-1, 2).T, flat_idx)
+    mask = np.arange(nmax)[None] < counts[:, None]
+    kp = _kparams(K, tt)
+    Kb = np.broadcast_to(np.asarray(K, np.float64), (tt, 3, 3))
+    kinv = np.linalg.inv(Kb)
+    bear = kinv[:, :, :2] @ uvt + kinv[:, :, 2:]
+    bn = bear / np.linalg.norm(bear, axis=1, keepdims=True)
+
+    # 1. hypotheses, preemptive scoring
+    cand_r, cand_t, cand_ok, src = [], [], [], []
+    if init is not None:
+        ri, ti = np.asarray(init[0], np.float64), np.asarray(init[1], np.float64)
+        cand_r.append(ri)
+        cand_t.append(ti)
+        cand_ok.append(np.ones(ri.shape[:2], bool))
+        src += ["init"] * ri.shape[1]
+    if nh:
+        hx = Xt.transpose(0, 2, 1)[rows[:, :, None], hyp].reshape(-1, k, 3)
+        hb = bn.transpose(0, 2, 1)[rows[:, :, None], hyp].reshape(-1, k, 3)
+        if solver == "p3p":
+            r_h, t_h, ok_h = p3p(hb, hx)
+            per = 4
+        else:
+            _, r_h, t_h = _minimal_hypotheses(hb, hx)
+            ok_h, per = np.isfinite(r_h).all((-1, -2)) & np.isfinite(t_h).all(-1), 1
+        cand_r.append(r_h.reshape(tt, nh * per, 3, 3))
+        cand_t.append(t_h.reshape(tt, nh * per, 3))
+        cand_ok.append(ok_h.reshape(tt, nh * per))
+        src += [solver] * (nh * per)
+    if not cand_r:
+        raise ValueError("no pose hypotheses: pass init or hypotheses > 0")
+    cr, ct, cok = np.concatenate(cand_r, 1), np.concatenate(cand_t, 1), np.concatenate(cand_ok, 1)
+    cidx = np.broadcast_to(np.arange(cr.shape[1]), cr.shape[:2])
+    if not cok.all():  # drop the empty P3P slots (keeping the order): about 1.5 real solutions per set
+        cidx = np.argsort(~cok, axis=1, kind="stable")[:, :max(int(cok.sum(1).max()), 1)]
+        cr, ct, cok = cr[rows, cidx], ct[rows, cidx], cok[rows, cidx]
+    thr0 = 1.0 if threshold is None else float(threshold)
+    n1 = min(prescore_points, nmax)
+    if cr.shape[1] > prescore_keep > 0 and n1 < min(score_points, nmax):
+        s1 = _score_poses(Kb, cr, ct, cok, Xt[:, :, :n1], uvt[:, :, :n1], mask[:, :n1], method, thr0)
+        keep = np.sort(np.argpartition(s1, prescore_keep - 1, 1)[:, :prescore_keep], 1)
+        cr, ct, cok, cidx = cr[rows, keep], ct[rows, keep], cok[rows, keep], cidx[rows, keep]
+    ns = min(score_points, nmax)
+    s2 = _score_poses(Kb, cr, ct, cok, Xt[:, :, :ns], uvt[:, :, :ns], mask[:, :ns], method, thr0)
+    best = np.argmin(s2, 1)
+    r, t = cr[rows[:, 0], best], ct[rows[:, 0], best]
+    won = cidx[rows[:, 0], best]
+
+    # 2. the winner's inliers among the first ni pairs (a random subset of each frame's valid pairs): a
+    #    calibrated-DLT refit, kept where it fits those inliers better
+    ni = min(irls_points, nmax)
+    Xs, uvs, ms = Xt[:, :, :ni], uvt[:, :, :ni], mask[:, :ni]
+
+    def thr_of(e_sub):  # inlier threshold (T,) from the errors of the first ni pairs
+        if threshold is not None:
+            return np.full(tt, float(threshold))
+        fin = ms & np.isfinite(e_sub)
+        return np.maximum(np.where(fin.any(1), 2.5 * 1.4826 * robust_level(e_sub, fin), np.inf), min_threshold)
+
+    ok, _, _, _, ru, rv = _project(kp, r, t, Xs, uvs)
+    e = _pixel_error(ok, ru, rv)
+    inl = ms & (e < thr_of(e)[:, None])
+    f = np.flatnonzero(inl.sum(1) >= 6)
+    refit = np.zeros(tt, bool)
+    if len(f):
+        inl_f = inl[f]
+        r2, t2 = _calibrated_dlt_batch(bn[f, :, :ni], Xs[f], inl_f.astype(np.float64))
+        ok2, _, _, _, ru2, rv2 = _project(_take(kp, f), r2, t2, Xs[f], uvs[f])
+        sse_dlt = np.where(inl_f, np.where(ok2, ru2 * ru2 + rv2 * rv2, np.inf), 0.0).sum(1)
+        sse_now = np.where(inl_f, ru[f] * ru[f] + rv[f] * rv[f], 0.0).sum(1)  # inliers are in front
+        refit[f] = sse_dlt <= sse_now
+        r[f] = np.where(refit[f, None, None], r2, r[f])
+        t[f] = np.where(refit[f, None], t2, t[f])
+
+    # 3. robust (Tukey) Gauss-Newton on the same pairs
+    r, t, irls_steps = _refine(kp, r, t, Xs, uvs, ms, irls_iters, irls_tol, robust=True)
+
+    # 4. all pairs: robust Gauss-Newton steps from the subset optimum (close: each step converges fast)
+    gn_taken = np.zeros(tt, np.int64)
+    f = np.flatnonzero(counts > ni)  # frames whose subset is not already all their pairs
+    if len(f) and gn_steps > 0:
+        whole = len(f) == tt
+        r4, t4, g4 = _refine(kp if whole else _take(kp, f), r[f], t[f], Xt if whole else Xt[f],
+                             uvt if whole else uvt[f], mask if whole else mask[f], gn_steps, gn_tol, robust=True,
+                             level_cols=ni)
+        r[f], t[f], gn_taken[f] = r4, t4, g4
+    ok, _, _, _, ru, rv = _project(kp, r, t, Xt, uvt)
+    e = _pixel_error(ok, ru, rv)
+    thr = thr_of(e[:, :ni])
+    inl = mask & (e < thr[:, None])
+    med = np.array([np.median(e[i, :counts[i]]) for i in range(tt)])
+    inl = np.where(mask, inl, inl[:, :1])  # padding repeats each frame's first pair: same value
+    inliers = np.zeros((tt, n_in), bool)
+    inliers[rows, order] = inl
+    return PoseBatch(R=r, t=t, inliers=inliers, threshold=thr, median_error=med, source=[src[b] for b in won],
+                     refit=refit, irls_steps=irls_steps, gn_steps=gn_taken)
 
 
 def robust_pose(K: np.ndarray, X: np.ndarray, uv: np.ndarray, *, init: list | None = None, method: str = "lmeds",
-                hypotheses: int = 64, subset: int = 8, threshold: float | None = None, score_points: int = 1000,
-                irls_iters: int = 8, gn_steps: int = 3, min_threshold: float = 1e-3, seed: int = 0) -> PoseResult:
-    """Pose from dense 3D-2D pairs.
-
-    Hypotheses: the poses in ``init`` (e.g. the previous frame's: video motion is small) and ``hypotheses``
-    calibrated-DLT solutions of random ``subset``-point sets (one batched SVD). Scored by LMedS (median
-    reprojection error) or RANSAC (inlier count at ``threshold`` pixels) on ``score_points`` pairs. The winner is
-    refined by robust IRLS Gauss-Newton (Cauchy), then the inliers (``2.5 x`` robust sigma, or ``threshold``)
-    get a calibrated-DLT refit, kept only if it is not worse (the linear DLT is ill-conditioned when most points
-    lie on one plane, e.g. a floor), and ``gn_steps`` plain Gauss-Newton steps."""
+                seed: int = 0, **kw) -> PoseResult:
+    """Pose of one frame from dense 3D-2D pairs: K (3, 3), X (N, 3), uv (N, 2), ``init`` a list of (R, t) extra
+    hypotheses (e.g. the previous frame's: video motion is small). :func:`robust_pose_batch` with T = 1 and
+    ``seeds=[seed]``; the keyword arguments (hypotheses, solver, threshold, score_points, gn_steps, ...) are
+    passed on (see there)."""
     X = np.asarray(X, np.float64)
-    uv = np.asarray(uv, np.float64)
-    n = len(X)
-    if n < 6:
+    if len(X) < 6:
         raise ValueError("need at least 6 3D-2D pairs for a pose")
-    rng = np.random.default_rng(seed)
-    kinv = np.linalg.inv(K)
-    bear = np.concatenate([uv, np.ones((n, 1))], 1) @ kinv.T
-    cand_r, cand_t, src = [], [], []
-    for r0, t0 in (init or []):
-        cand_r.append(np.asarray(r0, np.float64)[None])
-        cand_t.append(np.asarray(t0, np.float64)[None])
-        src.append("init")
-    if hypotheses > 0:
-        k = max(6, min(subset, n))
-        idx = np.argsort(rng.random((hypotheses, n)), axis=1)[:, :k] if n < 4 * k else \
-            rng.integers(0, n, (hypotheses, k))
-        rs, ts = _batched_minimal(bear[idx], X[idx])
-        cand_r.append(rs)
-        cand_t.append(ts)
-        src += ["dlt"] * hypotheses
-    rs, ts = np.concatenate(cand_r), np.concatenate(cand_t)
-    sub = rng.choice(n, min(n, score_points), replace=False)
-    err = reprojection_error(K, rs, ts, X[sub][None], uv[sub][None])  # (M, S)
-    if method == "lmeds":
-        best = int(np.argmin(np.median(err, 1)))
-    elif method == "ransac":
-        best = int(np.argmax((err < (1.0 if threshold is None else threshold)).sum(1)))
-    else:
-        raise ValueError(f"unknown robust method {method!r}")
-    r, t = irls_pose(K, rs[best], ts[best], X, uv, iters=irls_iters)
-
-    def thr_of(e):
-        if threshold is not None:
-            return threshold
-        fin = e[np.isfinite(e)]
-        return max(2.5 * 1.4826 * float(np.median(fin)) if len(fin) else np.inf, min_threshold)
-
-    e = reprojection_error(K, r, t, X, uv)
-    inl = e < thr_of(e)
-    if inl.sum() >= 6:
-        r2, t2 = calibrated_dlt(bear[inl], X[inl])
-        e2 = reprojection_error(K, r2, t2, X[inl], uv[inl])
-        if np.median(e2) <= np.median(e[inl]):
-            r, t = r2, t2
-        r, t = gauss_newton_pose(K, r, t, X[inl], uv[inl], steps=gn_steps)
-    e = reprojection_error(K, r, t, X, uv)
-    thr = thr_of(e)
-    return PoseResult(R=r, t=t, inliers=e < thr, threshold=float(thr), median_error=float(np.median(e)),
-                      source=src[best])
-
-
-def robust_projection(X: np.ndarray, uv: np.ndarray, *, hypotheses: int = 256, score_points: int = 2000,
-                      min_threshold: float = 1e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Full DLT robustly: LMedS over minimal 6-point DLT hypotheses, refit on the inliers. Returns (P, inliers)."""
-    X = np.asarray(X, np.float64)
-    uv = np.asarray(uv, np.float64)
-    n = len(X)
-    rng = np.random.default_rng(seed)
-    sub = rng.choice(n, min(n, score_points), replace=False)
-    xh = np.concatenate([X, np.ones((n, 1))], 1)
-
-    def errors(P, rows):
-        p = xh[rows] @ P.T
-        z = np.where(np.abs(p[:, 2]) > 1e-12, p[:, 2], 1e-12)
-        return np.hypot(p[:, 0] / z - uv[rows, 0], p[:, 1] / z - uv[rows, 1])
-
-    best, best_med = None, np.inf
-    for _ in range(hypotheses):
-        pick = rng.choice(n, 6, replace=False)
-        try:
-            P = dlt_projection(X[pick], uv[pick])
-        except np.linalg.LinAlgError:  # pragma: no cover
-            continue
-        med = np.median(errors(P, sub))
-        if med < best_med:
-            best, best_med = P, med
-    P = best
-    allrows = np.arange(n)
-    for _ in range(2):
-        e = errors(P, allrows)
-        inl = e < max(2.5 * 1.4826 * np.median(e), min_threshold)
-        P = dlt_projection(X[inl], uv[inl])
-    return P, errors(P, allrows) < max(2.5 * 1.4826 * np.median(errors(P, allrows)), min_threshold)
+    ini = None
+    if init:
+        ini = (np.stack([np.asarray(r0, np.float64) for r0, _ in init])[None],
+               np.stack([np.asarray(t0, np.float64) for _, t0 in init])[None])
+    res = robust_pose_batch(K, X[None], np.asarray(uv, np.float64)[None], init=ini, method=method, seeds=[seed],
+                            **kw)
+    return res.frame(0)

@@ -15,10 +15,14 @@ Input: ``xyz`` (T, H, W, 3) in the first camera's frame (OpenCV axes), optionall
   When the file carries the true ``centers`` and ``scale`` the maps are de-normalised first and everything is
   exact.
 
-Per frame: robust calibrated-DLT pose (LMedS over minimal hypotheses, refit on inliers, Gauss-Newton) from the
-dense pairs (pixel (u, v) <-> X_t(u, v)) on a sample grid; then, densely, depth = z of ``w2c_t X_t``, the
-reprojection residual (pixels) and masks: ``inconsistent`` (residual above a robust threshold: the point is off
-its pixel's ray) and ``moving`` (the point disagrees with the previous frame's point seen at the same place).
+Poses: frames 1..T-1 in ONE vectorised pass (:func:`cameras.robust_pose_batch`: P3P hypotheses scored by LMedS,
+a calibrated-DLT refit on the winner's inliers, robust Tukey Gauss-Newton) from the dense pairs (pixel (u, v) <->
+X_t(u, v)) on a sample grid; a frame whose neighbour's pose fits it better is re-solved with that pose as an
+extra hypothesis (:func:`_neighbour_fallback`). Then, densely and for all frames at once, depth = z of
+``w2c_t X_t``, the reprojection residual (pixels) and masks: ``inconsistent`` (residual above a robust threshold:
+the point is off its pixel's ray) and ``moving`` (the point disagrees with the previous frame's point seen at the
+same place). ``timings`` (seconds): intrinsics (including input checks), poses, dense, motion, outputs (the
+float32 result arrays) and total.
 """
 
 from __future__ import annotations
@@ -174,30 +178,37 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
         raise ValueError(f"intrinsics must be 'auto', 'camera', 'shifted' or 'dlt', got {intrinsics!r}")
     t_k = time.perf_counter()
 
-    # -- per-frame poses ----------------------------------------------------------------------------------------
-    w2c = np.tile(np.eye(4), (tt, 1, 1))
+    # -- per-frame poses (frames 1..T-1 in one batched pass) ---------------------------------------------------
     Ks = np.broadcast_to(K, (tt, 3, 3)).copy()
-    stats = []
-    for t in range(tt):
-        sel = grid[vflat[t, grid]]
-        if len(sel) < 12:
-            raise ValueError(f"frame {t} has too few valid points for a pose")
-        if per_frame_intrinsics and t > 0:
-            P, _ = cameras.robust_projection(flat[t, sel], uv_all[sel], hypotheses=hypotheses, seed=seed + t)
+    if len(grid) == h * w:  # every pixel (sample grid step 1): no copy
+        xg, vg, uvg = flat, vflat, uv_all
+    else:
+        xg, vg, uvg = flat[:, grid], vflat[:, grid], uv_all[grid]
+    counts = vg.sum(1)
+    if counts.min() < 12:
+        raise ValueError(f"frame {int(np.argmin(counts))} has too few valid points for a pose")
+    if per_frame_intrinsics:
+        for t in range(1, tt):
+            P, _ = cameras.robust_projection(xg[t][vg[t]], uvg[vg[t]], hypotheses=hypotheses, seed=seed + t)
             Ks[t], _, _ = cameras.decompose_projection(P)
             Ks[t, 0, 1] = 0.0
-        if t == 0:
-            r, tr = (np.eye(3), np.zeros(3)) if pose0 is None else pose0
-            e = cameras.reprojection_error(Ks[0], r, tr, flat[0, sel], uv_all[sel])
-            thr = max(2.5 * 1.4826 * float(np.median(e)), 1e-3)
-            res = cameras.PoseResult(r, tr, e < thr, thr, float(np.median(e)), "frame0")
-        else:
-            res = cameras.robust_pose(Ks[t], flat[t, sel], uv_all[sel], init=[(w2c[t - 1, :3, :3], w2c[t - 1, :3, 3])],
-                                      method=method, hypotheses=hypotheses, gn_steps=gn_steps, seed=seed + t)
-        w2c[t, :3, :3], w2c[t, :3, 3] = res.R, res.t
-        stats.append({"frame": t, "median_residual_px": res.median_error, "threshold_px": res.threshold,
-                      "inlier_ratio": float(res.inliers.mean()), "pairs": int(len(sel)),
-                      "hypothesis": res.source})
+    w2c = np.tile(np.eye(4), (tt, 1, 1))
+    r0, tr0 = (np.eye(3), np.zeros(3)) if pose0 is None else pose0
+    e = cameras.reprojection_error(Ks[0], r0, tr0, xg[0][vg[0]], uvg[vg[0]])
+    thr0 = max(2.5 * 1.4826 * float(cameras.robust_level(e, np.isfinite(e))), 1e-3)  # as for the other frames
+    w2c[0, :3, :3], w2c[0, :3, 3] = r0, tr0
+    stats = [{"frame": 0, "median_residual_px": float(np.median(e)), "threshold_px": thr0,
+              "inlier_ratio": float((e < thr0).mean()), "pairs": int(counts[0]), "hypothesis": "frame0"}]
+    if tt > 1:
+        kw = dict(method=method, hypotheses=hypotheses, gn_steps=gn_steps)
+        res = cameras.robust_pose_batch(Ks[1:], xg[1:], uvg, vg[1:], seeds=seed + np.arange(1, tt), **kw)
+        res = _neighbour_fallback(res, Ks, xg, uvg, vg, (r0, tr0), seed, kw)
+        w2c[1:, :3, :3], w2c[1:, :3, 3] = res.R, res.t
+        for i in range(tt - 1):
+            stats.append({"frame": i + 1, "median_residual_px": float(res.median_error[i]),
+                          "threshold_px": float(res.threshold[i]),
+                          "inlier_ratio": float(res.inliers[i].sum() / counts[i + 1]), "pairs": int(counts[i + 1]),
+                          "hypothesis": res.source[i]})
     t_pose = time.perf_counter()
 
     # -- dense depth, residual, masks ---------------------------------------------------------------------------
@@ -218,7 +229,7 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
     # world = camera 0: re-express the frames' coordinates in camera 0 (identity for unshifted maps)
     c2w = geometry.invert_se3(w2c)
     to_cam0 = w2c[0].copy()
-    points = flat @ to_cam0[:3, :3].T + to_cam0[:3, 3]
+    points = flat if np.array_equal(to_cam0, np.eye(4)) else flat @ to_cam0[:3, :3].T + to_cam0[:3, 3]
     c2w = to_cam0[None] @ c2w
     offsets = np.zeros((tt, 3))
     if anchor == "icp" and tt > 1:
@@ -231,39 +242,74 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
 
     moving = np.zeros_like(valid_d)
     if tt > 1 and (not shifted or anchor == "icp"):
-        moving = _motion_mask(points, valid_d & ~inconsistent, c2w, Ks, h, w, motion_tol)
-    t_end = time.perf_counter()
+        moving = _motion_mask(points, valid_d & ~inconsistent, c2w, Ks, h, w, motion_tol, cam)
+    t_motion = time.perf_counter()
 
     depth = np.where(valid_d, z, 0.0).astype(np.float32).reshape(tt, h, w)
+    points_world = np.where(valid_d[..., None], points, 0.0).astype(np.float32).reshape(tt, h, w, 3)
+    residual = residual.astype(np.float32).reshape(tt, h, w)
+    t_end = time.perf_counter()
     return Registration(
-        K=K, K_per_frame=Ks if per_frame_intrinsics else None, c2w=c2w, depth=depth,
-        points_world=np.where(valid_d[..., None], points, 0.0).astype(np.float32).reshape(tt, h, w, 3),
-        valid=valid_d.reshape(tt, h, w), residual=residual.astype(np.float32).reshape(tt, h, w),
+        K=K, K_per_frame=Ks if per_frame_intrinsics else None, c2w=c2w, depth=depth, points_world=points_world,
+        valid=valid_d.reshape(tt, h, w), residual=residual,
         inconsistent=inconsistent.reshape(tt, h, w), moving=moving.reshape(tt, h, w), frame_stats=stats,
         normalization=normalization if not (centers is not None and scale is not None) else "metric",
         offsets=offsets,
         timings={"intrinsics_s": t_k - t0, "poses_s": t_pose - t_k, "dense_s": t_dense - t_pose,
-                 "motion_s": t_end - t_dense, "total_s": t_end - t0})
+                 "motion_s": t_motion - t_dense, "outputs_s": t_end - t_motion, "total_s": t_end - t0})
+
+
+def _neighbour_fallback(res: "cameras.PoseBatch", Ks: np.ndarray, xg: np.ndarray, uvg: np.ndarray, vg: np.ndarray,
+                        pose0: tuple, seed: int, kw: dict, score_points: int = 600) -> "cameras.PoseBatch":
+    """Safety net for the batched poses of frames 1..T-1 (``res``; xg (T, G, 3), vg (T, G), uvg (G, 2)): video
+    motion is small, so the final poses of frames t-1 (frame 0: ``pose0``) and t+1 are scored on frame t (median
+    reprojection error over a strided subset of its valid pairs); a frame where a neighbour's pose fits better
+    than its own result is solved again with that pose as an extra hypothesis, and the new result is kept where
+    it fits better. Usually nothing is re-solved."""
+    tt = xg.shape[0]
+    if tt < 3:
+        return res
+    rr = np.concatenate([np.asarray(pose0[0], np.float64)[None], res.R])  # (T, 3, 3) all frames
+    ts = np.concatenate([np.asarray(pose0[1], np.float64)[None], res.t])
+    cand_r = np.stack([rr[1:], rr[:-1], np.concatenate([rr[2:], rr[-1:]])], 1)  # own, t-1, t+1
+    cand_t = np.stack([ts[1:], ts[:-1], np.concatenate([ts[2:], ts[-1:]])], 1)
+    stride = max(1, xg.shape[1] // score_points)
+    med = cameras.pose_medians(Ks[1:], cand_r, cand_t, xg[1:, ::stride], uvg[::stride], vg[1:, ::stride])
+    nb = 1 + np.argmin(med[:, 1:], 1)
+    redo = np.flatnonzero(med[np.arange(tt - 1), nb] < med[:, 0])
+    if len(redo) == 0:
+        return res
+    init = (cand_r[redo, nb[redo]][:, None], cand_t[redo, nb[redo]][:, None])
+    again = cameras.robust_pose_batch(Ks[1 + redo], xg[1 + redo], uvg, vg[1 + redo], init=init,
+                                      seeds=seed + 1 + redo, **kw)
+    for j, i in enumerate(redo):
+        if again.median_error[j] < res.median_error[i]:
+            res.R[i], res.t[i], res.inliers[i] = again.R[j], again.t[j], again.inliers[j]
+            res.threshold[i], res.median_error[i], res.source[i] = (again.threshold[j], again.median_error[j],
+                                                                    again.source[j])
+            res.refit[i], res.irls_steps[i], res.gn_steps[i] = again.refit[j], again.irls_steps[j], again.gn_steps[j]
+    return res
 
 
 def _motion_mask(points: np.ndarray, ok: np.ndarray, c2w: np.ndarray, Ks: np.ndarray, h: int, w: int,
-                 tol: float) -> np.ndarray:
+                 tol: float, cam: np.ndarray) -> np.ndarray:
     """Pixel of frame t moves if its world point, seen from camera s (s = t-1, or 1 for t = 0) at pixel q, lies
-    in FRONT of what frame s shows at q by more than ``tol`` x depth (behind = occluded there: not decided)."""
-    tt = points.shape[0]
-    w2c = geometry.invert_se3(c2w)
-    out = np.zeros(ok.shape, bool)
-    for t in range(tt):
-        s = t - 1 if t > 0 else 1
-        cam = points[t] @ w2c[s, :3, :3].T + w2c[s, :3, 3]
-        z = cam[:, 2]
-        zs = np.where(z > 1e-9, z, 1.0)
-        qu = np.rint(Ks[s, 0, 0] * cam[:, 0] / zs + Ks[s, 0, 2]).astype(np.int64)
-        qv = np.rint(Ks[s, 1, 1] * cam[:, 1] / zs + Ks[s, 1, 2]).astype(np.int64)
-        inside = (z > 1e-9) & (qu >= 0) & (qu < w) & (qv >= 0) & (qv < h) & ok[t]
-        q = np.where(inside, qv * w + qu, 0)
-        zs_other = (points[s, q] @ w2c[s, :3, :3].T + w2c[s, :3, 3])[:, 2]
-        dist = np.linalg.norm(points[s, q] - points[t], axis=-1)
-        decided = inside & ok[s, q]
-        out[t] = decided & (dist > tol * np.abs(zs_other)) & (z < zs_other * (1 - tol))
-    return out
+    in FRONT of what frame s shows at q by more than ``tol`` x depth (behind = occluded there: not decided).
+    points (T, N, 3) world, ok (T, N), c2w (T, 4, 4), Ks (T, 3, 3), cam (T, N, 3) each frame's points in its own
+    camera (what frame s shows at q, in camera s, is ``cam[s, q]``) -> (T, N) bool; all frames in one pass."""
+    tt, n = ok.shape
+    src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
+    w2c = geometry.invert_se3(c2w)[src]
+    pc = points @ np.swapaxes(w2c[:, :3, :3], 1, 2) + w2c[:, None, :3, 3]  # frame t's points in camera s
+    z = pc[..., 2]
+    zs = np.where(z > 1e-9, z, 1.0)
+    kk = Ks[src]
+    qu = np.rint(kk[:, 0, 0, None] * pc[..., 0] / zs + kk[:, 0, 2, None])
+    qv = np.rint(kk[:, 1, 1, None] * pc[..., 1] / zs + kk[:, 1, 2, None])
+    inside = (z > 1e-9) & (qu >= 0) & (qu < w) & (qv >= 0) & (qv < h) & ok
+    q = (np.where(inside, qv * w + qu, 0) + (src * n)[:, None]).astype(np.int64)
+    other = cameras.gather_columns(cam.reshape(-1, 3).T, q)  # (T, 3, N): frame s at q, camera s
+    decided = inside & np.take(ok.reshape(-1), q)
+    dist = np.sqrt(((other - np.swapaxes(pc, 1, 2)) ** 2).sum(1))
+    z_other = other[:, 2]
+    return decided & (dist > tol * np.abs(z_other)) & (z < z_other * (1 - tol))

@@ -57,6 +57,12 @@ class Dense(nnx.Module):
     LoRA (``lora_rank > 0``): ``y += scale * (x @ lora_a) @ lora_b`` computed in fp32 and added to the rounded base
     output, as peft does. ``lora_a`` (in, r) and ``lora_b`` (r, out) are ``nnx.LoRAParam`` in fp32; ``lora_b``
     starts at zero so a fresh adapter is the identity.
+
+    int8 weight-only quantisation (:func:`fourdnex_jax.models.quantize.quantize_int8`): ``kernel`` becomes int8
+    (in, out) and ``kernel_scale`` an fp32 (out,) per-output-channel scale (``None`` when not quantised). The
+    matmul then runs on the int8 kernel converted to the compute dtype (exact: |q| <= 127) with fp32 accumulation,
+    and the scale multiplies the fp32 result: ``y = (x @ q) * scale``, which is ``x @ (q * scale)`` without
+    materialising the dequantised kernel (XLA fuses the conversion into the dot).
     """
 
     def __init__(
@@ -76,6 +82,7 @@ class Dense(nnx.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.compute_dtype = compute_dtype
+        self.kernel_scale = nnx.data(None)  # fp32 (out,) once quantised to int8 (fourdnex_jax.models.quantize)
         init = kernel_init or torch_linear_init(in_features)
         self.kernel = make_param(init, rngs.params(), (in_features, out_features), param_dtype, axes)
         self.bias = (
@@ -98,6 +105,8 @@ class Dense(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = self.compute_dtype or x.dtype
         y = jnp.dot(x.astype(dtype), self.kernel[...].astype(dtype), preferred_element_type=jnp.float32)
+        if self.kernel_scale is not None:  # int8 kernel: per-output-channel scale on the fp32 accumulator
+            y = y * self.kernel_scale[...].astype(jnp.float32)
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         y = y.astype(dtype)

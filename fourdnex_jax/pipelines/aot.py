@@ -1,0 +1,271 @@
+"""Fast start-up: JAX's persistent compilation cache, and serialized ahead-of-time (AOT) executables.
+
+Two independent mechanisms:
+
+* :func:`enable_compilation_cache` points JAX's persistent compilation cache at a folder, with the thresholds
+  lowered so that every program is written (JAX's defaults skip programs that compile in under a second, which is
+  every CPU program of the tiny model). A warm cache still traces and lowers each function, then finds the
+  compiled binary by the hash of the lowered program.
+
+* :class:`ExecutableCache` stores whole compiled executables (``jax.experimental.serialize_executable``) under a
+  *key* that says what they were built for, and reloads them without tracing, lowering or compiling. The key:
+    - ``runtime``: jax and jaxlib versions, backend platform and version, device kind and the ids of the devices,
+      ``XLA_FLAGS``, and a digest of this package's Python sources (any code change invalidates every entry);
+    - ``context``: what the caller says the program depends on beyond its arguments -- for the image-to-4D
+      pipeline the configs of all four models and the sampling settings (guidance scale, solver, cache ...);
+    - ``signature``: the arguments' pytree structure and every leaf's shape, dtype, weak type and sharding.
+  An entry is the file pair ``<name>-<digest>.jaxexec`` (pickled executable + pytree definitions) and
+  ``<name>-<digest>.json`` (its key, written last). A call whose key has no entry compiles, saves and runs; when
+  entries of the same name exist for other keys, the differing key fields are reported (``strict=True``: raised as
+  :class:`ExecutableKeyMismatch`; otherwise recompiled after a message). Loading runs pickled data: only use
+  folders you wrote yourself.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from jax.experimental import serialize_executable
+from jax.sharding import NamedSharding, SingleDeviceSharding
+
+from fourdnex_jax.io_utils import _atomic, atomic_save_json
+
+FORMAT = 1
+SUFFIX = ".jaxexec"
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+class ExecutableKeyMismatch(ValueError):
+    """A serialized executable exists for the function but was built for another key (see the message)."""
+
+
+class ExecutableLoadError(RuntimeError):
+    """A serialized executable with the right key could not be read or loaded."""
+
+
+def enable_compilation_cache(directory: str | os.PathLike) -> Path:
+    """Turns on JAX's persistent compilation cache in ``directory`` (created), caching every program whatever its
+    compile time or size. Call it before the first compilation of the process (JAX decides once whether the cache
+    is used)."""
+    path = Path(directory).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    return path
+
+
+@functools.lru_cache(maxsize=1)
+def source_digest() -> str:
+    """sha256 of every ``.py`` file of the ``fourdnex_jax`` package (relative path + content), hex."""
+    h = hashlib.sha256()
+    for p in sorted(_PACKAGE.rglob("*.py")):
+        h.update(str(p.relative_to(_PACKAGE)).encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def runtime_key(devices: Sequence[jax.Device]) -> dict[str, Any]:
+    """The software/hardware part of a key (module docstring)."""
+    d0 = devices[0]
+    return {"jax": jax.__version__, "jaxlib": importlib.metadata.version("jaxlib"), "backend": d0.platform,
+            "platform_version": d0.client.platform_version, "device_kind": d0.device_kind,
+            "device_ids": [int(d.id) for d in devices], "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "python": sys.version.split()[0], "code": source_digest()}
+
+
+def _sharding_sig(s) -> Any:
+    if isinstance(s, NamedSharding):
+        return ["named", list(s.mesh.axis_names), list(s.mesh.devices.shape),
+                [int(d.id) for d in s.mesh.devices.flat], str(s.spec)]
+    if isinstance(s, SingleDeviceSharding):
+        return ["single", int(next(iter(s.device_set)).id)]
+    return ["other", repr(s)]
+
+
+def _leaf_sig(x) -> Any:
+    if isinstance(x, jax.Array):
+        return [list(x.shape), str(x.dtype), bool(getattr(x, "weak_type", False)), _sharding_sig(x.sharding)]
+    if isinstance(x, (np.ndarray, np.generic)):
+        return [list(np.shape(x)), str(np.asarray(x).dtype), "host"]
+    return [type(x).__name__, "python"]
+
+
+def _fast_sig(args) -> tuple:
+    """A hashable per-call signature (structure, shapes, dtypes, shardings) to find an already loaded executable."""
+    leaves, tree = jax.tree.flatten(args)
+    return (tree, tuple((type(x), np.shape(x), str(getattr(x, "dtype", type(x).__name__)),
+                         getattr(x, "sharding", None), bool(getattr(x, "weak_type", False))) for x in leaves))
+
+
+def signature(args) -> dict[str, Any]:
+    """The ``signature`` part of a key: digest of the pytree structure and every leaf's description."""
+    leaves, tree = jax.tree.flatten(args)
+    desc = json.dumps([str(tree), [_leaf_sig(x) for x in leaves]], sort_keys=True)
+    return {"digest": hashlib.sha256(desc.encode()).hexdigest(), "leaves": len(leaves)}
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def key_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable ``field: stored X, now Y`` lines of two keys (long values shortened)."""
+    a, b = _flatten(json.loads(json.dumps(stored, default=str))), _flatten(json.loads(json.dumps(current,
+                                                                                                 default=str)))
+    short = lambda v: (repr(v)[:60] + "...") if len(repr(v)) > 63 else repr(v)  # noqa: E731
+    return [f"{k}: stored {short(a.get(k, '<absent>'))}, now {short(b.get(k, '<absent>'))}"
+            for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
+
+
+class ExecutableCache:
+    """Serialized executables of jitted functions in ``directory`` (module docstring).
+
+    ``context``: a JSON-able dict of everything the programs depend on beyond their arguments. ``devices``: exactly
+    the devices the programs run on, in mesh order (default: the default device, where an unsharded ``jax.jit``
+    runs); a loaded executable is bound to them. ``strict``: raise :class:`ExecutableKeyMismatch` /
+    :class:`ExecutableLoadError` instead of recompiling. ``events`` records what happened per call
+    (``{'name', 'action': 'loaded'|'compiled'|'recompiled', 'seconds', 'path', 'reason'?}``)."""
+
+    def __init__(self, directory: str | os.PathLike, context: dict[str, Any] | None = None, *,
+                 devices: Sequence[jax.Device] | None = None, strict: bool = False,
+                 log: Callable[[str], None] | None = None):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
+        self.devices = list(devices) if devices is not None else jax.devices()[:1]
+        self.strict = strict
+        self.log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+        self.events: list[dict[str, Any]] = []
+        self._pending_reason: str | None = None
+
+    def key(self, name: str, args) -> dict[str, Any]:
+        return {"format": FORMAT, "name": name, "runtime": runtime_key(self.devices), "context": self.context,
+                "signature": signature(args)}
+
+    def paths(self, name: str, key: dict[str, Any]) -> tuple[Path, Path]:
+        stem = f"{name}-{_digest(key)[:24]}"
+        return self.directory / (stem + SUFFIX), self.directory / (stem + ".json")
+
+    def wrap(self, name: str, jitted) -> "CachedFunction":
+        """A callable running ``jitted`` (a ``jax.jit`` function) through this cache."""
+        if not all(c.isalnum() or c in "_-" for c in name):
+            raise ValueError(f"executable name {name!r}: use letters, digits, '_' and '-' only")
+        return CachedFunction(self, name, jitted)
+
+    # ------------------------------------------------------------------------------------------------------------
+    def load(self, name: str, key: dict[str, Any]) -> jax.stages.Compiled | None:
+        """The executable stored for exactly ``key``, or None when there is none. Raises
+        :class:`ExecutableKeyMismatch` (strict mode) when only entries for other keys of ``name`` exist."""
+        exe, meta = self.paths(name, key)
+        if meta.exists() and exe.exists():
+            stored = json.loads(meta.read_text())
+            if stored == json.loads(json.dumps(key, default=str)):
+                return self._deserialize(name, exe)
+            self._mismatch(name, [(meta, stored)], key)
+            return None
+        if meta.exists() or exe.exists():
+            self.log(f"executable cache: incomplete entry {exe.name} (one of .jaxexec/.json missing); recompiling")
+        others = []
+        for m in sorted(p for p in self.directory.glob(f"{name}-*.json") if p != meta):
+            try:
+                others.append((m, json.loads(m.read_text())))
+            except json.JSONDecodeError as e:
+                self.log(f"executable cache: ignoring unreadable key file {m}: {e}")
+        if others:
+            self._mismatch(name, others, key)
+        return None
+
+    def _mismatch(self, name: str, others: list[tuple[Path, dict]], key: dict[str, Any]) -> None:
+        diffs = sorted(((key_differences(stored, key), path) for path, stored in others), key=lambda t: len(t[0]))
+        diff, path = diffs[0]
+        msg = (f"serialized executable {name!r}: {len(others)} entr{'y' if len(others) == 1 else 'ies'} in "
+               f"{self.directory} for other keys; the nearest ({path.name}) differs in "
+               + "; ".join(diff[:8]) + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""))
+        if self.strict:
+            raise ExecutableKeyMismatch(msg + ". Use a fresh cache folder or delete the stale entries, or run "
+                                              "without strict to recompile")
+        self.log(msg + "; compiling it anew")
+        self._pending_reason = msg
+
+    def _deserialize(self, name: str, path: Path) -> jax.stages.Compiled | None:
+        t0 = time.perf_counter()
+        try:
+            blob = pickle.loads(path.read_bytes())
+            if blob.get("format") != FORMAT:
+                raise ValueError(f"format {blob.get('format')} != {FORMAT}")
+            compiled = serialize_executable.deserialize_and_load(
+                blob["payload"], blob["in_tree"], blob["out_tree"], backend=self.devices[0].platform,
+                execution_devices=self.devices)
+        except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError,
+                jax.errors.JaxRuntimeError) as e:
+            msg = f"serialized executable {name!r} at {path} could not be loaded ({type(e).__name__}: {e})"
+            if self.strict:
+                raise ExecutableLoadError(msg + "; delete it or run without strict to recompile") from e
+            self.log(msg + "; compiling it anew")
+            self._pending_reason = msg
+            return None
+        self.events.append({"name": name, "action": "loaded", "seconds": time.perf_counter() - t0,
+                            "path": str(path)})
+        return compiled
+
+    def save(self, name: str, key: dict[str, Any], compiled: jax.stages.Compiled) -> Path:
+        payload, in_tree, out_tree = serialize_executable.serialize(compiled)
+        exe, meta = self.paths(name, key)
+        blob = pickle.dumps({"format": FORMAT, "payload": payload, "in_tree": in_tree, "out_tree": out_tree})
+        _atomic(exe, lambda f: f.write(blob))
+        atomic_save_json(meta, key)  # last: a key file means a complete entry
+        return exe
+
+    def get(self, name: str, jitted, args) -> jax.stages.Compiled:
+        """Loads the executable of ``jitted`` for ``args``, or compiles (and saves) it."""
+        self._pending_reason = None
+        key = self.key(name, args)
+        compiled = self.load(name, key)
+        if compiled is not None:
+            return compiled
+        t0 = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        seconds = time.perf_counter() - t0
+        path = self.save(name, key, compiled)
+        event = {"name": name, "action": "recompiled" if self._pending_reason else "compiled", "seconds": seconds,
+                 "path": str(path)}
+        if self._pending_reason:
+            event["reason"] = self._pending_reason
+        self.events.append(event)
+        return compiled
+
+
+class CachedFunction:
+    """``f(*args)``: runs the executable of ``jitted`` for the arguments' signature, loading or compiling it through
+    the :class:`ExecutableCache` on the first call with that signature. Positional arguments only."""
+
+    def __init__(self, cache: ExecutableCache, name: str, jitted):
+        self.cache, self.name, self.jitted = cache, name, jitted
+        self._compiled: dict[tuple, jax.stages.Compiled] = {}
+
+    def __call__(self, *args):
+        sig = _fast_sig(args)
+        compiled = self._compiled.get(sig)
+        if compiled is None:
+            compiled = self._compiled[sig] = self.cache.get(self.name, self.jitted, args)
+        return compiled(*args)
