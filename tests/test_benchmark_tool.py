@@ -3,7 +3,8 @@
 * FLOP count: the analytic forward and adapter train-step counts equal the matmul FLOPs of the traced program
   exactly (forward jaxpr; ``value_and_grad`` jaxpr with respect to LoRA + domain embeddings), and the hand count of
   one tiny block; XLA's ``cost_analysis`` of the compiled (unrolled) forward lies within [1, 1.10] x the analytic
-  count (XLA also counts elementwise ops: norms, softmax, RoPE, activations).
+  count (XLA also counts elementwise ops: norms, softmax, RoPE, activations); the 14B count agrees with the
+  trainer's MFU count.
 * The tool: the ``cpu`` row structure (oracle: diffusers + peft), that the agreement check raises when the PyTorch
   weights differ from the JAX ones, the ``compile`` subcommand and the ``gpu`` code path on CPU (``--allow-cpu``).
 """
@@ -83,6 +84,20 @@ def test_hand_count_of_one_block():
     terms = flops.matmuls(cfg, flops.token_grid(cfg, (3, 8, 24)), batch=1, text_len=lt, image_tokens=li)
     blocks = sum(t.flops for t in terms if t.name.startswith("blocks/"))
     assert blocks == cfg.num_layers * per_block
+
+
+def test_14b_count_matches_the_trainer_mfu_count():
+    """At the 4DNeX shape (fused latent 13 x 60 x 180: 35,100 tokens) the count agrees with the trainer's MFU count
+    (:mod:`fourdnex_jax.training.metrics`, which leaves out the condition embedder and prices the text/CLIP k/v
+    projections' input gradients that autodiff never computes)."""
+    from fourdnex_jax.training import metrics
+
+    cfg = model_config(load_config_file(ROOT / "configs" / "wan21_i2v_14b_480p.py"))
+    s = flops.summary(cfg, flops.token_grid(cfg, (13, 60, 180)))
+    m = metrics.dit_flops(cfg, (13, 60, 180, 36), 512)
+    assert s["tokens"] == 35100 and 1.88e15 < s["forward"] < 1.89e15
+    assert abs(s["forward"] / (m["linear"] + m["attention"] + m["lora"]) - 1) < 1e-3
+    assert abs(s["train_adapter"] / metrics.train_flops_per_sample(cfg, (13, 60, 180, 36), 512) - 1) < 1e-2
 
 
 def test_xla_cost_analysis_close_to_analytic():

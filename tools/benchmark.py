@@ -699,8 +699,9 @@ def cpu_main(args) -> dict:
     cpu_table(rows)
     write_json(args.out, report)
     worst = max(max(r["ratio_forward_vs_best_torch"], r.get("ratio_train_step", 0.0)) for r in rows)
-    print(f"summary: cpu benchmark of {', '.join(names)} ({threads} threads, median of {args.repeats}): worst "
-          f"JAX/PyTorch ratio {worst:.2f} (target <= {RATIO_TARGET}); JAX and diffusers agree on every size")
+    plural = "s" if threads != 1 else ""
+    print(f"summary: cpu benchmark of {', '.join(names)} ({threads} thread{plural}, median of {args.repeats}): "
+          f"worst JAX/PyTorch ratio {worst:.2f} (target <= {RATIO_TARGET}); JAX and diffusers agree on every size")
     return report
 
 
@@ -1029,8 +1030,9 @@ def gpu_report(cfg, latent, jax_part: dict, torch_part: dict | None, *, steps: i
     grid = flops.token_grid(cfg, fused)
     fl = flops.summary(cfg, grid, batch=1, text_len=TEXT_LEN, image_tokens=IMAGE_TOKENS)
     fwd_s = jax_part["forward"]["median_s"]
-    rep = {"tokens": fl["tokens"], "flops": fl, "forward_s": fwd_s, "forward_tflops_per_s": fl["forward"] / fwd_s / 1e12,
-           "peak_tflops": peak_tflops, "mfu": (fl["forward"] / fwd_s / 1e12 / peak_tflops) if peak_tflops else None,
+    rep = {"tokens": fl["tokens"], "flops": fl, "forward_s": fwd_s,
+           "forward_tflops_per_s": fl["forward"] / fwd_s / 1e12, "peak_tflops": peak_tflops,
+           "mfu": (fl["forward"] / fwd_s / 1e12 / peak_tflops) if peak_tflops else None,
            "guided_step_mfu": ((2 * fl["forward"]) / jax_part["guided_step"]["median_s"] / 1e12 / peak_tflops
                                if peak_tflops and isinstance(jax_part["guided_step"], dict) else None),
            "steps": steps, "jax": jax_part}
