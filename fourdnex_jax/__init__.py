@@ -7,3 +7,13 @@ Conventions used everywhere in the package:
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `from fourdnex_jax import ImageTo4DPipeline` without making `import fourdnex_jax` (and so every `fourdnex
+    # --help`) load JAX and the models
+    if name == "ImageTo4DPipeline":
+        from fourdnex_jax.pipelines.api import ImageTo4DPipeline
+
+        return ImageTo4DPipeline
+    raise AttributeError(f"module 'fourdnex_jax' has no attribute {name!r}")

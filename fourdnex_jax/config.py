@@ -3,7 +3,10 @@
 Every config file has ``get_config(arg=None)`` returning :func:`base_config` with its changes; the result is
 *locked*, so ``--config.x=y`` command-line overrides and code can change values but never add keys (a typo is an
 error, not a silently ignored setting). ``config.model`` holds exactly the fields of
-:class:`~fourdnex_jax.models.transformer.WanTransformerConfig`.
+:class:`~fourdnex_jax.models.transformer.WanTransformerConfig`. Config files write one setting per line; variants
+come through the config argument (``--config configs/x.py:key=value``, parsed by :func:`parse_arg`).
+Fields set to ``placeholder(type)`` (None) take their value elsewhere: ``optim.*`` from the optimizer preset
+(:func:`fourdnex_jax.training.optimizer.resolve`), ``sample.*`` from the bundle's sampling preset.
 """
 
 from __future__ import annotations
@@ -13,42 +16,10 @@ import os
 from pathlib import Path
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from fourdnex_jax.models.transformer import WanTransformerConfig
-
-# Logical axis -> mesh axes (maxtext style). Used by the sharded training/inference code; every logical name that
-# a parameter of the package carries must appear here (tests check it).
-DEFAULT_LOGICAL_AXIS_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("layers", None),
-    ("embed", "fsdp"),
-    ("embed_in", None),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("modulation", "tensor"),
-    ("modulation_table", None),
-    ("lora_rank", None),
-    ("domains", None),
-    ("text_embed", None),
-    ("image_embed", None),
-    ("image_mlp", None),
-    ("freq", None),
-    ("patch_t", None),
-    ("patch_h", None),
-    ("patch_w", None),
-    ("latent_channels", None),
-    ("patch_out", None),
-    # VAE convolutions (kernels (t, h, w, in, out)) and the encoders' embeddings: the frozen conditioning models
-    # are small next to the DiT; shard only their widest axes.
-    ("conv_t", None),
-    ("conv_h", None),
-    ("conv_w", None),
-    ("conv_in", None),
-    ("conv_out", "tensor"),
-    ("vocab", "tensor"),
-    ("positions", None),
-    ("relpos_buckets", None),
-)
+from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, MESH_AXES
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -62,32 +33,25 @@ def base_config() -> ml_collections.ConfigDict:
     # Optional fields are typed by their default; allow None <-> int for the I2V branch.
     config.sharding = ml_collections.ConfigDict()
     config.sharding.mesh_shape = (1, -1, 1, 1)  # data, fsdp, context, tensor (-1: all remaining devices)
-    config.sharding.mesh_axes = ("data", "fsdp", "context", "tensor")
+    config.sharding.mesh_axes = MESH_AXES
     config.sharding.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
-    # The smoke run (tools/smoke.py): latent shape per modality (T, H, W) and flow-matching sampling settings.
-    config.smoke = ml_collections.ConfigDict()
-    config.smoke.latent_frames = 13
-    config.smoke.latent_height = 60
-    config.smoke.latent_width = 90
-    config.smoke.text_len = 512
-    config.smoke.num_steps = 50
-    config.smoke.guidance_scale = 5.0
-    config.smoke.flow_shift = 3.0
-    # Image-to-4D sampling (tools/generate.py): per-modality video size, solver and guidance (4DNeX: 49 frames,
-    # 480 x 720 per modality, 50 UniPC steps with flow_shift 3.0, CFG 5.0 with an empty negative prompt, seed 42).
+    # Sampling (tools/generate.py, ImageTo4D). None = the bundle's preset (manifest.json: sampling_preset, one of
+    # fourdnex_jax.recipe.SAMPLING_PRESETS).
     config.sample = ml_collections.ConfigDict()
-    config.sample.num_frames = 49
-    config.sample.height = 480
-    config.sample.width = 720
-    config.sample.num_steps = 50
-    config.sample.solver = "unipc"  # 'unipc' (Wan's scheduler) | 'euler'
-    config.sample.flow_shift = 3.0
-    config.sample.guidance_scale = 5.0
-    config.sample.negative_prompt = ""
+    config.sample.num_frames = placeholder(int)  # 1 + 4k (Wan's temporal factor)
+    config.sample.max_area = placeholder(int)  # pixels per modality (14B: 480 * 720)
+    config.sample.num_steps = placeholder(int)
+    config.sample.solver = placeholder(str)  # 'unipc' (Wan's scheduler) | 'euler'
+    config.sample.flow_shift = placeholder(float)
+    config.sample.guidance_scale = placeholder(float)
+    config.sample.negative_prompt = placeholder(str)
+    config.sample.text_len = placeholder(int)  # prompt tokens (zero-padded)
     config.sample.seed = 42
-    config.sample.text_len = 512  # prompt embeddings are zero-padded to this length (Wan: 512)
-    config.sample.batch_size = 1  # images per sampling call per device (data-parallel over devices)
-    config.sample.xyz_normalization = "reference"  # how the training XYZ was normalised (recorded in outputs)
+    config.sample.batch_size = 1  # images per sampling call per batch shard (data x fsdp; see SampleSettings)
+    config.sample.resize_mode = "aspect"  # 'aspect' (4DNeX: aspect kept at max_area, bicubic, no crop) | 'cover_crop'
+    config.sample.weight_quant = "none"  # 'none' | 'int8' (weight-only DiT block linears)
+    config.sample.step_cache_interval = 0  # 0 off; k: transformer blocks in full every k steps
+    config.sample.release_after_use = False  # free each model's weights once the call is past its stage
     # --- sharded LoRA training (fourdnex_jax.training, tools/train.py, tools/plan.py) ---------------------------
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 5000
@@ -106,29 +70,52 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.coordinator_address = ""
     config.train.num_processes = 0
     config.train.process_id = -1
-    config.optim = ml_collections.ConfigDict()  # 4DNeX: DeepSpeed AdamW + WarmupDecayLR
-    config.optim.learning_rate = 2e-5
-    config.optim.b1 = 0.9
-    config.optim.b2 = 0.95
-    config.optim.eps = 1e-8
-    config.optim.weight_decay = 1e-4
-    config.optim.grad_clip_norm = 1.0
-    config.optim.warmup_steps = 100
-    config.optim.decay_steps = 0  # linear decay to end_learning_rate at this step (0: train.num_steps)
-    config.optim.end_learning_rate = 0.0
+    # AdamW + clipping + LR schedule: a named preset of fourdnex_jax.recipe.OPTIMIZER_PRESETS ("reference_effective":
+    # what the reference's DeepSpeed run effectively used, constant LR, betas (0.9, 0.999); "reference_declared":
+    # what its code declares, betas (0.9, 0.95), warmup + linear decay; evidence in the recipe module docstring).
+    # Every other field left None takes the preset's value; a value set here overrides it.
+    config.optim = ml_collections.ConfigDict()
+    config.optim.preset = "reference_effective"
+    config.optim.learning_rate = placeholder(float)
+    config.optim.b1 = placeholder(float)
+    config.optim.b2 = placeholder(float)
+    config.optim.eps = placeholder(float)
+    config.optim.weight_decay = placeholder(float)
+    config.optim.grad_clip_norm = placeholder(float)  # 0: no clipping
+    config.optim.schedule = placeholder(str)  # 'constant' | 'linear_decay' (after the linear warmup)
+    config.optim.warmup_steps = placeholder(int)
+    config.optim.end_learning_rate = placeholder(float)  # linear_decay: the LR at decay_steps
+    config.optim.decay_steps = 0  # linear_decay: the step the LR reaches end_learning_rate (0: train.num_steps)
     config.data = ml_collections.ConfigDict()
-    config.data.dir = ""  # an encoded6d dataset folder (.../encoded6d/<config>/<version>); "" = synthetic
+    config.data.dir = ""  # an encoded6d dataset folder (.../encoded6d/<config>/<version>); required to train
     config.data.split = "train"
     config.data.text_len = 512
     config.data.sample_posterior = True  # latent = mean + std * eps (a fresh VAE sample each time)
     config.data.num_threads = 2
     config.data.num_workers = 0
-    config.data.synthetic_dir = "out/data/synthetic"  # where the synthetic encoded dataset is built if missing
+    # The synthetic encoded dataset (tools/train.py --synthetic builds it here if missing and trains on it).
+    config.data.synthetic_dir = "out/data/synthetic"
     config.data.synthetic_clips = 32
     config.data.synthetic_frames = 49
     config.data.synthetic_height = 64
     config.data.synthetic_width = 96
     return config
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """big_vision-style config argument: ``"k1=v1,k2=v2"`` (from ``--config file.py:ARG``) over ``defaults``; values
+    take the type of their default, unknown keys raise."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in (arg or "").split(","):
+        if not item.strip():
+            continue
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+        kind = type(defaults[key])
+        out[key] = (value.strip().lower() in ("1", "true", "yes")) if kind is bool else kind(value.strip())
+    return out
 
 
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

@@ -1,4 +1,7 @@
-"""Test setup: 8 fake CPU devices (set before jax is imported) and the torch-oracle helpers."""
+"""Test setup: 8 fake CPU devices (set before jax is imported), ``--without-torch``, hardware-marker skips.
+
+Shared helpers live in ``fourdnex_jax.testing`` (numerics, random models, the torch reference), not here.
+"""
 
 import os
 
@@ -8,7 +11,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import sys  # noqa: E402
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 ORACLE_PACKAGES = ("torch", "diffusers", "transformers", "peft")
@@ -36,12 +38,28 @@ def pytest_configure(config):
         sys.meta_path.insert(0, _BlockOracle())
 
 
-def rel_l2(actual, expected) -> float:
-    """Relative L2 error ||actual - expected|| / ||expected|| in float64 (the parity metric of the test suite)."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    assert a.shape == e.shape, f"shape {a.shape} != {e.shape}"
-    return float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30))
+def pytest_collection_modifyitems(config, items):
+    """Skip ``gpu`` / ``tpu`` tests where jax has no such backend (jax is asked only if such a test was collected)."""
+    wanted = {m for m in ("gpu", "tpu") if any(item.get_closest_marker(m) for item in items)}
+    if not wanted:
+        return
+    import jax
+
+    platforms = {d.platform for d in jax.devices()}
+    for m in wanted:
+        if m not in platforms:
+            skip = pytest.mark.skip(reason=f"needs a {m.upper()} backend (jax devices: {sorted(platforms)})")
+            for item in items:
+                if item.get_closest_marker(m):
+                    item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _clear_jax_caches():
+    """Drop jax's compiled-function caches after each test module, so executables do not pile up over the suite."""
+    yield
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fourdnex_jax.config import load_config_file, model_config
-from fourdnex_jax.loaders.transformer import abstract_model
+from fourdnex_jax.weights.registry import abstract_model
 from fourdnex_jax.models import params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_presets_build_abstractly_with_full_axis_rule_coverage(name):
 def test_axis_rules_cover_vae_and_encoders():
     from flax import nnx
 
-    from fourdnex_jax.config import DEFAULT_LOGICAL_AXIS_RULES
+    from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
     from fourdnex_jax.models import image_encoder, text_encoder
     from fourdnex_jax.models.vae import WanVAEConfig, abstract_vae
 
@@ -60,7 +60,7 @@ def _run_tool(*args):
 
 
 def test_describe_rejects_unknown_override():
-    res = _run_tool("tools/describe.py", "--config", "configs/tiny.py", "--config.model.num_layer=3")
+    res = _run_tool("-m", "fourdnex_jax", "describe", "--config", "tiny", "--config.model.num_layer=3")
     assert res.returncode != 0 and "num_layer" in res.stderr
 
 
@@ -75,6 +75,23 @@ def test_describe_14b_reports_the_diffusers_parameter_count():
                                              if not k.startswith("_")})
     expected = sum(p.numel() for p in reference.parameters())
     assert expected == 16_394_878_784
-    res = _run_tool("tools/describe.py", "--config", "configs/wan21_i2v_14b_480p.py")
+    res = _run_tool("-m", "fourdnex_jax", "describe", "--config", "wan21_i2v_14b_480p")
     assert res.returncode == 0, res.stderr
     assert f"summary: {expected:,} base + 209,725,440 trainable" in res.stdout, res.stdout
+
+
+def test_config_argument_selects_variants():
+    config = load_config_file(ROOT / "configs" / "wan21_i2v_14b_480p.py", "optim=reference_declared")
+    assert config.optim.preset == "reference_declared"
+    assert load_config_file(ROOT / "configs" / "tiny.py").optim.preset == "reference_declared"
+    assert load_config_file(ROOT / "configs" / "wan21_i2v_14b_480p.py").optim.preset == "reference_effective"
+    with pytest.raises(ValueError, match="unknown config argument 'optimizer'"):
+        load_config_file(ROOT / "configs" / "tiny.py", "optimizer=x")
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_config_files_write_one_setting_per_line(name):
+    import re
+
+    text = (ROOT / "configs" / f"{name}.py").read_text()
+    assert not re.search(r"^\s*\w+(\.\w+)*\s*,\s*\w+(\.\w+)*\s*=", text, re.M), "tuple assignment in a config file"

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
     ap.add_argument("--normalization", default="reference", choices=["reference", "sequence"])
     ap.add_argument("--intrinsics", default="full", choices=["full", "reference"])
     ap.add_argument("--min-valid-fraction", type=float, default=0.5)
+    ap.add_argument("--normalization-frames", type=int, default=81,
+                    help="loaded frames the normalisation statistics cover (4DNeX: 81; MegaSaM clips: all frames)")
     ap.add_argument("--shard-size", type=int, default=64)
     ap.add_argument("--workers", type=int, default=0, help="worker processes (0: this process)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N annotations")
@@ -54,7 +56,8 @@ def main(argv=None) -> int:
         print(f"prepare_data: no {args.layout} annotations under {args.input}", file=sys.stderr)
         return 1
     cfg = ClipConfig(num_frames=args.frames, height=args.height, width=args.width, normalization=args.normalization,
-                     intrinsics=args.intrinsics, min_valid_fraction=args.min_valid_fraction)
+                     intrinsics=args.intrinsics, min_valid_fraction=args.min_valid_fraction,
+                     normalization_frames=args.normalization_frames)
     out = prepare.prepare(items, args.out, cfg, split=args.split, shard_size=args.shard_size,
                           num_workers=args.workers)
     dt = time.perf_counter() - t0

@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 from fourdnex_jax.data import synthetic
-from fourdnex_jax.io_utils import Progress, _atomic, atomic_save_npz
+from fourdnex_jax.media.io import atomic_save_npz, atomic_write
+from fourdnex_jax.utils.progress import Progress
 
 
 def _one(out: str, split: str, index: int, frames: int, height: int, width: int) -> tuple[str, str, bool]:
@@ -46,7 +47,7 @@ def write_captions(out: Path, rows: dict[str, str]) -> None:
     w.writerow(["number", "caption"])
     for k in sorted(old):
         w.writerow([k, old[k]])
-    _atomic(out / "captions.csv", lambda f: f.write(buf.getvalue().encode()))
+    atomic_write(out / "captions.csv", lambda f: f.write(buf.getvalue().encode()))
 
 
 def main(argv=None) -> int:

@@ -1,11 +1,13 @@
 """Sharded LoRA training of the 4DNeX DiT.
 
-    python tools/train.py --config configs/tiny.py --workdir runs/tiny [--config.train.num_steps=300]
-        [--stop_after N]
+    python tools/train.py --config configs/tiny.py --workdir runs/tiny --config.data.dir=DATASET
+        [--config.train.num_steps=300] [--stop_after N]
+    python tools/train.py --config configs/tiny.py --workdir runs/tiny --synthetic
 
-Trains on ``config.data.dir`` (an encoded6d dataset from the encode step); with ``data.dir`` empty it uses the
-embedded synthetic dataset under ``data.synthetic_dir``, building it on first use (synthetic clips -> clips6d ->
-encode with random tiny encoders; ~1-2 min for the tiny config). Resumes from the latest checkpoint in
+Trains on ``config.data.dir`` (an encoded6d dataset from the encode step). ``--synthetic`` instead trains on the
+synthetic dataset under ``data.synthetic_dir``, building it first if missing (synthetic clips -> clips6d -> encode
+with random tiny encoders, ``fourdnex_jax.testing.random_models.ensure_synthetic_dataset``; ~1-2 min for the tiny
+config). Resumes from the latest checkpoint in
 ``WORKDIR/checkpoints`` (train state, data iterator, RNG). Writes ``WORKDIR/metrics.jsonl``, TensorBoard events
 under ``WORKDIR/tb`` and prints one progress line every ``train.log_every`` steps. Multi-host:
 ``--config.train.distributed=True`` (coordinator/process count/id from the config or the environment).
@@ -23,13 +25,15 @@ from ml_collections import config_flags
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Experiment config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/tiny", "Run directory (checkpoints, metrics).")
 _STOP_AFTER = flags.DEFINE_integer("stop_after", None, "Return after this many steps of this invocation.")
+_SYNTHETIC = flags.DEFINE_bool("synthetic", False, "Train on the synthetic dataset of config.data.synthetic_* "
+                               "(built under config.data.synthetic_dir if missing) instead of config.data.dir.")
 
 
 def main(argv) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO
     config = _CONFIG.value
-    from fourdnex_jax.training import mesh as mesh_lib
+    from fourdnex_jax import sharding as mesh_lib
 
     mesh_lib.maybe_initialize_distributed(config.train)  # before any other JAX call
     import jax
@@ -37,6 +41,12 @@ def main(argv) -> None:
     from fourdnex_jax.training.trainer import Trainer
 
     t0 = time.perf_counter()
+    if _SYNTHETIC.value:
+        if config.data.dir:
+            raise app.UsageError("--synthetic and --config.data.dir are exclusive")
+        from fourdnex_jax.testing.random_models import ensure_synthetic_dataset
+
+        config.data.dir = str(ensure_synthetic_dataset(config, progress=jax.process_index() == 0))
     trainer = Trainer(config, _WORKDIR.value)
     if jax.process_index() == 0:
         print(f"train: {config.name}, mesh {dict(trainer.mesh.shape)} on {jax.device_count()} "

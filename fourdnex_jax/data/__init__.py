@@ -1,9 +1,10 @@
 """The 6D data layer: annotation readers -> 6D clips (RGB + normalised first-camera XYZ) -> TFDS array_record
-datasets -> grain pipelines, plus the synthetic 4D scene generator and the encode step (VAE/UMT5/CLIP latents).
+datasets -> the encode step (VAE/UMT5/CLIP latents) -> grain loading, plus the synthetic 4D scene generator.
 
-Modules (one job each): ``geometry`` (cameras, back-projection), ``normalize`` (XYZ normalisation contract),
-``temporal`` (frame selection), ``resize`` (cover + crop), ``clip6d`` (data contracts), ``convert`` (annotation ->
-clip), ``captions``, ``media`` (file decoding), ``errors`` (bad-data accounting), ``readers/`` (layouts),
-``synthetic`` (procedural scenes + ray caster), ``tfds_builders`` (storage), ``prepare`` (resumable preparation),
-``pipeline`` (grain loading), ``encode`` (latent encoding step).
+Modules (one job each): ``readers/`` (on-disk annotation layouts), ``annotations`` (annotation -> clip),
+``temporal`` (frame selection), ``clip6d`` (the clip contracts), ``captions``, ``errors`` (bad-data accounting),
+``staging`` + ``prepare`` (resumable preparation), ``tfds_builders`` (storage), ``synthetic`` (procedural scenes +
+ray caster), ``encode`` (latent encoding step), ``schema`` (the encoded6d keys and shapes), ``loader`` (grain).
+The recipe values used here (prompt suffix, XYZ latent normalisation, condition video) are
+:mod:`fourdnex_jax.recipe`'s.
 """

@@ -16,13 +16,6 @@ from etils import epath
 from fourdnex_jax.data.errors import BadExample
 from fourdnex_jax.data.temporal import parse_clip_range
 
-POINTMAP_SUFFIX = " POINTMAP_STYLE."  # appended to every caption at train and inference time by 4DNeX
-
-
-def training_prompt(caption: str) -> str:
-    """The prompt 4DNeX trains and samples with: the caption plus ``" POINTMAP_STYLE."``."""
-    return caption.rstrip() + POINTMAP_SUFFIX
-
 
 def read_caption_csv(path: str | os.PathLike) -> dict[str, str]:
     """``number, caption`` CSV -> {number: caption}. Header names are matched after stripping spaces; quoted

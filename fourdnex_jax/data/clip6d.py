@@ -2,10 +2,11 @@
 
 :class:`RawClip` is what a reader returns from one annotation (any layout, source resolution, metric units of the
 annotation, world frame of the annotation):
-  * ``rgb`` (T, H, W, 3) uint8; ``c2w`` (T, 4, 4) camera-to-world (OpenCV cameras);
-  * geometry either as ``depth`` (T, H, W) z-depth + ``K`` (T, 3, 3) (MonST3R, MegaSaM, synthetic), or as
-    ``points_world`` (T, H, W, 3) (DUSt3R; ``K`` then optional, estimated if absent);
-  * ``dynamic_mask`` (T, H, W) bool or None; ``caption`` str or None; ``clip_id``, ``source`` (layout name).
+  * ``rgb`` (T, Hr, Wr, 3) uint8, the raw video frames at their own resolution (4DNeX's ``rgb_raw``; it may differ
+    from the geometry grid); ``c2w`` (T, 4, 4) camera-to-world (OpenCV cameras);
+  * geometry on the annotation grid (H, W) either as ``depth`` (T, H, W) z-depth + ``K`` (T, 3, 3) (MonST3R,
+    MegaSaM, synthetic), or as ``points_world`` (T, H, W, 3) (DUSt3R; ``K`` then optional, estimated if absent);
+  * ``dynamic_mask`` (T, H, W) bool or None (on the geometry grid); ``caption`` str or None; ``clip_id``, ``source`` (layout name).
 
 :class:`Clip6D` is one training clip after :func:`fourdnex_jax.data.annotations.to_clip6d` (what the raw TFDS dataset
 stores, one record per clip), all arrays at the training resolution (T = ``num_frames``):
@@ -13,7 +14,7 @@ stores, one record per clip), all arrays at the training resolution (T = ``num_f
 ==================  ====================  =========================================================================
 field               shape / dtype         meaning
 ==================  ====================  =========================================================================
-rgb                 (T, H, W, 3) uint8    frames (antialiased bilinear resize, centre crop)
+rgb                 (T, H, W, 3) uint8    raw frames (antialiased bilinear cover resize, centre crop)
 xyz                 (T, H, W, 3) float32  normalised pointmap in [-1, 1], first-camera frame (float16 on disk)
 valid               (T, H, W) bool        depth was present/finite/positive (xyz = 0 elsewhere)
 dynamic_mask        (T, H, W) bool        moving pixels (all False when ``has_dynamic_mask`` is False)
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from fourdnex_jax.data.errors import BadExample
-from fourdnex_jax.data.normalize import denormalize
+from fourdnex_jax.geometry.normalize import denormalize
 
 
 @dataclasses.dataclass
@@ -61,20 +62,21 @@ class RawClip:
         rgb = self.rgb
         if rgb.ndim != 4 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
             raise BadExample("shape_mismatch", f"rgb must be (T, H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
-        t, h, w = rgb.shape[:3]
+        t = rgb.shape[0]
         if (self.depth is None) == (self.points_world is None):
             raise BadExample("shape_mismatch", "exactly one of depth / points_world must be given")
         geo = self.depth if self.depth is not None else self.points_world
-        want = (h, w) if self.depth is not None else (h, w, 3)
-        if geo.shape[1:] != want:
-            raise BadExample("shape_mismatch", f"geometry {geo.shape[1:]} does not match rgb {(h, w)}")
+        if geo.ndim != (3 if self.depth is not None else 4) or (self.depth is None and geo.shape[-1] != 3):
+            raise BadExample("shape_mismatch", f"geometry must be (T, H, W) depth or (T, H, W, 3) points, "
+                                               f"got {geo.shape}")
+        h, w = geo.shape[1:3]
         arrays = {"geometry": geo, "c2w": self.c2w}
         if self.K is not None:
             arrays["K"] = self.K
         if self.dynamic_mask is not None:
             arrays["dynamic_mask"] = self.dynamic_mask
             if self.dynamic_mask.shape[1:] != (h, w):
-                raise BadExample("shape_mismatch", f"dynamic mask {self.dynamic_mask.shape} vs rgb {rgb.shape}")
+                raise BadExample("shape_mismatch", f"dynamic mask {self.dynamic_mask.shape} vs geometry {geo.shape}")
         for name, arr in arrays.items():
             if arr.shape[0] != t:
                 raise BadExample("frame_count_mismatch", f"{name} has {arr.shape[0]} frames, rgb has {t}")

@@ -1,20 +1,23 @@
 """The encode step: ``clips6d`` records -> ``encoded6d`` training examples with the frozen JAX encoders, data-parallel
 over all local devices.
 
-Per clip (T frames, H x W per modality), exactly what the 4DNeX trainer consumes:
+Per clip (T frames, H x W per modality), exactly what the 4DNeX trainer consumes (values from
+:mod:`fourdnex_jax.recipe`):
   * RGB (uint8 -> [-1, 1]) and XYZ (already in [-1, 1]) are VAE-encoded separately (one VAE call on the 2B stack);
     the stored latent is the VAE-normalised posterior mean and standard deviation, XYZ additionally
-    ``(z + 0.13) / 1.70`` (4DNeX's XYZ latent normalisation). ``latent + std * eps`` equals normalising a VAE
-    ``sample()``, so training can draw a fresh sample every epoch (the reference caches one ``sample()``).
-  * Condition: frame 0 as ``[RGB | XYZ init]`` (H x 2W; XYZ init = :func:`xyz_init_pointmap`, 4DNeX's slanted plane
-    with z = -y), followed by T - 1 zero frames, VAE-encoded with the mode (as 4DNeX's inference; its trainer samples)
-    and VAE-normalised only (quirk 8: no XYZ mu/sigma).
-  * Prompt: ``caption + " POINTMAP_STYLE."`` -> UMT5 (Wan's recipe, zero past the prompt length); stored cut at the
-    prompt's token count.
+    ``(z - XYZ_LATENT_MEAN) / XYZ_LATENT_STD`` (4DNeX's XYZ latent normalisation). ``latent + std * eps`` equals
+    normalising a VAE ``sample()``, so training can draw a fresh sample every epoch (the reference caches one).
+  * Condition: ``condition_video``, frame 0 as ``[RGB | XYZ init]`` (H x 2W; 4DNeX's slanted plane with z = -y)
+    followed by T - 1 zero frames, VAE-encoded with the mode (as 4DNeX's inference; its trainer samples) and
+    VAE-normalised only (as the reference: no XYZ mu/sigma on the condition).
+  * Prompt: ``training_prompt`` (the caption plus the 4DNeX suffix) -> UMT5 (Wan's recipe, zero past the prompt
+    length); stored cut at the prompt's token count.
   * Image: CLIP ``hidden_states[-2]`` of frame 0 after CLIP preprocessing.
 
-Sharding: the encoders are replicated on a 1-D ``data`` mesh over ``jax.devices()``; each batch (padded to a multiple
-of the device count) is split along the batch axis, one jitted call encodes all of it.
+Sharding (:mod:`fourdnex_jax.sharding`): the encoders are placed by their parameters' logical axes on the mesh
+(``mesh=``, e.g. ``sharding.make_mesh(config.sharding)``; default a ``data`` axis over ``devices``), as the sampling
+pipeline places them; each batch (padded to a multiple of the batch shards, data x fsdp) is split along the batch
+axis, one jitted call encodes all of it.
 """
 
 from __future__ import annotations
@@ -28,39 +31,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh
 
-from fourdnex_jax.data import staging, tfds_builders
-from fourdnex_jax.data.captions import training_prompt
-from fourdnex_jax.io_utils import Progress
+from fourdnex_jax import sharding
+from fourdnex_jax.data import schema, staging, tfds_builders
+from fourdnex_jax.utils.progress import Progress
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
-from fourdnex_jax.models.text_encoder import clean_prompt, wan_prompt_embeds
-
-XYZ_LATENT_MEAN, XYZ_LATENT_STD = -0.13, 1.70  # 4DNeX: x_hat = (x - mu) / sigma on XYZ latents only
-
-
-def xyz_init_pointmap(height: int, width: int) -> np.ndarray:
-    """4DNeX ``generate_uniform_pointmap(H, W) * 2 - 1``: (H, W, 3) float32 with x = linspace(-1, 1) across the
-    width, y = linspace(-1, 1) down the height and z = -y (+1 on the top row)."""
-    x = np.broadcast_to(np.linspace(-1, 1, width, dtype=np.float32)[None, :], (height, width))
-    y = np.broadcast_to(np.linspace(-1, 1, height, dtype=np.float32)[:, None], (height, width))
-    return np.stack([x, y, -y], -1)
-
-
-def condition_video(rgb0: np.ndarray, num_frames: int) -> np.ndarray:
-    """First frames (B, H, W, 3) in [-1, 1] -> (B, T, H, 2W, 3): [RGB | XYZ init] then T - 1 zero frames."""
-    b, h, w, _ = rgb0.shape
-    first = np.concatenate([rgb0, np.broadcast_to(xyz_init_pointmap(h, w), rgb0.shape)], axis=2)
-    out = np.zeros((b, num_frames, h, 2 * w, 3), np.float32)
-    out[:, 0] = first
-    return out
-
-
-class Towers(nnx.Module):
-    """The frozen encoders in one module (so one ``nnx.split`` replicates them all)."""
-
-    def __init__(self, vae, text_encoder, image_encoder):
-        self.vae, self.text_encoder, self.image_encoder = vae, text_encoder, image_encoder
+from fourdnex_jax.models import towers as towers_lib
+from fourdnex_jax.models.text_encoder import clean_prompt
+from fourdnex_jax.models.towers import Towers
+from fourdnex_jax.recipe import XYZ_LATENT_MEAN, XYZ_LATENT_STD, condition_video, training_prompt
 
 
 @dataclasses.dataclass
@@ -71,41 +51,43 @@ class EncodeSpec:
 
 
 def _encode(towers: Towers, rgb, xyz, cond, ids, mask, pixels):
-    vae = towers.vae
+    """The arrays of a batch of ``encoded6d`` examples (:mod:`fourdnex_jax.data.schema`), ``text_embeds`` uncut.
+
+    rgb, xyz (B, T, H, W, 3) in [-1, 1]; cond (B, T, H, 2W, 3) (``condition_video``); ids, mask (B, text_len);
+    pixels CLIP-preprocessed frame 0. Prompt, CLIP and condition latent are the :mod:`fourdnex_jax.models.towers`
+    functions the pipeline calls."""
     b = rgb.shape[0]
-    dist = vae.encode(jnp.concatenate([rgb, xyz], 0))
-    inv_std = 1.0 / jnp.asarray(vae.config.latents_std, jnp.float32)
-    mean_n = vae.normalize_latents(dist.mean.astype(jnp.float32))
-    std_n = jnp.exp(0.5 * dist.logvar.astype(jnp.float32)) * inv_std
-    cond_lat = vae.normalize_latents(vae.encode(cond).mode().astype(jnp.float32))
+    mean_n, std_n = towers_lib.encode_posterior(towers, jnp.concatenate([rgb, xyz], 0))  # one VAE call on 2B
     return {
         "rgb_latent": mean_n[:b], "rgb_latent_std": std_n[:b],
         "xyz_latent": (mean_n[b:] - XYZ_LATENT_MEAN) / XYZ_LATENT_STD, "xyz_latent_std": std_n[b:] / XYZ_LATENT_STD,
-        "cond_latent": cond_lat,
-        "text_embeds": wan_prompt_embeds(towers.text_encoder, ids, mask).astype(jnp.float32),
-        "image_embeds": towers.image_encoder(pixels).astype(jnp.float32),
+        "cond_latent": towers_lib.encode_condition(towers, cond),
+        "text_embeds": towers_lib.encode_prompts(towers, ids, mask),
+        "image_embeds": towers_lib.encode_images(towers, pixels),
     }
 
 
 class Encoder:
-    """``Encoder(towers, spec)(records) -> list of encoded6d examples``; data-parallel over ``devices``."""
+    """``Encoder(towers, spec)(records) -> list of encoded6d examples`` on ``mesh`` (``rules``: the logical-axis
+    rules) or, without one, data-parallel over ``devices``."""
 
-    def __init__(self, towers: Towers, spec: EncodeSpec, devices: Sequence[jax.Device] | None = None):
+    def __init__(self, towers: Towers, spec: EncodeSpec, devices: Sequence[jax.Device] | None = None, *,
+                 mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES):
+        if mesh is not None and devices is not None:
+            raise ValueError("give mesh= or devices=, not both (the mesh names its devices)")
         self.spec = spec
-        self.mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
+        if mesh is None:
+            mesh = sharding.data_mesh(devices)
+        self.mesh, self.rules = mesh, tuple(rules)
         graphdef, state = nnx.split(towers)
-        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
-        self._data = NamedSharding(self.mesh, P("data"))
-
-        @jax.jit
-        def run(state, *batch):
-            return _encode(nnx.merge(graphdef, state), *batch)
-
-        self._run = run
+        self._state = jax.device_put(state, sharding.state_shardings(state, mesh, self.rules))
+        self._data = sharding.batch_sharding(mesh, self.rules, 1)
+        self._run = towers_lib.jit_encoder(_encode, graphdef)
 
     @property
-    def num_devices(self) -> int:
-        return self.mesh.size
+    def num_shards(self) -> int:
+        """Batch shards (data x fsdp): a batch is padded to a multiple of it."""
+        return sharding.data_parallel_size(self.mesh, self.rules)
 
     def host_inputs(self, records: Sequence[dict[str, Any]]) -> tuple[tuple[np.ndarray, ...], list[str]]:
         """Decoded ``clips6d`` records -> the jitted function's numpy inputs and the prompts."""
@@ -124,10 +106,10 @@ class Encoder:
 
     def __call__(self, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         n = len(records)
-        d = self.num_devices
-        padded = list(records) + [records[-1]] * (-n % d)  # pad to a multiple of the device count
+        padded = list(records) + [records[-1]] * (-n % self.num_shards)  # pad to a multiple of the batch shards
         inputs, prompts = self.host_inputs(padded)
-        out = self._run(self._state, *(jax.device_put(x, self._data) for x in inputs))
+        with sharding.mesh_context(self.mesh, self.rules):
+            out = self._run(self._state, *(jax.device_put(x, self._data) for x in inputs))
         out = jax.tree.map(np.asarray, out)
         mask = inputs[4]
         examples = []
@@ -139,6 +121,7 @@ class Encoder:
             ex["prompt"] = prompts[i]
             cid = records[i]["clip_id"]
             ex["clip_id"] = cid.decode() if isinstance(cid, bytes) else str(cid)
+            schema.check_example(ex)
             examples.append(ex)
         return examples
 

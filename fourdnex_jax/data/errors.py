@@ -13,11 +13,9 @@ from __future__ import annotations
 import collections
 import logging
 import zipfile
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 log = logging.getLogger("fourdnex_jax.data")
-
-T = TypeVar("T")
 
 
 class BadExample(Exception):
@@ -81,13 +79,3 @@ class SkipStats:
         parts = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
         return f"{self.kept}/{self.total} examples kept; skipped {sum(self.skipped.values())} ({parts})"
 
-
-def guarded(fn: Callable[[], T], example_id: str, stats: SkipStats) -> T | None:
-    """Runs ``fn()`` once; on any exception records it as a bad example and returns None (no retry)."""
-    try:
-        out = fn()
-    except Exception as exc:  # noqa: BLE001 - every failure of one example is counted, none stops the run
-        stats.record_bad(example_id, as_bad_example(exc))
-        return None
-    stats.record_ok()
-    return out

@@ -24,7 +24,6 @@ from etils import epath
 from fourdnex_jax.data import staging, tfds_builders
 from fourdnex_jax.data.captions import CaptionTable
 from fourdnex_jax.data.annotations import ClipConfig, to_clip6d
-from fourdnex_jax.data.errors import SkipStats
 from fourdnex_jax.data.readers import LAYOUTS
 from fourdnex_jax.data.readers.dust3r import find_rgb_source
 from fourdnex_jax.data.temporal import parse_clip_range
@@ -118,8 +117,3 @@ def build_dataset(data_dir: str | os.PathLike, cfg: tfds_builders.Clips6DConfig)
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode) if mode else None)
     return out
 
-
-def skip_stats(summary: dict[str, Any]) -> SkipStats:
-    s = SkipStats()
-    s.merge(summary)
-    return s

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from fourdnex_jax.data.errors import SkipStats, as_bad_example
-from fourdnex_jax.io_utils import Progress, atomic_save_json, atomic_save_npz
+from fourdnex_jax.media.io import atomic_save_json, atomic_save_npz
+from fourdnex_jax.utils.progress import Progress
 
 LEN_SUFFIX = "__len"
 

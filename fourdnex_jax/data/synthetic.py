@@ -6,7 +6,7 @@ textured sky dome (a sphere of radius 40 around the origin: every ray hits somet
 bouncing, sliding, spinning), one or none static, and a camera on a smooth orbit/dolly trajectory looking at the
 scene centre. :func:`render` casts one ray per pixel for all frames at once and returns exact geometry.
 
-Conventions are those of :mod:`fourdnex_jax.data.geometry`: OpenCV cameras, world y axis pointing DOWN (objects
+Conventions are those of :mod:`fourdnex_jax.geometry.se3`: OpenCV cameras, world y axis pointing DOWN (objects
 stand at y < 0 on the floor y = 0), pixel centres at integer coordinates, principal point at the exact image centre
 ((W-1)/2, (H-1)/2). Camera rays are ``d = R (K^-1 [u, v, 1])`` (not normalised), so the ray parameter of a hit IS
 its z-depth: ``xyz_world = o + depth * d`` holds to rounding, and back-projecting ``depth`` with ``K`` and
@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from fourdnex_jax.data import geometry
+from fourdnex_jax.geometry import intrinsics, se3
 
 SPLIT_OFFSETS = {"train": 0, "heldout": 1_000_000_000}
 DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH = 49, 64, 96
@@ -155,9 +155,9 @@ def camera_path(scene: Scene, num_frames: int, height: int, width: int) -> tuple
     r = scene.cam_radius * (1 + scene.cam_dolly * s)
     pos = np.stack([r * np.cos(az), np.full_like(tau, -scene.cam_height), r * np.sin(az)], -1)
     target = np.asarray(scene.target)[None] + np.stack([0.2 * np.sin(np.pi * tau), 0 * tau, 0 * tau], -1)
-    c2w = geometry.look_at(pos, target)
+    c2w = se3.look_at(pos, target)
     f = (width / 2) / np.tan(np.radians(scene.fov_deg) / 2)
-    K = geometry.intrinsics_matrix(f, f, (width - 1) / 2, (height - 1) / 2)
+    K = intrinsics.intrinsics_matrix(f, f, (width - 1) / 2, (height - 1) / 2)
     return c2w, K
 
 
@@ -203,7 +203,7 @@ def render(scene: Scene, num_frames: int = DEFAULT_FRAMES, height: int = DEFAULT
     (-2 sky, -1 floor, i >= 0 object i)."""
     t_, n = num_frames, height * width
     c2w, K = camera_path(scene, t_, height, width)
-    u, v = geometry.pixel_grid(height, width)
+    u, v = se3.pixel_grid(height, width)
     d_cam = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1).reshape(1, n, 3)
     d = np.einsum("tij,tnj->tni", c2w[:, :3, :3], np.broadcast_to(d_cam, (t_, n, 3)))  # (T, N, 3), z_cam = 1
     o = c2w[:, None, :3, 3]  # (T, 1, 3)

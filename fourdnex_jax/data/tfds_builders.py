@@ -5,7 +5,8 @@ Two dataset kinds, both filled from staged shards (:mod:`staging`) by ``download
 
 * :class:`Clips6D` (``clips6d``): one record per raw 6D clip (:class:`fourdnex_jax.data.clip6d.Clip6D`).
 * :class:`Encoded6D` (``encoded6d``): one training example per clip after the encode step
-  (:mod:`fourdnex_jax.data.encode`): VAE latents of RGB and XYZ, the condition latent, UMT5 and CLIP embeddings.
+  (:mod:`fourdnex_jax.data.encode`): VAE latents of RGB and XYZ, the condition latent, UMT5 and CLIP embeddings
+  (keys and shapes: :mod:`fourdnex_jax.data.schema`).
 
 Feature choices that work without TensorFlow (measured with tensorflow-datasets 4.9.10): only plain
 ``tfds.features.Tensor`` (uint8, bool, int32, float16, float32; ``None`` leading dims) and ``tfds.features.Text``
@@ -14,7 +15,7 @@ Feature choices that work without TensorFlow (measured with tensorflow-datasets 
 
 Reading: ``tfds.builder_from_directory(path).as_data_source(split)`` (no class registration needed) or
 ``tfds.data_source('clips6d/<config>', data_dir=..., split=...)`` after importing this module. TFDS orders records
-by a hash of their key at build time; the loader shuffles again by seed (:mod:`pipeline`).
+by a hash of their key at build time; the loader shuffles again by seed (:mod:`loader`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
+from fourdnex_jax.data import schema
 from fourdnex_jax.data.staging import iter_staged
 
 Tensor, Text = tfds.features.Tensor, tfds.features.Text
@@ -142,27 +144,18 @@ def encoded_config(latent_frames: int, latent_height: int, latent_width: int, *,
                            embed_dtype=embed_dtype)
 
 
+def encoded_spec(c: Encoded6DConfig) -> schema.EncodedSpec:
+    """The :class:`fourdnex_jax.data.schema.EncodedSpec` of a dataset config."""
+    return schema.EncodedSpec(**{f.name: getattr(c, f.name) for f in dataclasses.fields(schema.EncodedSpec)})
+
+
 def encoded_features(c: Encoded6DConfig) -> tfds.features.FeaturesDict:
-    """Per-modality latents (T', h, w, z) are the VAE posterior of the clip, normalised as the DiT sees them:
-    ``*_latent`` = normalised mean, ``*_latent_std`` = normalised standard deviation (a training sample is
-    ``latent + std * eps``, equal to normalising a VAE ``sample()``). XYZ latents carry the extra 4DNeX
-    ``(z + 0.13) / 1.70``. ``cond_latent`` (T', h, 2w, z) is the VAE mode of [first RGB frame | XYZ init] followed by
-    zero frames (VAE normalisation only). ``text_embeds`` is cut at the prompt's token count (``text_len``): pad with
-    zeros to 512 to get Wan's prompt embedding exactly."""
-    t, h, w, z = c.latent_frames, c.latent_height, c.latent_width, c.z_dim
-    ld, ed = np.dtype(c.latent_dtype), np.dtype(c.embed_dtype)
-    return tfds.features.FeaturesDict({
-        "rgb_latent": Tensor(shape=(t, h, w, z), dtype=ld),
-        "rgb_latent_std": Tensor(shape=(t, h, w, z), dtype=ld),
-        "xyz_latent": Tensor(shape=(t, h, w, z), dtype=ld),
-        "xyz_latent_std": Tensor(shape=(t, h, w, z), dtype=ld),
-        "cond_latent": Tensor(shape=(t, h, 2 * w, z), dtype=ld),
-        "text_embeds": Tensor(shape=(None, c.text_dim), dtype=ed),
-        "text_len": Tensor(shape=(), dtype=np.int32),
-        "image_embeds": Tensor(shape=(c.image_tokens, c.image_dim), dtype=ed),
-        "prompt": Text(),
-        "clip_id": Text(),
-    })
+    """The TFDS features of :mod:`fourdnex_jax.data.schema` (keys, shapes, dtypes and meaning are defined there)."""
+    spec = encoded_spec(c)
+    shapes, dtypes = spec.shapes(), spec.dtypes()
+    features = {k: Tensor(shape=shapes[k], dtype=np.dtype(dtypes[k])) for k in (*schema.BATCH_KEYS, "text_len")}
+    features.update({k: Text() for k in schema.TEXT_KEYS})
+    return tfds.features.FeaturesDict(features)
 
 
 class Encoded6D(_StagedBuilder):

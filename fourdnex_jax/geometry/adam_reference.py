@@ -6,7 +6,7 @@ four optimised), per-frame 6D rotation (Zhou 2019, init identity) and translatio
 error between ``R K^-1 (d [u, v, 1]) + t`` and the XYZ over all frames jointly (pixels in raw units, pixel
 centres at integers as ``torch.meshgrid(arange)``), depth clamped at 1e-4 in the forward pass; Adam
 (lr 5e-3, betas 0.9/0.999, eps 1e-8 as torch), 1500 iterations, no regulariser. Unlike the reference, the
-recovered cameras are returned (it discards them). Used as the baseline of ``tools/register_benchmark.py``.
+recovered cameras are returned (it discards them). Used as the baseline of ``benchmarks/register.py``.
 """
 
 from __future__ import annotations

@@ -3,12 +3,18 @@
 
 * PLY: binary little-endian, ``x y z`` float32 + ``red green blue`` uint8, world frame (= camera 0, OpenCV axes).
 * GLB (glTF 2.0): one node per frame holding a POINTS mesh (POSITION float32, COLOR_0 normalised uint8) and one
-  camera node per frame (glTF cameras look down -Z with +Y up, so the node matrix is ``c2w @ diag(1,-1,-1,1)``),
-  plus the camera path as a LINE_STRIP. Frames are played by a core-glTF animation: each frame node's scale is
+  camera node per *registered* frame (glTF cameras look down -Z with +Y up, so the node matrix is
+  ``c2w @ diag(1,-1,-1,1)``), plus the registered cameras' path as a LINE_STRIP; ``extras`` carries the camera
+  status (which frames were rejected and why, and whether the camera's ``yfov`` is the estimate or a prior). Frames are played by a core-glTF animation: each frame node's scale is
   1 during its time step and 0 otherwise (STEP interpolation), so glTF viewers (Blender, three.js/gltf-viewer,
   Windows 3D Viewer) play the sequence; tools that ignore animations show all frames overlaid.
 * HTML: one file, no network, no dependencies: positions quantised to uint16 per axis and colours uint8,
-  base64-embedded, drawn with raw WebGL 1 (point sprites), mouse orbit/zoom, play/pause and a frame slider.
+  base64-embedded, drawn with raw WebGL 1 (point sprites), mouse orbit/zoom, play/pause and a frame slider. The
+  view is framed from the points' robust bounds (2nd-98th percentiles), starts on the first non-empty frame, and
+  the panel says which frames' cameras are unreliable. After its first draw it writes the number of drawn
+  (non-background) canvas pixels to ``<body data-drawn-pixels>`` (a headless browser check reads it).
+* cameras.json / transforms.json: strict JSON; a rejected frame's camera is ``null`` in cameras.json and left out
+  of transforms.json; both say where the intrinsics come from (the estimate or a field-of-view prior).
   Chosen over a rerun ``.rrd`` because it opens in any browser without installing a ~50 MB SDK/viewer and the
   recording format is tied to the rerun version that wrote it.
 """
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fourdnex_jax.io_utils import _atomic, atomic_save_json
+from fourdnex_jax.media.io import atomic_save_json, atomic_write
 
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
@@ -62,13 +68,15 @@ def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -> Path:
     blob = ply_bytes(points, colors)
-    return _atomic(Path(path), lambda f: f.write(blob))
+    return atomic_write(Path(path), lambda f: f.write(blob))
 
 
 # -- GLB ---------------------------------------------------------------------------------------------------------
-def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: np.ndarray, image_size, fps: float = 8.0
-              ) -> bytes:
-    """frames: per frame (points (N, 3) float32 world/OpenCV, colours (N, 3) uint8)."""
+def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: np.ndarray, image_size, fps: float = 8.0,
+              registered: np.ndarray | None = None, extras: dict | None = None) -> bytes:
+    """frames: per frame (points (N, 3) float32 world/OpenCV, colours (N, 3) uint8); c2w (T, 4, 4); K (3, 3) the
+    camera's intrinsics (estimate or prior); ``registered`` (T,) bool: only those frames get a camera node and a
+    point on the camera path (default all); ``extras`` (JSON-ready) is merged into the asset's ``extras``."""
     h, w = image_size
     buf = bytearray()
     views, accessors, meshes, nodes = [], [], [], []
@@ -102,13 +110,18 @@ def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: n
                                                                   "mode": 0}]})
         nodes.append({"name": f"frame_{i:05d}", "mesh": i, "scale": [1.0, 1.0, 1.0] if i == 0 else [0.0, 0.0, 0.0]})
     yfov = float(2 * np.arctan(h / 2 / K[1, 1]))
+    if not (np.isfinite(yfov) and 0 < yfov < np.pi):
+        raise ValueError(f"glb_bytes: K gives a vertical field of view of {yfov} rad; pass a plausible K "
+                         "(geometry.status.fov_prior_intrinsics)")
     cams = [{"type": "perspective", "perspective": {"yfov": yfov, "aspectRatio": w / h, "znear": 0.01}}]
-    for i in range(t):
+    reg = np.ones(t, bool) if registered is None else np.asarray(registered, bool)
+    for i in np.flatnonzero(reg):
         m = (np.asarray(c2w[i], np.float64) @ GL_FROM_CV).T.reshape(-1)  # column-major
         nodes.append({"name": f"camera_{i:05d}", "camera": 0, "matrix": [float(x) for x in m]})
-    path_acc = add(np.asarray(c2w[:, :3, 3], np.float32), 5126, "VEC3", 34962, minmax=True)
-    meshes.append({"name": "camera_path", "primitives": [{"attributes": {"POSITION": path_acc}, "mode": 3}]})
-    nodes.append({"name": "camera_path", "mesh": len(meshes) - 1})
+    if reg.sum() >= 2:
+        path_acc = add(np.asarray(c2w[reg, :3, 3], np.float32), 5126, "VEC3", 34962, minmax=True)
+        meshes.append({"name": "camera_path", "primitives": [{"attributes": {"POSITION": path_acc}, "mode": 3}]})
+        nodes.append({"name": "camera_path", "mesh": len(meshes) - 1})
     times = np.arange(t, dtype=np.float32) / fps
     tin = add(times, 5126, "SCALAR", minmax=True)
     channels, samplers = [], []
@@ -122,10 +135,11 @@ def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: n
             "cameras": cams, "accessors": accessors, "bufferViews": views,
             "buffers": [{"byteLength": len(buf)}],
             "animations": [{"name": "play", "channels": channels, "samplers": samplers}] if t > 1 else [],
-            "extras": {"axes": "OpenCV world (x right, y down, z forward) = camera 0; cameras use glTF axes"}}
+            "extras": {"axes": "OpenCV world (x right, y down, z forward) = camera 0; cameras use glTF axes",
+                       **(extras or {})}}
     if t <= 1:
         del gltf["animations"]
-    js = json.dumps(gltf, separators=(",", ":")).encode()
+    js = json.dumps(gltf, separators=(",", ":"), allow_nan=False).encode()
     js += b" " * (-len(js) % 4)
     while len(buf) % 4:
         buf.append(0)
@@ -146,10 +160,12 @@ def read_glb_json(path: str | Path) -> dict:
 # -- HTML player ---------------------------------------------------------------------------------------------------
 _HTML = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>__TITLE__</title>
 <style>body{margin:0;background:#111;color:#ddd;font:13px sans-serif;overflow:hidden}
-#ui{position:absolute;left:8px;top:8px;background:rgba(0,0,0,.5);padding:6px;border-radius:4px}
+#ui{position:absolute;left:8px;top:8px;background:rgba(0,0,0,.5);padding:6px;border-radius:4px;max-width:60vw}
+#cams{color:#fc6}
 canvas{display:block;width:100vw;height:100vh}</style></head><body><canvas id="c"></canvas>
 <div id="ui"><button id="play">pause</button> <input id="sl" type="range" min="0" value="0"> <span id="lab"></span>
- size <input id="ps" type="range" min="1" max="8" value="2"><br>drag: rotate, shift+drag: pan, wheel: zoom</div>
+ size <input id="ps" type="range" min="1" max="8" value="2"><br>drag: rotate, shift+drag: pan, wheel: zoom
+<div id="cams"></div></div>
 <script>
 const META=__META__;
 function b64(s){const b=atob(s),a=new Uint8Array(b.length);for(let i=0;i<b.length;i++)a[i]=b.charCodeAt(i);return a;}
@@ -167,7 +183,8 @@ const cb=gl.createBuffer();gl.bindBuffer(gl.ARRAY_BUFFER,cb);gl.bufferData(gl.AR
 const lc=gl.getAttribLocation(pr,'c');gl.enableVertexAttribArray(lc);
 gl.uniform3fv(gl.getUniformLocation(pr,'lo'),META.lo);gl.uniform3fv(gl.getUniformLocation(pr,'ext'),META.ext);
 const uM=gl.getUniformLocation(pr,'M'),uP=gl.getUniformLocation(pr,'ps');gl.enable(gl.DEPTH_TEST);
-let yaw=0,pitch=0,dist=META.dist,tgt=META.target.slice(),frame=0,playing=true,last=0;
+let yaw=0,pitch=0,dist=META.half[2]+Math.max(META.half[1],META.half[0]*innerHeight/innerWidth)/Math.tan(META.fov/2)*1.05,tgt=META.target.slice(),frame=META.first,playing=true,last=0,counted=false;
+document.getElementById('cams').textContent=META.cameras;
 const sl=document.getElementById('sl');sl.max=off.length-2;
 function mul(a,b){const r=new Array(16).fill(0);for(let i=0;i<4;i++)for(let j=0;j<4;j++)for(let k=0;k<4;k++)r[j*4+i]+=a[k*4+i]*b[j*4+k];return r;}
 function view(){// OpenCV world (y down, z forward) seen by an orbiting camera; output clip space
@@ -185,8 +202,13 @@ function draw(){cv.width=innerWidth;cv.height=innerHeight;gl.viewport(0,0,cv.wid
  gl.bindBuffer(gl.ARRAY_BUFFER,pb);gl.vertexAttribPointer(lp,3,gl.UNSIGNED_SHORT,false,0,off[frame]*6);
  gl.bindBuffer(gl.ARRAY_BUFFER,cb);gl.vertexAttribPointer(lc,3,gl.UNSIGNED_BYTE,true,0,off[frame]*3);
  gl.drawArrays(gl.POINTS,0,off[frame+1]-off[frame]);
- document.getElementById('lab').textContent='frame '+frame+'/'+(off.length-2);sl.value=frame;}
-function tick(t){if(playing&&t-last>1000/META.fps){frame=(frame+1)%(off.length-1);last=t;}draw();requestAnimationFrame(tick);}
+ if(!counted){counted=true;// drawn pixels of the first frame, for a headless check (module docstring)
+  const px=new Uint8Array(cv.width*cv.height*4);gl.readPixels(0,0,cv.width,cv.height,gl.RGBA,gl.UNSIGNED_BYTE,px);
+  let n=0;for(let i=0;i<px.length;i+=4)if(Math.abs(px[i]-18)+Math.abs(px[i+1]-18)+Math.abs(px[i+2]-18)>6)n++;
+  document.body.dataset.drawnPixels=n;document.body.dataset.firstFrame=frame;}
+ document.getElementById('lab').textContent='frame '+frame+'/'+(off.length-2)+' ('+(off[frame+1]-off[frame])+
+  ' points'+(META.notes[frame]?'; camera rejected: '+META.notes[frame]:'')+')';sl.value=frame;}
+function tick(t){if(!last)last=t;if(playing&&t-last>1000/META.fps){frame=(frame+1)%(off.length-1);last=t;}draw();requestAnimationFrame(tick);}
 document.getElementById('play').onclick=e=>{playing=!playing;e.target.textContent=playing?'pause':'play';};
 sl.oninput=()=>{frame=+sl.value;playing=false;document.getElementById('play').textContent='play';};
 let drag=null;cv.onmousedown=e=>drag=[e.clientX,e.clientY,e.shiftKey];onmouseup=()=>drag=null;
@@ -199,51 +221,85 @@ requestAnimationFrame(tick);
 """
 
 
-def html_viewer(frames: list[tuple[np.ndarray, np.ndarray]], fov_y: float, target, fps: float = 8.0,
-                title: str = "4D point cloud") -> str:
-    """Self-contained HTML player (see module docstring). frames: per frame (points (N, 3), colours (N, 3))."""
+def html_viewer(frames: list[tuple[np.ndarray, np.ndarray]], fov_y: float, fps: float = 8.0,
+                title: str = "4D point cloud", notes: list | None = None, cameras: str = "") -> str:
+    """Self-contained HTML player (see module docstring). frames: per frame (points (N, 3), colours (N, 3));
+    ``fov_y`` (radians) the viewing camera's vertical field of view; ``notes`` per frame None or why its camera
+    is unreliable (shown with the frame); ``cameras`` one line about the cameras (shown in the panel)."""
+    if not (np.isfinite(fov_y) and 0 < fov_y < np.pi):
+        raise ValueError(f"html_viewer: fov_y must be in (0, pi) radians, got {fov_y}")
     allp = np.concatenate([p for p, _ in frames]) if frames else np.zeros((0, 3), np.float32)
+    allp = allp[np.isfinite(allp).all(-1)] if len(allp) else allp
     lo = allp.min(0) if len(allp) else np.zeros(3)
     ext = np.maximum((allp.max(0) - lo) if len(allp) else np.ones(3), 1e-9)
     q = np.round((allp - lo) / ext * 65535).astype("<u2") if len(allp) else np.zeros((0, 3), "<u2")
     col = np.concatenate([c for _, c in frames]) if frames else np.zeros((0, 3), np.uint8)
-    offsets = np.concatenate([[0], np.cumsum([len(p) for p, _ in frames])]).astype(int).tolist()
-    target = [float(x) for x in target]
+    counts = [len(p) for p, _ in frames]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(int).tolist()
+    # frame the robust bounds (a few far outliers must not shrink the cloud to a dot): the viewer looks along +z at
+    # their centre from the distance where their x / y half-extents fill the view (the canvas aspect is known there)
+    blo, bhi = (np.percentile(allp, 2, axis=0), np.percentile(allp, 98, axis=0)) if len(allp) else (-np.ones(3),
+                                                                                                   np.ones(3))
+    half = np.maximum((bhi - blo) / 2, 1e-6)
     meta = {"pos": base64.b64encode(q.tobytes()).decode(), "col": base64.b64encode(col.tobytes()).decode(),
             "offsets": offsets, "lo": [float(x) for x in lo], "ext": [float(x) for x in ext], "fps": fps,
-            "fov": float(fov_y), "target": target, "dist": float(max(np.linalg.norm(target), 1e-3))}
-    return _HTML.replace("__TITLE__", title).replace("__META__", json.dumps(meta))
+            "fov": float(fov_y), "target": [float(x) for x in (blo + bhi) / 2],
+            "half": [float(x) for x in half],
+            "first": next((i for i, n in enumerate(counts) if n), 0),
+            "notes": list(notes) if notes is not None else [None] * len(frames), "cameras": cameras}
+    return _HTML.replace("__TITLE__", title).replace("__META__", json.dumps(meta, allow_nan=False))
 
 
 # -- cameras -------------------------------------------------------------------------------------------------------
+def _c2w_or_none(c2w: np.ndarray, ok: bool):
+    return np.asarray(c2w).tolist() if ok and np.isfinite(c2w).all() else None
+
+
 def cameras_dict(reg, image_size) -> dict:
+    """cameras.json of a :class:`~fourdnex_jax.geometry.register.Registration`: the verdict
+    (:meth:`~fourdnex_jax.geometry.status.CameraStatus.to_dict`: state, message, intrinsics with their source,
+    per frame status / reason / numbers), ``K`` (what exports use), ``cam_to_world`` per frame (``null`` where
+    rejected). Strict JSON."""
     h, w = image_size
-    out = {"image_size": [int(h), int(w)], "K": np.asarray(reg.K).tolist(),
-           "cam_to_world": np.asarray(reg.c2w).tolist(), "convention": "OpenCV (x right, y down, z forward), "
-           "camera-to-world, world = camera 0; pixel centres at integer coordinates",
+    st = reg.status
+    out = {"image_size": [int(h), int(w)], "K": np.asarray(st.K).tolist(),
+           "cam_to_world": [_c2w_or_none(c, bool(ok)) for c, ok in zip(reg.c2w, st.registered)],
+           "convention": "OpenCV (x right, y down, z forward), camera-to-world, world = camera 0; pixel centres at "
+           "integer coordinates; null = rejected (see frames[i].reason)",
            "normalization": reg.normalization,
            "units": "metric (de-normalised)" if reg.normalization == "metric" else "normalised pointmap units",
-           "frames": reg.frame_stats, "timings_s": reg.timings,
-           "per_frame_offsets": np.asarray(reg.offsets).tolist()}
+           "timings_s": reg.timings, "per_frame_offsets": np.asarray(reg.offsets).tolist()}
+    verdict = st.to_dict(reg.frame_stats)
+    out.update(status=verdict["state"], message=verdict["message"], intrinsics=verdict["intrinsics"],
+               thresholds=verdict["thresholds"], frames=verdict["per_frame"],
+               frames_registered=verdict["frames_registered"])
     if reg.K_per_frame is not None:
-        out["K_per_frame"] = np.asarray(reg.K_per_frame).tolist()
+        out["K_per_frame"] = [np.asarray(k).tolist() if ok else None for k, ok in zip(reg.K_per_frame, st.registered)]
     return out
 
 
 def transforms_dict(reg, image_size, image_paths: list[str] | None = None) -> dict:
-    """nerfstudio ``transforms.json``: OPENCV intrinsics, OpenGL-axis camera-to-world matrices."""
+    """nerfstudio ``transforms.json``: OPENCV intrinsics, OpenGL-axis camera-to-world matrices of the registered
+    frames only (a rejected frame has no camera to give); ``intrinsics_source`` and ``rejected_frames`` say what is
+    left out and whether ``fl_x`` is an estimate or a field-of-view prior."""
     h, w = image_size
-    K = np.asarray(reg.K)
-    frames = []
+    st = reg.status
+    K = np.asarray(st.K)
+    t = len(reg.c2w)
+    frames, rejected = [], []
     for i, c in enumerate(np.asarray(reg.c2w)):
+        if not st.registered[i]:
+            rejected.append({"frame": i, "reason": st.reasons[i]})
+            continue
         f = {"file_path": image_paths[i] if image_paths else f"images/frame_{i:05d}.png",
-             "transform_matrix": (c @ GL_FROM_CV).tolist(), "time": i / max(len(reg.c2w) - 1, 1)}
+             "transform_matrix": (c @ GL_FROM_CV).tolist(), "time": i / max(t - 1, 1)}
         if reg.K_per_frame is not None:
             kf = reg.K_per_frame[i]
             f.update(fl_x=float(kf[0, 0]), fl_y=float(kf[1, 1]), cx=float(kf[0, 2]), cy=float(kf[1, 2]))
         frames.append(f)
     return {"camera_model": "OPENCV", "w": int(w), "h": int(h), "fl_x": float(K[0, 0]), "fl_y": float(K[1, 1]),
             "cx": float(K[0, 2]), "cy": float(K[1, 2]), "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0,
+            "intrinsics_source": st.intrinsics_source, "camera_status": st.message(), "rejected_frames": rejected,
             "frames": frames}
 
 

@@ -9,13 +9,17 @@ Camera pose: Sim(3) Umeyama alignment of the estimated camera positions to the t
 ``--align --correct_scale``), then ATE = RMSE of the position errors, RPE-trans / RPE-rot = RMSE over consecutive
 pairs (delta = 1 frame) of the translation norm / rotation angle (degrees) of
 ``inv(inv(G_i) G_{i+1}) inv(P_i) P_{i+1}`` (evo ``rpe`` defaults, what MonST3R's ``eval_metrics`` prints).
+
+:func:`registration_metrics` is the row of tools/eval_geometry.py: closed-form registration of one pointmap video,
+then all of the above against its ground truth; :func:`mean_metrics` averages rows.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from fourdnex_jax.geometry.cameras import rotation_angle_deg
+from fourdnex_jax.geometry import register
+from fourdnex_jax.geometry.se3 import rotation_angle_deg
 
 
 def fit_depth_alignment(pred: np.ndarray, gt: np.ndarray, mode: str = "scale_shift", fit: str = "lsq",
@@ -84,3 +88,50 @@ def pose_metrics(c2w_est: np.ndarray, c2w_gt: np.ndarray, with_scale: bool = Tru
     rpe_t = float(np.sqrt(np.mean(np.sum(err[:, :3, 3] ** 2, -1)))) if len(err) else 0.0
     rpe_r = float(np.sqrt(np.mean(rotation_angle_deg(err[:, :3, :3]) ** 2))) if len(err) else 0.0
     return {"ate": ate, "rpe_trans": rpe_t, "rpe_rot_deg": rpe_r}
+
+
+def registration_metrics(xyz: np.ndarray, valid: np.ndarray | None, normalization: str, gt_depth: np.ndarray,
+                         gt_c2w: np.ndarray, gt_valid: np.ndarray) -> dict:
+    """Cameras and depth of a pointmap video xyz (T, H, W, 3) by :func:`register.register`, scored against the
+    truth (depth (T, H, W), c2w (T, 4, 4), valid (T, H, W)): video depth with a per-sequence ``scale`` and
+    ``scale_shift`` (least squares and exact L1) and pose ATE / RPE after Sim(3) alignment, plus ``ate_rel`` /
+    ``rpe_trans_rel`` divided by the true path length, and ``frames_registered`` (the registration's verdict,
+    :mod:`fourdnex_jax.geometry.status`; the metrics score every frame, rejected ones included). A map with no
+    registered frame (a plane) falls back to depth = its z channel and a static camera, recorded under
+    ``fallback``."""
+    with np.errstate(all="ignore"):
+        reg = register.register(xyz, valid, normalization=normalization)
+    row = {"frames_registered": reg.status.num_registered}
+    if reg.status.num_registered:
+        depth, c2w, ok = reg.depth, reg.c2w, gt_valid & reg.valid
+        row["focal_px"], row["registration_s"] = float(reg.K[0, 0]), reg.timings["total_s"]
+    else:
+        z = np.asarray(xyz, np.float64)[..., 2]
+        depth, c2w, ok = z - z.min() + 1e-3, np.tile(np.eye(4), (len(gt_c2w), 1, 1)), gt_valid
+        row["fallback"] = f"registration failed ({reg.status.message()}); depth = z channel, static camera"
+    for mode in ("scale", "scale_shift"):
+        for fit in ("lsq", "l1"):
+            m = depth_metrics(depth, gt_depth, ok, mode, fit)
+            row[f"depth_{mode}_{fit}"] = {"abs_rel": m["abs_rel"], "delta_1_25": m["delta_1_25"]}
+    pm = pose_metrics(c2w, gt_c2w)
+    length = float(np.linalg.norm(np.diff(gt_c2w[:, :3, 3], axis=0), axis=-1).sum()) or 1.0
+    row["pose"] = dict(pm, ate_rel=pm["ate"] / length, rpe_trans_rel=pm["rpe_trans"] / length)
+    return row
+
+
+def mean_metrics(rows: list[dict]) -> dict:
+    """Mean of every numeric entry (and of every numeric entry of the dict entries) of
+    :func:`registration_metrics` rows, with the number of ``sequences`` and of ``failed`` (fallback) rows."""
+    out = {"sequences": len(rows), "failed": sum("fallback" in r for r in rows)}
+    if not rows:
+        return out
+    keys = dict.fromkeys(k for r in rows for k in r)  # a fallback row has no focal / timing: mean of those that do
+    for k in keys:
+        have = [r[k] for r in rows if k in r]
+        if isinstance(have[0], str):
+            continue
+        if isinstance(have[0], dict):
+            out[k] = {m: float(np.mean([v[m] for v in have])) for m in have[0]}
+        else:
+            out[k] = float(np.mean(have))
+    return out

@@ -1,10 +1,10 @@
 """Cameras, depth and a per-pixel inconsistency mask from a pointmap video, in closed form (NumPy, CPU).
 
 Input: ``xyz`` (T, H, W, 3) in the first camera's frame (OpenCV axes), optionally ``valid`` (T, H, W).
-``normalization`` says how it was produced (see :mod:`fourdnex_jax.data.normalize`):
+``normalization`` says how it was produced (see :mod:`fourdnex_jax.geometry.normalize`):
 
 * ``sequence`` (ours, or DUSt3R/VGGT-style, also ``metric``): one scale about camera 0, no shift. Frame 0 is a
-  true camera-frame map: K follows from two robust line fits (:func:`cameras.fit_intrinsics_camera_frame`),
+  true camera-frame map: K follows from two robust line fits (:func:`fit_intrinsics_camera_frame`),
   camera 0 is the identity.
 * ``reference`` (4DNeX ``build_wan_dataset.py``): every frame centred on its own bounding-box centre ``c_t``.
   Frame 0 then is ``K [I | c_0 / s]``: a full DLT + RQ recovers K and the offset exactly. The offsets of later
@@ -12,10 +12,10 @@ Input: ``xyz`` (T, H, W, 3) in the first camera's frame (OpenCV axes), optionall
   ``anchor='icp'`` (opt-in) estimates these offsets by translation-only trimmed ICP of each frame's consistent
   points against the previous frame (assumes mostly static, overlapping, non-planar content; on the synthetic
   floor-dominated scenes it only reduces the error by 5-20%); the default ``'none'`` leaves them.
-  When the file carries the true ``centers`` and ``scale`` the maps are de-normalised first and everything is
-  exact.
+  When the true ``centers`` and ``scale`` are given (``normalization='metric'`` in :mod:`scene`) the maps are
+  de-normalised first and everything is exact.
 
-Poses: frames 1..T-1 in ONE vectorised pass (:func:`cameras.robust_pose_batch`: P3P hypotheses scored by LMedS,
+Poses: frames 1..T-1 in ONE vectorised pass (:func:`pose.robust_pose_batch`: P3P hypotheses scored by LMedS,
 a calibrated-DLT refit on the winner's inliers, robust Tukey Gauss-Newton) from the dense pairs (pixel (u, v) <->
 X_t(u, v)) on a sample grid; a frame whose neighbour's pose fits it better is re-solved with that pose as an
 extra hypothesis (:func:`_neighbour_fallback`). Then, densely and for all frames at once, depth = z of
@@ -23,6 +23,11 @@ extra hypothesis (:func:`_neighbour_fallback`). Then, densely and for all frames
 the point is off its pixel's ray) and ``moving`` (the point disagrees with the previous frame's point seen at the
 same place). ``timings`` (seconds): intrinsics (including input checks), poses, dense, motion, outputs (the
 float32 result arrays) and total.
+
+Failure is a result, not an exception: ``Registration.status`` (:mod:`fourdnex_jax.geometry.status`) says which
+frames' cameras are estimates and which are rejected (and why); implausible intrinsics are replaced by a stated
+field-of-view prior and then no pose is solved. The points (``points_world``, ``point_valid``) never depend on the
+poses: pointmaps are already in the first camera's frame, so a frame whose pose fails still has its points.
 """
 
 from __future__ import annotations
@@ -32,21 +37,25 @@ import time
 
 import numpy as np
 
-from fourdnex_jax.data import geometry
-from fourdnex_jax.data.normalize import denormalize
-from fourdnex_jax.geometry import cameras
+from fourdnex_jax.geometry import pose, robust, se3, status as status_lib
+from fourdnex_jax.geometry.intrinsics import (decompose_projection, fit_intrinsics_camera_frame, fit_intrinsics_shifted,
+                                              robust_projection)
+from fourdnex_jax.geometry.normalize import denormalize
 
 NORMALIZATIONS = ("sequence", "reference", "metric")
 
 
 @dataclasses.dataclass
 class Registration:
-    K: np.ndarray                 # (3, 3) shared intrinsics (pixels)
+    K: np.ndarray                 # (3, 3) shared intrinsics (pixels): the estimate, or the prior (status)
     K_per_frame: np.ndarray | None  # (T, 3, 3) when estimated per frame
-    c2w: np.ndarray               # (T, 4, 4) OpenCV camera-to-world, world = camera 0
-    depth: np.ndarray             # (T, H, W) float32 z-depth (0 where invalid)
-    points_world: np.ndarray      # (T, H, W, 3) float32 points in the world frame (after anchoring)
-    valid: np.ndarray             # (T, H, W) bool: finite, in front, used
+    c2w: np.ndarray               # (T, 4, 4) OpenCV camera-to-world, world = camera 0; a rejected frame's is
+    #                               the solver's last estimate, or the identity where none was solved
+    depth: np.ndarray             # (T, H, W) float32 z-depth in each recovered camera (0 where invalid)
+    points_world: np.ndarray      # (T, H, W, 3) float32 points in the world frame (after anchoring), 0 where
+    #                               not point_valid; independent of the poses
+    point_valid: np.ndarray       # (T, H, W) bool: the pointmap's usable points (finite, given valid, unclipped)
+    valid: np.ndarray             # (T, H, W) bool: point_valid and in front of the recovered camera
     residual: np.ndarray          # (T, H, W) float32 reprojection error (pixels; inf where invalid)
     inconsistent: np.ndarray      # (T, H, W) bool residual above threshold
     moving: np.ndarray            # (T, H, W) bool cross-frame disagreement
@@ -54,6 +63,7 @@ class Registration:
     normalization: str
     offsets: np.ndarray           # (T, 3) anchoring offsets added to each frame's points (reference mode)
     timings: dict
+    status: status_lib.CameraStatus  # which cameras are results (module docstring)
 
     @property
     def dynamic(self) -> np.ndarray:
@@ -62,9 +72,12 @@ class Registration:
     @property
     def confidence(self) -> np.ndarray:
         """(T, H, W) float32 in [0, 1]: 1 for consistent points, decaying with the residual / threshold."""
-        thr = np.array([s["threshold_px"] for s in self.frame_stats], np.float32)[:, None, None]
-        c = 1.0 / (1.0 + (self.residual / np.maximum(thr, 1e-6)) ** 2)
-        return np.where(self.valid & ~self.moving, c, 0.0).astype(np.float32)
+        thr = np.array([np.nan if s["threshold_px"] is None else s["threshold_px"] for s in self.frame_stats],
+                       np.float64)[:, None, None]
+        thr = np.where(np.isfinite(thr), np.maximum(thr, 1e-6), 1.0)  # a rejected frame's may be None or inf
+        ok = self.valid & ~self.moving
+        c = 1.0 / (1.0 + (np.where(ok, self.residual, 0.0) / thr) ** 2)
+        return np.where(ok, c, 0.0).astype(np.float32)
 
 
 def clipped_mask(xyz: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -88,12 +101,15 @@ def _sample_indices(h: int, w: int, n: int) -> np.ndarray:
 
 def anchor_offsets_icp(points: np.ndarray, keep: np.ndarray, iters: int = 15, sample: int = 6000,
                        trim: float = 0.7, seed: int = 0) -> np.ndarray:
-    """Translation-only trimmed ICP of frame t against frame t-1 (already anchored), t = 1..T-1.
-    points (T, N, 3) in a common orientation; keep (T, N) bool. Returns offsets (T, 3) with offsets[0] = 0."""
+    """Translation-only trimmed ICP of frame t against the last matched frame before it (already anchored),
+    t = 1..T-1. points (T, N, 3) in a common orientation; keep (T, N) bool (non-finite points are dropped too).
+    A frame with fewer than 10 usable points keeps the previous offset and is not used as a reference.
+    Returns offsets (T, 3) with offsets[0] = 0."""
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(seed)
     tt = points.shape[0]
+    keep = keep & np.isfinite(points).all(-1)  # cKDTree rejects non-finite coordinates
     offs = np.zeros((tt, 3))
     prev = None
     for t in range(tt):
@@ -101,11 +117,12 @@ def anchor_offsets_icp(points: np.ndarray, keep: np.ndarray, iters: int = 15, sa
         if len(idx) > sample:
             idx = rng.choice(idx, sample, replace=False)
         src = points[t, idx]
-        if t == 0 or prev is None or len(src) < 10:
-            offs[t] = offs[t - 1] if t else 0.0
-        else:
+        offs[t] = offs[t - 1] if t else 0.0
+        if len(src) < 10:
+            continue
+        if prev is not None:
             tree = cKDTree(prev)
-            o = offs[t - 1].copy()
+            o = offs[t].copy()
             for _ in range(iters):
                 d, j = tree.query(src + o)
                 sel = d <= np.quantile(d, trim)
@@ -146,7 +163,7 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
     if anchor == "auto":  # ICP is opt-in: translation along a dominant plane (a floor) is unobservable
         anchor = "none"
 
-    u, v = geometry.pixel_grid(h, w)
+    u, v = se3.pixel_grid(h, w)
     uv_all = np.stack([u, v], -1).reshape(-1, 2)
     grid = _sample_indices(h, w, sample_points)
     flat = xyz.reshape(tt, -1, 3)
@@ -154,28 +171,38 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
 
     # -- intrinsics from frame 0 ------------------------------------------------------------------------------
     sel = grid[vflat[0, grid]]
-    if len(sel) < 12:
-        raise ValueError("frame 0 has too few valid points to estimate intrinsics")
     if intrinsics == "auto":
         intrinsics = "shifted" if shifted else "camera"
-    pose0 = None
-    if intrinsics == "dlt":  # full 11-DoF DLT + RQ (general, but degenerate on plane-dominated frames)
-        P, _ = cameras.robust_projection(flat[0, sel], uv_all[sel], hypotheses=hypotheses, seed=seed)
-        K, r0, t0_ = cameras.decompose_projection(P)
-        K[0, 1] = 0.0
-        pose0 = (r0, t0_) if shifted else None
-    elif intrinsics == "shifted":  # rotation known (identity), offset unknown
-        K, off, _ = cameras.fit_intrinsics_shifted(flat[0, sel], uv_all[sel], hypotheses=2 * hypotheses,
-                                                  square_pixels=square_pixels, seed=seed)
-        pose0 = (np.eye(3), off) if shifted else None
-    elif intrinsics == "camera":
-        if not (flat[0, sel, 2] > 0).mean() > 0.5:
-            raise ValueError("frame 0 is mostly behind the camera: is this a per-frame-centred (reference) map?")
-        pp = None if principal_point == "fit" else ((w - 1) / 2, (h - 1) / 2)
-        K, _ = cameras.fit_intrinsics_camera_frame(flat[0, sel], uv_all[sel], principal_point=pp,
-                                                     square_pixels=square_pixels, seed=seed)
-    else:
+    if intrinsics not in ("camera", "shifted", "dlt"):
         raise ValueError(f"intrinsics must be 'auto', 'camera', 'shifted' or 'dlt', got {intrinsics!r}")
+    K_est, pose0, problem = None, None, None
+    if len(sel) < status_lib.MIN_PAIRS:
+        problem = f"frame 0 has too few valid points ({len(sel)} sample pairs) to estimate intrinsics"
+    elif intrinsics == "camera" and not (flat[0, sel, 2] > 0).mean() > 0.5:
+        problem = ("frame 0 is mostly behind the camera (a per-frame-centred 'reference' map given as "
+                   "'sequence'?)")
+    else:
+        with np.errstate(all="ignore"):  # a pointmap that fits no camera gives non-finite candidates: judged below
+            if intrinsics == "dlt":  # full 11-DoF DLT + RQ (general, but degenerate on plane-dominated frames)
+                P, _ = robust_projection(flat[0, sel], uv_all[sel], hypotheses=hypotheses, seed=seed)
+                K_est, r0, t0_ = decompose_projection(P)
+                K_est[0, 1] = 0.0
+                pose0 = (r0, t0_) if shifted else None
+            elif intrinsics == "shifted":  # rotation known (identity), offset unknown
+                K_est, off, _ = fit_intrinsics_shifted(flat[0, sel], uv_all[sel], hypotheses=2 * hypotheses,
+                                                       square_pixels=square_pixels, seed=seed)
+                pose0 = (np.eye(3), off) if shifted else None
+            else:
+                pp = None if principal_point == "fit" else ((w - 1) / 2, (h - 1) / 2)
+                K_est, _ = fit_intrinsics_camera_frame(flat[0, sel], uv_all[sel], principal_point=pp,
+                                                       square_pixels=square_pixels, seed=seed)
+        problem = status_lib.intrinsics_problem(K_est, h, w)
+        if problem is None and pose0 is not None and not np.isfinite(pose0[1]).all():
+            problem = "the frame-0 offset estimate is not finite"
+    if problem is not None:  # no pose is solved with a prior K (status module docstring)
+        K, pose0 = status_lib.fov_prior_intrinsics(h, w), None
+    else:
+        K = K_est
     t_k = time.perf_counter()
 
     # -- per-frame poses (frames 1..T-1 in one batched pass) ---------------------------------------------------
@@ -185,30 +212,42 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
     else:
         xg, vg, uvg = flat[:, grid], vflat[:, grid], uv_all[grid]
     counts = vg.sum(1)
-    if counts.min() < 12:
-        raise ValueError(f"frame {int(np.argmin(counts))} has too few valid points for a pose")
+    # frames 1..T-1 whose pose is solved; the others keep the identity and are rejected by the status
+    solve = [] if problem is not None else [t for t in range(1, tt) if counts[t] >= status_lib.MIN_PAIRS]
+    pre_reasons: dict[int, str] = {}
     if per_frame_intrinsics:
-        for t in range(1, tt):
-            P, _ = cameras.robust_projection(xg[t][vg[t]], uvg[vg[t]], hypotheses=hypotheses, seed=seed + t)
-            Ks[t], _, _ = cameras.decompose_projection(P)
+        for t in list(solve):
+            with np.errstate(all="ignore"):
+                P, _ = robust_projection(xg[t][vg[t]], uvg[vg[t]], hypotheses=hypotheses, seed=seed + t)
+                Ks[t], _, _ = decompose_projection(P)
             Ks[t, 0, 1] = 0.0
+            why = status_lib.intrinsics_problem(Ks[t], h, w)
+            if why is not None:
+                pre_reasons[t] = f"per-frame intrinsics rejected: {why}"
+                Ks[t] = K
+                solve.remove(t)
     w2c = np.tile(np.eye(4), (tt, 1, 1))
     r0, tr0 = (np.eye(3), np.zeros(3)) if pose0 is None else pose0
-    e = cameras.reprojection_error(Ks[0], r0, tr0, xg[0][vg[0]], uvg[vg[0]])
-    thr0 = max(2.5 * 1.4826 * float(cameras.robust_level(e, np.isfinite(e))), 1e-3)  # as for the other frames
+    with np.errstate(all="ignore"):
+        e = pose.reprojection_error(Ks[0], r0, tr0, xg[0][vg[0]], uvg[vg[0]])
+        fin = np.isfinite(e)
+        thr0 = max(2.5 * 1.4826 * float(robust.robust_level(e, fin)), 1e-3) if fin.any() else np.inf
     w2c[0, :3, :3], w2c[0, :3, 3] = r0, tr0
-    stats = [{"frame": 0, "median_residual_px": float(np.median(e)), "threshold_px": thr0,
-              "inlier_ratio": float((e < thr0).mean()), "pairs": int(counts[0]), "hypothesis": "frame0"}]
-    if tt > 1:
+    stats = [{"frame": 0, "median_residual_px": float(np.median(e)) if len(e) else np.inf, "threshold_px": thr0,
+              "inlier_ratio": float((e < thr0).mean()) if len(e) else 0.0, "pairs": int(counts[0]),
+              "hypothesis": "frame0" if problem is None else "fov_prior"}]
+    stats += [{"frame": t, "median_residual_px": np.inf, "threshold_px": np.inf, "inlier_ratio": 0.0,
+               "pairs": int(counts[t]), "hypothesis": "none"} for t in range(1, tt)]
+    if solve:
+        idx = np.array(solve)
+        sub = np.concatenate([[0], idx])  # frame 0 + the solved frames, in order: neighbours for the fallback
         kw = dict(method=method, hypotheses=hypotheses, gn_steps=gn_steps)
-        res = cameras.robust_pose_batch(Ks[1:], xg[1:], uvg, vg[1:], seeds=seed + np.arange(1, tt), **kw)
-        res = _neighbour_fallback(res, Ks, xg, uvg, vg, (r0, tr0), seed, kw)
-        w2c[1:, :3, :3], w2c[1:, :3, 3] = res.R, res.t
-        for i in range(tt - 1):
-            stats.append({"frame": i + 1, "median_residual_px": float(res.median_error[i]),
-                          "threshold_px": float(res.threshold[i]),
-                          "inlier_ratio": float(res.inliers[i].sum() / counts[i + 1]), "pairs": int(counts[i + 1]),
-                          "hypothesis": res.source[i]})
+        res = pose.robust_pose_batch(Ks[idx], xg[idx], uvg, vg[idx], seeds=seed + idx, **kw)
+        res = _neighbour_fallback(res, Ks[sub], xg[sub], uvg, vg[sub], (r0, tr0), seed, kw)
+        w2c[idx, :3, :3], w2c[idx, :3, 3] = res.R, res.t
+        for i, t in enumerate(solve):
+            stats[t].update(median_residual_px=float(res.median_error[i]), threshold_px=float(res.threshold[i]),
+                            inlier_ratio=float(res.inliers[i].sum() / counts[t]), hypothesis=res.source[i])
     t_pose = time.perf_counter()
 
     # -- dense depth, residual, masks ---------------------------------------------------------------------------
@@ -222,45 +261,89 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
     residual = np.where(front & vflat, np.hypot(du, dv), np.inf)
     valid_d = vflat & front
     thr = np.maximum(np.array([s["threshold_px"] for s in stats]), min_residual_px)
-    for s, th in zip(stats, thr):
-        s["threshold_px"] = float(th)
+    # the verdict's numbers, densely on every usable pixel with the final threshold (the solver's sample-grid
+    # figures used a threshold that can be ~0 on exact maps): median residual (inf if most points are behind
+    # the camera) and the fraction within the threshold
+    n_used = np.maximum(vflat.sum(1), 1)
+    dense_median = np.array([np.median(residual[t][vflat[t]]) if vflat[t].any() else np.inf for t in range(tt)])
+    ratio = (vflat & np.isfinite(residual) & (residual <= thr[:, None])).sum(1) / n_used
+    for t, (s, th, med, inl) in enumerate(zip(stats, thr, dense_median, ratio)):
+        if t == 0 or t in solve:
+            s.update(threshold_px=float(th), median_residual_px=float(med), inlier_ratio=float(inl))
+        else:  # no pose was solved: no numbers to report
+            s.update(threshold_px=None, median_residual_px=None, inlier_ratio=None)
     inconsistent = valid_d & (residual > thr[:, None])
 
     # world = camera 0: re-express the frames' coordinates in camera 0 (identity for unshifted maps)
-    c2w = geometry.invert_se3(w2c)
+    c2w = se3.invert_se3(w2c)
     to_cam0 = w2c[0].copy()
     points = flat if np.array_equal(to_cam0, np.eye(4)) else flat @ to_cam0[:3, :3].T + to_cam0[:3, 3]
     c2w = to_cam0[None] @ c2w
     offsets = np.zeros((tt, 3))
-    if anchor == "icp" and tt > 1:
-        offsets = anchor_offsets_icp(points, valid_d & ~inconsistent, seed=seed)
+    if anchor == "icp" and tt > 1:  # translation-only: needs the points, not the poses (rejected frames too)
+        judged = np.isin(np.arange(tt), [0] + solve)[:, None]
+        offsets = anchor_offsets_icp(points, vflat & ~(inconsistent & judged), seed=seed)
         points = points + offsets[:, None, :]
         c2w[:, :3, 3] += offsets
     elif anchor not in ("none", "icp"):
         raise ValueError(f"anchor must be 'auto', 'icp' or 'none', got {anchor!r}")
+    status = _judge(stats, problem, K, K_est, c2w, points, vflat, valid_d, h, w, pre_reasons)
     t_dense = time.perf_counter()
 
     moving = np.zeros_like(valid_d)
     if tt > 1 and (not shifted or anchor == "icp"):
         moving = _motion_mask(points, valid_d & ~inconsistent, c2w, Ks, h, w, motion_tol, cam)
+        # decided only between two frames whose cameras are both results
+        src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
+        moving &= (status.registered & status.registered[src])[:, None]
     t_motion = time.perf_counter()
 
     depth = np.where(valid_d, z, 0.0).astype(np.float32).reshape(tt, h, w)
-    points_world = np.where(valid_d[..., None], points, 0.0).astype(np.float32).reshape(tt, h, w, 3)
+    point_valid = vflat & np.isfinite(points).all(-1)
+    points_world = np.where(point_valid[..., None], points, 0.0).astype(np.float32).reshape(tt, h, w, 3)
     residual = residual.astype(np.float32).reshape(tt, h, w)
     t_end = time.perf_counter()
     return Registration(
         K=K, K_per_frame=Ks if per_frame_intrinsics else None, c2w=c2w, depth=depth, points_world=points_world,
-        valid=valid_d.reshape(tt, h, w), residual=residual,
+        point_valid=point_valid.reshape(tt, h, w), valid=valid_d.reshape(tt, h, w), residual=residual,
         inconsistent=inconsistent.reshape(tt, h, w), moving=moving.reshape(tt, h, w), frame_stats=stats,
         normalization=normalization if not (centers is not None and scale is not None) else "metric",
         offsets=offsets,
         timings={"intrinsics_s": t_k - t0, "poses_s": t_pose - t_k, "dense_s": t_dense - t_pose,
-                 "motion_s": t_motion - t_dense, "outputs_s": t_end - t_motion, "total_s": t_end - t0})
+                 "motion_s": t_motion - t_dense, "outputs_s": t_end - t_motion, "total_s": t_end - t0},
+        status=status)
 
 
-def _neighbour_fallback(res: "cameras.PoseBatch", Ks: np.ndarray, xg: np.ndarray, uvg: np.ndarray, vg: np.ndarray,
-                        pose0: tuple, seed: int, kw: dict, score_points: int = 600) -> "cameras.PoseBatch":
+def _judge(stats: list, problem: str | None, K: np.ndarray, K_est: np.ndarray | None, c2w: np.ndarray,
+           points: np.ndarray, vflat: np.ndarray, valid_d: np.ndarray, h: int, w: int,
+           pre_reasons: dict) -> status_lib.CameraStatus:
+    """The :class:`status_lib.CameraStatus` of one registration: points (T, N, 3) in the world frame, vflat /
+    valid_d (T, N) the usable points and those in front of their recovered camera."""
+    tt = len(stats)
+    n0 = vflat[0].sum()
+    radius = float(np.percentile(np.linalg.norm(points[0][vflat[0]], axis=-1), 98)) if n0 else float("nan")
+    with np.errstate(all="ignore"):
+        front = valid_d.sum(1) / np.maximum(vflat.sum(1), 1)
+        dist = np.linalg.norm(c2w[:, :3, 3], axis=-1)
+    reasons = []
+    for t in range(tt):
+        if problem is not None:
+            reasons.append(f"intrinsics rejected: {problem}")
+        elif t in pre_reasons:
+            reasons.append(pre_reasons[t])
+        else:
+            reasons.append(status_lib.frame_problem(stats[t], h, w, float(front[t]), float(dist[t]), radius))
+    for s, f in zip(stats, front):
+        s["front_fraction"] = None if s["inlier_ratio"] is None else float(f)  # None: no pose was solved
+    return status_lib.CameraStatus(
+        registered=np.array([r is None for r in reasons]), reasons=reasons,
+        intrinsics_source="estimated" if problem is None else "fov_prior", intrinsics_reason=problem,
+        K=np.asarray(K, np.float64), K_estimate=None if K_est is None else np.asarray(K_est, np.float64),
+        image_size=(h, w))
+
+
+def _neighbour_fallback(res: "pose.PoseBatch", Ks: np.ndarray, xg: np.ndarray, uvg: np.ndarray, vg: np.ndarray,
+                        pose0: tuple, seed: int, kw: dict, score_points: int = 600) -> "pose.PoseBatch":
     """Safety net for the batched poses of frames 1..T-1 (``res``; xg (T, G, 3), vg (T, G), uvg (G, 2)): video
     motion is small, so the final poses of frames t-1 (frame 0: ``pose0``) and t+1 are scored on frame t (median
     reprojection error over a strided subset of its valid pairs); a frame where a neighbour's pose fits better
@@ -274,13 +357,13 @@ def _neighbour_fallback(res: "cameras.PoseBatch", Ks: np.ndarray, xg: np.ndarray
     cand_r = np.stack([rr[1:], rr[:-1], np.concatenate([rr[2:], rr[-1:]])], 1)  # own, t-1, t+1
     cand_t = np.stack([ts[1:], ts[:-1], np.concatenate([ts[2:], ts[-1:]])], 1)
     stride = max(1, xg.shape[1] // score_points)
-    med = cameras.pose_medians(Ks[1:], cand_r, cand_t, xg[1:, ::stride], uvg[::stride], vg[1:, ::stride])
+    med = pose.pose_medians(Ks[1:], cand_r, cand_t, xg[1:, ::stride], uvg[::stride], vg[1:, ::stride])
     nb = 1 + np.argmin(med[:, 1:], 1)
     redo = np.flatnonzero(med[np.arange(tt - 1), nb] < med[:, 0])
     if len(redo) == 0:
         return res
     init = (cand_r[redo, nb[redo]][:, None], cand_t[redo, nb[redo]][:, None])
-    again = cameras.robust_pose_batch(Ks[1 + redo], xg[1 + redo], uvg, vg[1 + redo], init=init,
+    again = pose.robust_pose_batch(Ks[1 + redo], xg[1 + redo], uvg, vg[1 + redo], init=init,
                                       seeds=seed + 1 + redo, **kw)
     for j, i in enumerate(redo):
         if again.median_error[j] < res.median_error[i]:
@@ -299,7 +382,7 @@ def _motion_mask(points: np.ndarray, ok: np.ndarray, c2w: np.ndarray, Ks: np.nda
     camera (what frame s shows at q, in camera s, is ``cam[s, q]``) -> (T, N) bool; all frames in one pass."""
     tt, n = ok.shape
     src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
-    w2c = geometry.invert_se3(c2w)[src]
+    w2c = se3.invert_se3(c2w)[src]
     pc = points @ np.swapaxes(w2c[:, :3, :3], 1, 2) + w2c[:, None, :3, 3]  # frame t's points in camera s
     z = pc[..., 2]
     zs = np.where(z > 1e-9, z, 1.0)
@@ -308,7 +391,7 @@ def _motion_mask(points: np.ndarray, ok: np.ndarray, c2w: np.ndarray, Ks: np.nda
     qv = np.rint(kk[:, 1, 1, None] * pc[..., 1] / zs + kk[:, 1, 2, None])
     inside = (z > 1e-9) & (qu >= 0) & (qu < w) & (qv >= 0) & (qv < h) & ok
     q = (np.where(inside, qv * w + qu, 0) + (src * n)[:, None]).astype(np.int64)
-    other = cameras.gather_columns(cam.reshape(-1, 3).T, q)  # (T, 3, N): frame s at q, camera s
+    other = pose.gather_columns(cam.reshape(-1, 3).T, q)  # (T, 3, N): frame s at q, camera s
     decided = inside & np.take(ok.reshape(-1), q)
     dist = np.sqrt(((other - np.swapaxes(pc, 1, 2)) ** 2).sum(1))
     z_other = other[:, 2]

@@ -81,21 +81,3 @@ def render_video(points: np.ndarray, colors: np.ndarray, keep: np.ndarray, c2w: 
     return {"frames": np.stack(frames), "holes": holes, "fps": fps, "first_frame_s": t_first - t0,
             "hole_fraction": float(holes.mean())}
 
-
-def write_mp4(path, frames: np.ndarray, fps: int = 8) -> None:
-    """Atomic mp4 (H.264 yuv420p, sizes cropped to even)."""
-    import os
-    from pathlib import Path
-
-    from fourdnex_jax.data.media import write_video
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.asarray(frames, np.uint8)
-    frames = frames[:, : frames.shape[1] // 2 * 2, : frames.shape[2] // 2 * 2]
-    tmp = path.with_name(f".{path.name}.tmp.mp4")
-    try:
-        write_video(tmp, frames, fps=fps)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

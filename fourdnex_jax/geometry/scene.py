@@ -1,114 +1,246 @@
-"""One call from ``pointmaps.npz`` to usable 4D: registration, exports and a default novel-view video.
+"""From a pointmap video in memory to usable 4D: registration, exports and a default novel-view video.
 
-:func:`postprocess_scene` writes into ``out_dir``: ``cameras.json``, ``transforms.json`` (+ ``images/``),
-``depth.npz`` (``depth``, ``valid``, ``residual``, ``inconsistent``, ``moving``, ``confidence``), ``ply/frame_*.ply``,
-``scene.glb``, ``viewer.html`` and ``novel_<trajectory>.mp4``; returns a summary dict.
+:func:`postprocess_scene` takes the arrays (``xyz`` (T, H, W, 3) in the first camera's frame, OpenCV axes, in the
+units named by ``normalization``; ``valid`` (T, H, W) bool; ``rgb`` (T, H, W, 3) uint8) and writes into
+``out_dir``: ``cameras.json``, ``transforms.json`` (+ ``images/``), ``depth.npz`` (``depth``, ``valid``,
+``residual``, ``inconsistent``, ``moving``, ``confidence``, ``K``, ``cam_to_world``, ``registered``),
+``ply/frame_*.ply``, ``scene.glb``, ``viewer.html`` and ``novel_<trajectory>.mp4``; it returns a summary dict
+whose ``message`` is the one console line about the cameras.
+
+Honesty contract (:mod:`fourdnex_jax.geometry.status`): every frame is ``registered`` or ``rejected`` with its
+reason and numbers (cameras.json, the summary); a rejected frame's camera is ``null`` in cameras.json, absent from
+transforms.json and the GLB, ``NaN`` in ``depth.npz: cam_to_world``, and its depth is all invalid
+(``depth.npz: registered[t]`` False); rejected intrinsics are replaced by a field-of-view prior, flagged as such.
+The point clouds (PLY, GLB, viewer, novel-view video) are the pointmaps themselves in the first camera's frame, so
+they never depend on a pose: a frame with valid points is never exported empty. ``drop_dynamic`` /
+``min_confidence`` filter registered frames only (a rejected frame has no residuals to judge by).
+:func:`postprocess_scene_file` is the same for a saved ``pointmaps.npz`` (the command-line tools), and
+:func:`render_scene` renders another novel-view video of a folder it wrote.
+
+``normalization`` (:data:`fourdnex_jax.geometry.register.NORMALIZATIONS`) is always given by the caller:
+``sequence`` (one scale about camera 0), ``reference`` (4DNeX: each frame centred on its own bounding box) or
+``metric`` (de-normalised with the true ``centers`` (T, 3) and ``scale``, which must then be given; ``reference``
+uses them too when given).
 """
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 
-from fourdnex_jax.geometry import exports, register, render, trajectories
-from fourdnex_jax.io_utils import _atomic, atomic_save_npz
+from fourdnex_jax.geometry import exports, register, render, se3, trajectories
+from fourdnex_jax.media.io import (atomic_save_npz, atomic_write_bytes, load_npz_checked, read_image, rgb_to_uint8,
+                                   write_png, write_video)
+from fourdnex_jax.utils.errors import InputError
+
+
+POINTMAP_ARRAYS = ("xyz", "valid", "rgb", "centers", "scale")
 
 
 def load_pointmaps(path: str | Path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        out = {k: z[k] for k in z.files}
-    if "xyz" not in out:
-        raise ValueError(f"{path}: no 'xyz' array")
-    return out
+    """The arrays of a ``pointmaps.npz``, checked: ``xyz`` float (T, H, W, 3) required; optional ``valid`` bool
+    (T, H, W), ``rgb`` (T, H, W, 3) uint8 or floats in [0, 1] (converted to uint8), ``centers`` (T, 3), ``scale``
+    scalar. A file that is not an .npz, holds pickled objects, lacks ``xyz``, has other arrays or shapes, or has
+    no finite valid point raises :class:`~fourdnex_jax.utils.errors.InputError` naming the file and the array."""
+    arrays = load_npz_checked(path, "pointmaps")
+    where = f"{path}"
+    unknown = sorted(set(arrays) - set(POINTMAP_ARRAYS))
+    if "xyz" not in arrays or unknown:
+        raise InputError(f"{where}: arrays {sorted(arrays)}; a pointmaps.npz holds 'xyz' (T, H, W, 3) and optionally "
+                         f"{', '.join(repr(k) for k in POINTMAP_ARRAYS[1:])}"
+                         + (f" (unknown: {unknown})" if unknown else " ('xyz' missing)"))
+    xyz = arrays["xyz"]
+    if xyz.ndim != 4 or xyz.shape[-1] != 3 or min(xyz.shape[:3]) < 1 or xyz.dtype.kind not in "fiu":
+        raise InputError(f"{where}: 'xyz' is {xyz.shape} {xyz.dtype}; expected float (T, H, W, 3)")
+    xyz = arrays["xyz"] = xyz.astype(np.float32)
+    t, h, w = xyz.shape[:3]
+    if "valid" in arrays:
+        v = arrays["valid"]
+        if v.shape != (t, h, w) or v.dtype.kind not in "biu":
+            raise InputError(f"{where}: 'valid' is {v.shape} {v.dtype}; expected bool {(t, h, w)}")
+        arrays["valid"] = v.astype(bool)
+    if "rgb" in arrays:
+        if arrays["rgb"].shape != (t, h, w, 3):
+            raise InputError(f"{where}: 'rgb' is {arrays['rgb'].shape}; expected {(t, h, w, 3)} like 'xyz'")
+        arrays["rgb"] = rgb_to_uint8(arrays["rgb"], f"{where}: 'rgb'")
+    if "centers" in arrays and arrays["centers"].shape != (t, 3):
+        raise InputError(f"{where}: 'centers' is {arrays['centers'].shape}; expected {(t, 3)}")
+    if "scale" in arrays and (arrays["scale"].size != 1 or not np.isfinite(arrays["scale"]).all()):
+        raise InputError(f"{where}: 'scale' must be one finite number, got shape {arrays['scale'].shape}")
+    usable = np.isfinite(xyz).all(-1) & (arrays["valid"] if "valid" in arrays else True)
+    if not usable.any():
+        raise InputError(f"{where}: no usable point (every xyz is NaN/inf or marked invalid); nothing to register")
+    return arrays
 
 
-def normalization_of(npz_path: str | Path, arrays: dict, default: str = "sequence") -> str:
-    """'metric' if the file stores centers+scale, else ``summary.json: xyz_normalization`` next to it, else
-    ``default``."""
-    if "centers" in arrays and "scale" in arrays:
-        return "metric"
-    summ = Path(npz_path).with_name("summary.json")
-    if summ.exists():
-        try:
-            norm = json.loads(summ.read_text()).get("xyz_normalization")
-            if norm in register.NORMALIZATIONS:
-                return norm
-        except (OSError, ValueError):
-            pass
-    return default
+def register_pointmaps(xyz: np.ndarray, valid: np.ndarray | None, normalization: str, *,
+                       centers: np.ndarray | None = None, scale: float | None = None,
+                       **register_kw) -> register.Registration:
+    """:func:`register.register` of one pointmap video under the caller's ``normalization`` (module docstring);
+    ``centers`` / ``scale`` are used for ``metric`` (required) and ``reference`` (optional) only."""
+    if normalization not in register.NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {register.NORMALIZATIONS}, got {normalization!r}")
+    if normalization == "sequence" or centers is None or scale is None:
+        if normalization == "metric":
+            raise ValueError("normalization='metric' needs the true centers and scale")
+        centers = scale = None
+    return register.register(xyz, valid, normalization="reference" if normalization == "reference" else "sequence",
+                             centers=centers, scale=None if scale is None else float(scale), **register_kw)
 
 
-def register_file(npz_path: str | Path, normalization: str | None = None, **kw) -> tuple[register.Registration, dict]:
-    arrays = load_pointmaps(npz_path)
-    norm = normalization or normalization_of(npz_path, arrays)
-    centers = arrays.get("centers") if norm in ("metric", "reference") else None
-    scale = float(arrays["scale"]) if centers is not None and "scale" in arrays else None
-    reg = register.register(arrays["xyz"], arrays.get("valid"), normalization="reference" if norm == "reference"
-                            else "sequence", centers=centers, scale=scale, **kw)
-    return reg, arrays
-
-
-def postprocess_scene(pointmaps_npz_path: str | Path, out_dir: str | Path, *, normalization: str | None = None,
+def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray | None, normalization: str,
+                      out_dir: str | Path, *, centers: np.ndarray | None = None, scale: float | None = None,
                       trajectory: str = "orbit", video: bool = True, fps: int = 8, ply_stride: int = 1,
                       max_points_per_frame: int | None = 200_000, viewer_points_per_frame: int = 30_000,
                       drop_dynamic: bool = False, min_confidence: float = 0.0, write_images: bool = True,
                       splat: int = 2, **register_kw) -> dict:
-    """Registration + exports + default novel-view video for one ``pointmaps.npz`` (see module docstring).
-    ``drop_dynamic`` / ``min_confidence`` filter exported points (residual-based confidence in [0, 1])."""
+    """Registration + exports + default novel-view video of one pointmap video (see module docstring).
+    ``rgb=None`` colours the points by depth. ``drop_dynamic`` / ``min_confidence`` filter exported points
+    (residual-based confidence in [0, 1]); the other keywords go to :func:`register.register`. Returns the
+    summary (strict-JSON-ready): ``status`` / ``message`` / ``frames_registered`` / ``intrinsics`` /
+    ``per_frame`` (:meth:`status.CameraStatus.to_dict`) plus figures of the exports."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reg, arrays = register_file(pointmaps_npz_path, normalization, **register_kw)
+    reg = register_pointmaps(xyz, valid, normalization, centers=centers, scale=scale, **register_kw)
+    st = reg.status
     t, h, w = reg.depth.shape
-    rgb = arrays.get("rgb")
-    if rgb is None:  # colour by depth when no RGB is stored
-        d = reg.depth / max(float(np.percentile(reg.depth[reg.valid], 99)), 1e-9) if reg.valid.any() else reg.depth
+    reg_t = st.registered[:, None, None]
+    if rgb is None:  # colour by the pointmap's own z (no camera needed)
+        z = reg.points_world[..., 2]
+        zv = z[reg.point_valid]
+        lo, hi = (float(np.percentile(zv, 1)), float(np.percentile(zv, 99))) if len(zv) else (0.0, 1.0)
+        d = (z - lo) / max(hi - lo, 1e-9)
         rgb = (np.clip(1 - d, 0, 1)[..., None] * np.array([255, 200, 120])).astype(np.uint8)
-    rgb = np.asarray(rgb, np.uint8)
+    rgb = rgb_to_uint8(rgb, "rgb")  # floats in [0, 1] scaled, never cast to near-black
     conf = reg.confidence
-    keep = reg.valid & (conf >= min_confidence)
+    judged = reg.point_valid & (conf >= min_confidence)
     if drop_dynamic:
-        keep &= ~reg.dynamic
+        judged &= ~reg.dynamic
+    keep = np.where(reg_t, judged, reg.point_valid)  # module docstring: rejected frames keep their points
     image_paths = None
     if write_images:
-        from PIL import Image
-
-        image_paths = []
-        for i in range(t):
-            buf = io.BytesIO()
-            Image.fromarray(rgb[i]).save(buf, format="PNG")
-            name = f"images/frame_{i:05d}.png"
-            _atomic(out / name, lambda f, b=buf.getvalue(): f.write(b))
-            image_paths.append(name)
+        image_paths = [f"images/frame_{i:05d}.png" for i in range(t)]
+        for i, name in enumerate(image_paths):
+            write_png(out / name, rgb[i])
     exports.write_cameras(out, reg, (h, w), image_paths)
-    atomic_save_npz(out / "depth.npz", depth=reg.depth, valid=reg.valid, residual=reg.residual,
-                    inconsistent=reg.inconsistent, moving=reg.moving, confidence=conf,
-                    K=reg.K, cam_to_world=reg.c2w)
+    depth_ok = reg.valid & reg_t
+    c2w_out = np.where(st.registered[:, None, None], reg.c2w, np.nan)
+    atomic_save_npz(out / "depth.npz", depth=np.where(depth_ok, reg.depth, 0.0).astype(np.float32),
+                    valid=depth_ok, residual=reg.residual, inconsistent=reg.inconsistent & reg_t,
+                    moving=reg.moving & reg_t, confidence=np.where(reg_t, conf, 0.0).astype(np.float32),
+                    K=st.K, cam_to_world=c2w_out, registered=st.registered)
     frames = [exports.select_points(reg.points_world[i], rgb[i], keep[i], ply_stride, max_points_per_frame, i)
               for i in range(t)]
     for i, (p, c) in enumerate(frames):
         exports.write_ply(out / "ply" / f"frame_{i:05d}.ply", p, c)
-    glb = exports.glb_bytes(frames, reg.c2w, reg.K, (h, w), fps)
-    _atomic(out / "scene.glb", lambda f: f.write(glb))
-    pivot = float(np.median(reg.depth[0][reg.valid[0]])) if reg.valid[0].any() else 1.0
+    verdict = st.to_dict(reg.frame_stats)
+    notes = [None if ok else ("intrinsics rejected (see below)" if st.intrinsics_source == "fov_prior" else r)
+             for ok, r in zip(st.registered, st.reasons)]
+    glb_extras = {"camera_status": {"state": verdict["state"], "message": verdict["message"],
+                                    "intrinsics_source": st.intrinsics_source,
+                                    "rejected_frames": [i for i in range(t) if not st.registered[i]]}}
+    atomic_write_bytes(out / "scene.glb", exports.glb_bytes(frames, reg.c2w, st.K, (h, w), fps,
+                                                            registered=st.registered, extras=glb_extras))
+    p0 = reg.points_world[0][reg.point_valid[0]]
+    look = np.zeros(3)  # where the trajectory's start camera sits: camera 0 when frame 0 is a camera-frame map
+    if st.intrinsics_source == "estimated" and len(p0) and np.median(p0[:, 2]) > 0:
+        pivot = float(np.median(p0[:, 2]))
+    elif len(p0):  # not a camera frame (rejected intrinsics): start looking at frame 0's cloud, framing it
+        centre = np.median(p0, 0)
+        radius = float(np.percentile(np.linalg.norm(p0 - centre, axis=-1), 98))
+        pivot = max(radius / np.tan(np.arctan(h / 2 / st.K[1, 1])) * 1.1, 1e-6)
+        look = centre - np.array([0.0, 0.0, pivot])
+    else:
+        pivot = 1.0
     light = [exports.select_points(reg.points_world[i], rgb[i], keep[i], 1, viewer_points_per_frame, i)
              for i in range(t)]
-    html = exports.html_viewer(light, float(2 * np.arctan(h / 2 / reg.K[1, 1])), [0.0, 0.0, pivot], fps,
-                               title=Path(out).name)
-    _atomic(out / "viewer.html", lambda f: f.write(html.encode()))
-    summary = {"frames": t, "height": h, "width": w, "normalization": reg.normalization,
-               "focal_px": float(reg.K[0, 0]), "median_residual_px": float(np.median(
-                   [s["median_residual_px"] for s in reg.frame_stats])),
-               "inconsistent_fraction": float(reg.inconsistent[reg.valid].mean()) if reg.valid.any() else 0.0,
-               "registration_s": reg.timings["total_s"],
-               "files": ["cameras.json", "transforms.json", "depth.npz", "ply/", "scene.glb", "viewer.html"]}
-    if video:
+    html = exports.html_viewer(light, float(2 * np.arctan(h / 2 / st.K[1, 1])), fps, title=out.name, notes=notes,
+                               cameras=verdict["message"])
+    atomic_write_bytes(out / "viewer.html", html.encode())
+    used = reg.valid & reg_t
+    meds = [s["median_residual_px"] for s, ok in zip(verdict["per_frame"], st.registered) if ok]
+    summary = dict(verdict, height=h, width=w, normalization=reg.normalization,
+                   focal_px=float(st.K[0, 0]) if st.intrinsics_source == "estimated" else None,
+                   median_residual_px=float(np.median(meds)) if meds else None,
+                   inconsistent_fraction=float(reg.inconsistent[used].mean()) if used.any() else None,
+                   points_per_frame=[len(p) for p, _ in frames], registration_s=reg.timings["total_s"],
+                   files=["cameras.json", "transforms.json", "depth.npz", "ply/", "scene.glb", "viewer.html"])
+    if video:  # the pointmaps seen along a trajectory around camera 0 (no recovered pose is needed)
         c2w = trajectories.make_trajectory(trajectory, t, pivot)
-        res = render.render_video(reg.points_world, rgb, keep, c2w, reg.K, h, w, splat=splat)
+        c2w[:, :3, 3] += look
+        res = render.render_video(reg.points_world, rgb, keep, c2w, st.K, h, w, splat=splat)
         name = f"novel_{trajectory}.mp4"
-        render.write_mp4(out / name, res["frames"], fps)
-        summary.update(render_fps=res["fps"], hole_fraction=res["hole_fraction"])
+        write_video(out / name, res["frames"], fps)
+        summary.update(render_fps=res["fps"], hole_fraction=res["hole_fraction"],
+                       novel_view_intrinsics=st.intrinsics_source)
         summary["files"].append(name)
     return summary
+
+
+def postprocess_scene_file(pointmaps_npz_path: str | Path, out_dir: str | Path, *, normalization: str,
+                           **kw) -> dict:
+    """:func:`postprocess_scene` of a saved ``pointmaps.npz`` (``xyz``, optional ``valid``, ``rgb``, and
+    ``centers`` + ``scale`` for ``metric`` / ``reference``)."""
+    arrays = load_pointmaps(pointmaps_npz_path)
+    return postprocess_scene(arrays["xyz"], arrays.get("valid"), arrays.get("rgb"), normalization, out_dir,
+                             centers=arrays.get("centers"), scale=arrays.get("scale"), **kw)
+
+
+def load_scene(scene_dir: str | Path, pointmaps: str | Path | None = None) -> dict[str, np.ndarray]:
+    """A folder written by :func:`postprocess_scene`, read back: ``points`` (T, H, W, 3) float32 world points (each
+    frame's de-projected depth placed by its recovered camera), ``rgb`` (T, H, W, 3) uint8, ``valid`` (T, H, W)
+    (all False on a frame whose camera was rejected: it has no depth),
+    ``K`` (3, 3), ``depth`` (T, H, W). Colours come from the ``rgb`` of ``pointmaps`` (default: ``pointmaps.npz``
+    in the folder or next to it), else from ``images/``, else a flat grey."""
+    scene_dir = Path(scene_dir)
+    cams = json.loads((scene_dir / "cameras.json").read_text())
+    with np.load(scene_dir / "depth.npz") as z:
+        depth, valid = z["depth"], z["valid"]
+    K = np.asarray(cams["K"])
+    # a rejected frame's camera is null and its depth all invalid: any placeholder pose leaves it without points
+    c2w = np.stack([np.eye(4) if c is None else np.asarray(c, np.float64) for c in cams["cam_to_world"]])
+    pts = se3.transform_points(c2w, se3.backproject(depth, K))
+    rgb = None
+    for cand in ([Path(pointmaps)] if pointmaps else []) + [scene_dir / "pointmaps.npz",
+                                                             scene_dir.parent / "pointmaps.npz"]:
+        if cand.exists():
+            with np.load(cand) as z:
+                if "rgb" in z.files:
+                    rgb = z["rgb"]
+                    break
+    if rgb is None and (scene_dir / "images").is_dir():
+        rgb = np.stack([read_image(p) for p in sorted((scene_dir / "images").glob("*.png"))])
+    if rgb is None:
+        rgb = np.full(depth.shape + (3,), 200, np.uint8)
+    return {"points": pts.astype(np.float32), "rgb": rgb, "valid": valid, "K": K, "depth": depth}
+
+
+def render_scene(scene_dir: str | Path, out_path: str | Path, *, trajectory: str = "orbit",
+                 frames: int | None = None, size: tuple[int, int] | None = None, splat: int = 2, fps: int = 8,
+                 hole_color: tuple[int, int, int] = (0, 0, 0), pointmaps: str | Path | None = None) -> dict:
+    """A novel-view mp4 of a :func:`load_scene` folder along ``trajectory`` (a kind of
+    :data:`trajectories.KINDS` with ``frames`` frames (default T) around frame 0's median depth, or a JSON file,
+    :func:`trajectories.load_trajectory`), at ``size`` (H, W) (default: the scene's; K rescaled, pixel centres at
+    integers). Returns the report printed by tools/render.py (frames, size, splatting fps, first-frame seconds,
+    hole fraction)."""
+    sc = load_scene(scene_dir, pointmaps)
+    K, depth, valid = sc["K"], sc["depth"], sc["valid"]
+    t, h, w = depth.shape
+    oh, ow = size if size else (h, w)
+    Ko = K.copy()
+    Ko[0] *= ow / w
+    Ko[1] *= oh / h
+    Ko[0, 2] = (K[0, 2] + 0.5) * ow / w - 0.5
+    Ko[1, 2] = (K[1, 2] + 0.5) * oh / h - 0.5
+    if str(trajectory).endswith(".json"):
+        c2w, kf = trajectories.load_trajectory(trajectory)
+        Ko = kf if kf is not None else Ko
+    else:
+        pivot = float(np.median(depth[0][valid[0]])) if valid[0].any() else 1.0
+        c2w = trajectories.make_trajectory(trajectory, frames or t, pivot)
+    res = render.render_video(sc["points"], sc["rgb"], valid, c2w, Ko, oh, ow, splat=splat, hole_color=hole_color)
+    write_video(out_path, res["frames"], fps)
+    return {"out": str(out_path), "frames": len(c2w), "size": [oh, ow], "fps": round(res["fps"], 2),
+            "first_frame_s": round(res["first_frame_s"], 3), "hole_fraction": round(res["hole_fraction"], 4)}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fourdnex_jax.data.geometry import look_at
+from fourdnex_jax.geometry.se3 import look_at
 
 KINDS = ("orbit", "dolly", "spiral")
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])

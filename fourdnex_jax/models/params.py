@@ -1,4 +1,5 @@
-"""Flat views of NNX parameter states: '/'-joined paths, targets for loaders, counts per dtype."""
+"""Flat views of NNX parameter states: '/'-joined paths, targets for the weight tables, assigning and
+materialising values, counts per dtype."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fourdnex_jax.loaders.mapping import Target
+from fourdnex_jax.models.mapping import Target
 
 
 def path_str(path: tuple) -> str:
@@ -54,3 +55,20 @@ def count(node: nnx.Module | nnx.State, variable_filter: nnx.filterlib.Filter = 
         total += n
         nbytes[np.dtype(v.dtype).name] += n * np.dtype(v.dtype).itemsize
     return total, dict(nbytes)
+
+
+def materialize(abstract: nnx.Module, values: Mapping[str, np.ndarray | jax.Array]) -> nnx.Module:
+    """A concrete copy of an abstract (``nnx.eval_shape``) module whose every leaf is ``values[path]`` (all paths
+    required, shapes and dtypes checked; shardings of ``jax.Array`` values are kept)."""
+    graphdef, state = nnx.split(abstract)
+    flat = nnx.to_flat_state(state)
+    missing = [path_str(p) for p, _ in flat if path_str(p) not in values]
+    if missing:
+        raise ValueError(f"no values for {len(missing)} parameter(s): {missing[:20]}")
+    leaves = []
+    for path, var in flat:
+        value = jnp.asarray(values[path_str(path)])
+        if value.shape != var.shape or value.dtype != var.dtype:
+            raise ValueError(f"{path_str(path)}: got {value.shape}/{value.dtype}, need {var.shape}/{var.dtype}")
+        leaves.append((path, var.replace(value)))
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))

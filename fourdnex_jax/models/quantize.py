@@ -12,7 +12,8 @@ Scheme: symmetric, per output channel. For a kernel ``w`` (..., in, out) (stacke
 ``q = clip(round(w / scale), -127, 127)`` int8, so every weight is off by at most ``scale / 2``. The layer computes
 ``y = (x @ q) * scale + bias`` (see :class:`~fourdnex_jax.models.layers.Dense`). Both new parameters keep logical
 axis names: ``q`` the kernel's (e.g. ``('layers', 'embed', 'heads')``), ``scale`` the kernel's without the input
-axis (``('layers', 'heads')``), so the sharding rules of :mod:`fourdnex_jax.config` place them like the original.
+axis (``('layers', 'heads')``), so the logical axis rules (:mod:`fourdnex_jax.sharding`) place them like the
+original.
 
 Memory: :func:`memory_report` counts the parameter bytes of a config's DiT in its parameter dtype and int8-quantised,
 from abstract models (``nnx.eval_shape``: nothing is allocated), e.g. Wan2.1-I2V-14B in bf16 vs int8.
@@ -29,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from fourdnex_jax.models.layers import Dense
+from fourdnex_jax.models.transformer import WanTransformer3D
 
 #: Largest int8 magnitude used (symmetric range; -128 is never produced).
 QMAX = 127
@@ -58,16 +60,13 @@ def quantizable_layers(model: nnx.Module) -> list[tuple[tuple, Dense]]:
             if isinstance(m, Dense) and len(path) > 1 and path[0] == "blocks"]
 
 
-def is_quantized(model: nnx.Module) -> bool:
-    """Whether the block linears of ``model`` hold int8 kernels."""
-    return any(d.kernel_scale is not None for _, d in quantizable_layers(model))
+def quantize_int8(model: nnx.Module) -> nnx.Module:
+    """An int8 copy of a :class:`~fourdnex_jax.models.transformer.WanTransformer3D` whose block linears are
+    quantised (module docstring); ``model`` itself is never modified. Already-quantised layers stay as they are.
 
-
-def quantize_int8(model: nnx.Module) -> int:
-    """Quantises the block linears of a :class:`~fourdnex_jax.models.transformer.WanTransformer3D` in place
-    (module docstring); returns how many Dense layers were converted (0 when already quantised: idempotent).
-
-    Works on concrete models (the arrays are quantised where they live; to fit a card that cannot hold the
+    The copy shares every array it does not quantise with ``model`` (JAX arrays are immutable; only the new int8
+    kernels and their scales are allocated), so quantising a loaded model costs the int8 bytes, not a second full
+    model. Works on concrete models (the arrays are quantised where they live; to fit a card that cannot hold the
     bf16 model, load and quantise on the host first) and inside ``nnx.eval_shape`` (abstract). LoRA must not be
     merged into the kernels: the adapter stays in fp32 and runs unmerged next to the int8 kernel."""
     merged = [".".join(map(str, p)) for p, d in quantizable_layers(model) if d.lora_merged]
@@ -75,7 +74,12 @@ def quantize_int8(model: nnx.Module) -> int:
         raise ValueError(f"LoRA is merged into {len(merged)} kernel(s) (e.g. {merged[0]}); call "
                          "fourdnex_jax.models.lora.unmerge_lora(model) before quantize_int8 (LoRA stays fp32 and "
                          "unmerged next to the int8 kernel)")
-    return sum(quantize_dense(dense) for _, dense in quantizable_layers(model))
+    graphdef, state = nnx.split(model)
+    # tree.map rebuilds every Variable around the same array: the copy's Variables are its own, no data copied
+    copy = nnx.merge(graphdef, jax.tree.map(lambda a: a, state))
+    for _, dense in quantizable_layers(copy):
+        quantize_dense(dense)
+    return copy
 
 
 def quantize_dense(dense: Dense) -> bool:
@@ -119,14 +123,10 @@ def memory_report(cfg) -> dict[str, Any]:
     "keep in fp32" modules in fp32) and with :func:`quantize_int8`, from abstract models only. Keys ``'base'`` and
     ``'int8'`` (each :func:`_bytes_by_group`: ``bytes``, ``block_linears_bytes``, ``other_bytes``,
     ``bytes_per_dtype``), ``'param_dtype'``, ``'quantized_layers'`` and ``'saving'`` (1 - int8 / base)."""
-    from fourdnex_jax.models.transformer import WanTransformer3D
-
     def build(quantize: bool):
         def make():
             model = WanTransformer3D(cfg, rngs=nnx.Rngs(0))
-            if quantize:
-                quantize_int8(model)
-            return model
+            return quantize_int8(model) if quantize else model
         return nnx.eval_shape(make)
 
     base, quant = build(False), build(True)

@@ -1,11 +1,18 @@
 """Fast start-up: JAX's persistent compilation cache, and serialized ahead-of-time (AOT) executables.
 
-Two independent mechanisms:
+Two independent mechanisms. Both folders hold native code that is run when loaded, so both sit behind the trust
+boundary of :mod:`fourdnex_jax.utils.trust`: a private folder of this user's (created 0700; refused when another
+user owns it, it is group/world-writable or a symlink) and an HMAC-SHA256 tag on every entry made with the folder's
+secret key (``.fourdnex-cache-key``, 0600). An entry that fails a check raises
+:class:`~fourdnex_jax.utils.errors.UntrustedFileError` before anything of it is unpickled or executed, whatever
+``strict`` says: no silent fallback after a failed integrity check.
 
 * :func:`enable_compilation_cache` points JAX's persistent compilation cache at a folder, with the thresholds
   lowered so that every program is written (JAX's defaults skip programs that compile in under a second, which is
   every CPU program of the tiny model). A warm cache still traces and lowers each function, then finds the
-  compiled binary by the hash of the lowered program.
+  compiled binary by the hash of the lowered program. Every existing entry (``*-cache``) must carry a valid tag in
+  ``.fourdnex-signatures.json``; the entries this process adds are signed when it exits (:func:`seal_compilation_cache`,
+  registered with ``atexit``), so a cache of a run killed before that is refused (delete it).
 
 * :class:`ExecutableCache` stores whole compiled executables (``jax.experimental.serialize_executable``) under a
   *key* that says what they were built for, and reloads them without tracing, lowering or compiling. The key:
@@ -14,17 +21,19 @@ Two independent mechanisms:
     - ``context``: what the caller says the program depends on beyond its arguments -- for the image-to-4D
       pipeline the configs of all four models and the sampling settings (guidance scale, solver, cache ...);
     - ``signature``: the arguments' pytree structure and every leaf's shape, dtype, weak type and sharding.
-  An entry is the file pair ``<name>-<digest>.jaxexec`` (pickled executable + pytree definitions) and
-  ``<name>-<digest>.json`` (its key, written last). A call whose key has no entry compiles, saves and runs; when
+  An entry is the file pair ``<name>-<digest>.jaxexec`` (``MAGIC``, the HMAC tag of the key digest and the
+  payload, then the pickled executable + pytree definitions) and ``<name>-<digest>.json`` (its key, written last).
+  The tag is checked before the payload is unpickled. A call whose key has no entry compiles, saves and runs; when
   entries of the same name exist for other keys, the differing key fields are reported (``strict=True``: raised as
-  :class:`ExecutableKeyMismatch`; otherwise recompiled after a message). Loading runs pickled data: only use
-  folders you wrote yourself.
+  :class:`ExecutableKeyMismatch`; otherwise recompiled after a message).
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
+import hmac
 import importlib.metadata
 import json
 import os
@@ -39,10 +48,15 @@ import numpy as np
 from jax.experimental import serialize_executable
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
-from fourdnex_jax.io_utils import _atomic, atomic_save_json
+from fourdnex_jax.media.io import atomic_save_json, atomic_write
+from fourdnex_jax.utils import trust
+from fourdnex_jax.utils.errors import UntrustedFileError
 
 FORMAT = 1
 SUFFIX = ".jaxexec"
+MAGIC = b"FDNXEXE1"
+SIGNATURES = ".fourdnex-signatures.json"
+CACHE_ENTRY_SUFFIX = "-cache"  # JAX's persistent cache: <key>-cache holds a compiled binary (-atime a timestamp)
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -54,15 +68,80 @@ class ExecutableLoadError(RuntimeError):
     """A serialized executable with the right key could not be read or loaded."""
 
 
+def _entry_names(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.endswith(CACHE_ENTRY_SUFFIX))
+
+
+def _read_signatures(directory: Path) -> dict[str, str]:
+    path = directory / SIGNATURES
+    if not path.exists():
+        return {}
+    try:
+        sigs = json.loads(trust.read_owned(path, "compilation cache signatures"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UntrustedFileError(f"compilation cache {directory}: {path} is unreadable ({e}); refused: delete the "
+                                 "folder to rebuild the cache") from e
+    if not isinstance(sigs, dict):
+        raise UntrustedFileError(f"compilation cache {directory}: {path} is not a signature table; refused: delete "
+                                 "the folder")
+    return sigs
+
+
+def verify_compilation_cache(directory: str | os.PathLike) -> tuple[Path, bytes]:
+    """Checks the trust boundary of a compilation cache folder (module docstring): the folder private, every entry
+    owned by this user and carrying a valid tag. Returns (folder, key); raises UntrustedFileError listing what
+    failed."""
+    path = trust.private_dir(directory, "--compilation-cache")
+    key = trust.cache_key(path, "--compilation-cache")
+    sigs = _read_signatures(path)
+    bad = []
+    for name in _entry_names(path):
+        data = trust.read_owned(path / name, "compilation cache entry")
+        want = sigs.get(name)
+        if want is None or not hmac.compare_digest(bytes.fromhex(want) if _is_hex(want) else b"",
+                                                   trust.tag(key, name.encode(), data)):
+            bad.append(name)
+    if bad:
+        raise UntrustedFileError(
+            f"--compilation-cache {path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} not signed by this "
+            f"cache's key (copied in, modified, or left by a run killed before signing; first: {bad[0]}); refused, "
+            "nothing loaded: delete the folder (or those files) to rebuild the cache")
+    return path, key
+
+
+def _is_hex(text: Any) -> bool:
+    return isinstance(text, str) and len(text) == 2 * trust.TAG_BYTES and all(c in "0123456789abcdef" for c in text)
+
+
+def seal_compilation_cache(directory: str | os.PathLike) -> int:
+    """Signs the entries of a compilation cache folder that have no signature yet (the ones this process wrote;
+    the folder was verified when it was enabled). Returns how many were signed."""
+    path = Path(directory).absolute()
+    if not path.is_dir():
+        return 0
+    key = trust.cache_key(path, "--compilation-cache")
+    sigs = _read_signatures(path)
+    new = 0
+    for name in _entry_names(path):
+        if name not in sigs:
+            sigs[name] = trust.tag(key, name.encode(), trust.read_owned(path / name, "compilation cache entry")).hex()
+            new += 1
+    if new:
+        atomic_save_json(path / SIGNATURES, sigs)
+        os.chmod(path / SIGNATURES, 0o600)
+    return new
+
+
 def enable_compilation_cache(directory: str | os.PathLike) -> Path:
-    """Turns on JAX's persistent compilation cache in ``directory`` (created), caching every program whatever its
-    compile time or size. Call it before the first compilation of the process (JAX decides once whether the cache
-    is used)."""
-    path = Path(directory).resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    """Turns on JAX's persistent compilation cache in ``directory`` (created 0700), caching every program whatever
+    its compile time or size, after :func:`verify_compilation_cache` (an untrusted folder or entry raises
+    UntrustedFileError); the entries written by this process are signed at exit. Call it before the first
+    compilation of the process (JAX decides once whether the cache is used)."""
+    path, _ = verify_compilation_cache(directory)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    atexit.register(seal_compilation_cache, path)
     return path
 
 
@@ -149,8 +228,8 @@ class ExecutableCache:
     def __init__(self, directory: str | os.PathLike, context: dict[str, Any] | None = None, *,
                  devices: Sequence[jax.Device] | None = None, strict: bool = False,
                  log: Callable[[str], None] | None = None):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = trust.private_dir(directory, "--aot-cache")
+        self._key = trust.cache_key(self.directory, "--aot-cache")
         self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
         self.devices = list(devices) if devices is not None else jax.devices()[:1]
         self.strict = strict
@@ -180,7 +259,7 @@ class ExecutableCache:
         if meta.exists() and exe.exists():
             stored = json.loads(meta.read_text())
             if stored == json.loads(json.dumps(key, default=str)):
-                return self._deserialize(name, exe)
+                return self._deserialize(name, exe, _digest(key))
             self._mismatch(name, [(meta, stored)], key)
             return None
         if meta.exists() or exe.exists():
@@ -207,17 +286,30 @@ class ExecutableCache:
         self.log(msg + "; compiling it anew")
         self._pending_reason = msg
 
-    def _deserialize(self, name: str, path: Path) -> jax.stages.Compiled | None:
+    def _verified_blob(self, path: Path, digest: str) -> bytes:
+        """The pickled part of entry ``path`` once its owner, permissions and HMAC tag (over the key digest and
+        the payload) check out; UntrustedFileError otherwise (nothing unpickled)."""
+        data = trust.read_owned(path, "serialized executable")
+        head, tag, blob = data[:len(MAGIC)], data[len(MAGIC):len(MAGIC) + trust.TAG_BYTES], \
+            data[len(MAGIC) + trust.TAG_BYTES:]
+        if head != MAGIC or not hmac.compare_digest(tag, trust.tag(self._key, digest.encode(), blob)):
+            raise UntrustedFileError(
+                f"serialized executable {path} failed its integrity check (not written with this cache's key, or "
+                "modified since): refused, nothing loaded; delete the file or the --aot-cache folder to recompile")
+        return blob
+
+    def _deserialize(self, name: str, path: Path, digest: str) -> jax.stages.Compiled | None:
         t0 = time.perf_counter()
+        blob = self._verified_blob(path, digest)  # raises, whatever `strict` says: a tampered entry is not skipped
         try:
-            blob = pickle.loads(path.read_bytes())
+            blob = pickle.loads(blob)
             if blob.get("format") != FORMAT:
                 raise ValueError(f"format {blob.get('format')} != {FORMAT}")
             compiled = serialize_executable.deserialize_and_load(
                 blob["payload"], blob["in_tree"], blob["out_tree"], backend=self.devices[0].platform,
                 execution_devices=self.devices)
         except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError,
-                jax.errors.JaxRuntimeError) as e:
+                jax.errors.JaxRuntimeError) as e:  # an authentic entry this runtime cannot load (e.g. a format bump)
             msg = f"serialized executable {name!r} at {path} could not be loaded ({type(e).__name__}: {e})"
             if self.strict:
                 raise ExecutableLoadError(msg + "; delete it or run without strict to recompile") from e
@@ -232,7 +324,8 @@ class ExecutableCache:
         payload, in_tree, out_tree = serialize_executable.serialize(compiled)
         exe, meta = self.paths(name, key)
         blob = pickle.dumps({"format": FORMAT, "payload": payload, "in_tree": in_tree, "out_tree": out_tree})
-        _atomic(exe, lambda f: f.write(blob))
+        signed = MAGIC + trust.tag(self._key, _digest(key).encode(), blob) + blob
+        atomic_write(exe, lambda f: f.write(signed))
         atomic_save_json(meta, key)  # last: a key file means a complete entry
         return exe
 

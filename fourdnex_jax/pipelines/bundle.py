@@ -7,10 +7,17 @@
     tokenizer/tokenizer.json     scheduler/scheduler_config.json     image_processor/preprocessor_config.json
     manifest.json                written last
 
-So a converted 4DNeX checkpoint and the bundled tiny model (``checkpoints/tiny``) load the same way.
-:func:`save_bundle` writes one from in-memory models (the tiny model's build script uses it; the trainer's adapter
-can replace ``transformer_adapter``). ``transformer_dir`` of :func:`load_bundle` takes the DiT (base + adapter)
-from another folder of the same layout, e.g. a training run's export, keeping the encoders and VAE of the bundle.
+So a converted 4DNeX checkpoint and the bundled tiny model (``checkpoints/tiny``) load the same way. A bundle
+describes itself: ``manifest.json`` records the sampling preset the model is meant for (``sampling_preset``: a
+:class:`~fourdnex_jax.recipe.SamplingPreset`, frames / area / steps / CFG / negative prompt / text length / flow
+shift / solver) and the 6D recipe it was trained with (``recipe``: a :class:`~fourdnex_jax.recipe.SixDSpec`, XYZ
+latent mean/std, mask values, layout, XYZ normalisation). :func:`read_presets` reads them, and
+:func:`resolve_settings` turns them plus a config's overrides into checked
+:class:`~fourdnex_jax.pipelines.settings.SampleSettings` from the JSON files alone, before any weights load.
+
+:func:`save_bundle` writes one from in-memory models (the tiny model's build script uses it). ``transformer_dir`` of
+:func:`load_bundle` takes the DiT (base + adapter) from another folder of the same layout, e.g. a training run's
+export, keeping the encoders, VAE and presets of the bundle.
 """
 
 from __future__ import annotations
@@ -20,27 +27,32 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from fourdnex_jax.convert import manifest as manifest_lib
-from fourdnex_jax.convert.models import SPECS
-from fourdnex_jax.convert.orbax_io import save_flat
-from fourdnex_jax.convert.restore import read_config, restore_model
-from fourdnex_jax.convert.torch_to_jax import ADAPTER_CHECKPOINT
-from fourdnex_jax.io_utils import atomic_save_json
+from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
+from fourdnex_jax.weights import manifest as manifest_lib
+from fourdnex_jax.weights.orbax import save_flat
+from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, SPECS
+from fourdnex_jax.weights.restore import checkpoint_problems, read_config, restore_model
+from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.models import params
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig
 from fourdnex_jax.models.text_encoder import UMT5Tokenizer
 from fourdnex_jax.models.transformer import FROZEN, TRAINABLE
+from fourdnex_jax.pipelines.settings import SampleSettings, check_model
+from fourdnex_jax.recipe import SamplingPreset, SixDSpec
 from fourdnex_jax.sampling.unipc import UniPCConfig
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.resources import shipped
 
 MODELS = ("transformer", "vae", "text_encoder", "image_encoder")
-#: Where the bundled tiny model lives (relative to the repository root).
-DEFAULT_BUNDLE = Path(__file__).resolve().parents[2] / "checkpoints" / "tiny"
+#: The bundled tiny model: ``checkpoints/tiny`` of the repository or of an installed wheel (None where this
+#: installation has none; :func:`fourdnex_jax.utils.resources.default_bundle` then says how to get one).
+DEFAULT_BUNDLE = shipped("checkpoints/tiny")
 
 
 @dataclasses.dataclass
@@ -54,19 +66,93 @@ class Bundle:
     scheduler: UniPCConfig
     directory: Path
     manifest: dict[str, Any]
+    preset: SamplingPreset  # manifest.json: sampling_preset
+    spec: SixDSpec  # manifest.json: recipe
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # bundle.json, when present
 
 
+def read_presets(directory: str | os.PathLike) -> tuple[SamplingPreset, SixDSpec]:
+    """The sampling preset and the 6D recipe a bundle records (``manifest.json``: ``sampling_preset``,
+    ``recipe``); a bundle without them raises ValueError (write it again with this version)."""
+    manifest = manifest_lib.read_manifest(directory)
+    missing = [k for k in ("sampling_preset", "recipe") if k not in manifest]
+    if missing:
+        raise ValueError(f"{Path(directory) / 'manifest.json'} has no {' / '.join(missing)}: the bundle does not "
+                         "say what it is meant to be sampled with; write it again (tools/convert.py torch-to-jax "
+                         "--preset NAME, or save_bundle(..., preset=...))")
+    try:
+        return SamplingPreset.from_dict(manifest["sampling_preset"]), SixDSpec.from_dict(manifest["recipe"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{Path(directory) / 'manifest.json'}: {e}") from e
+
+
+def resolve_settings(directory: str | os.PathLike = DEFAULT_BUNDLE, sample: Any = None, *,
+                     transformer_dir: str | os.PathLike | None = None, **overrides: Any) -> SampleSettings:
+    """The settings to sample ``directory``'s model with: its preset, then ``sample`` (``config.sample``: its
+    ``None`` preset fields keep the preset's value), then ``overrides`` (any field). Checked against the model
+    configs (``configs/*.json``; the DiT's from ``transformer_dir`` when given) without loading any weights: a
+    setting the model cannot run raises ValueError."""
+    preset, _ = read_presets(directory)
+    settings = (SampleSettings.from_config(sample, preset) if sample is not None
+                else SampleSettings.from_preset(preset))
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    dit_config, _ = read_config(Path(transformer_dir) if transformer_dir is not None else directory, "transformer")
+    vae_config, _ = read_config(directory, "vae")
+    check_model(settings, dit_config, vae_config)
+    return settings
+
+
+def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None) -> list[str]:
+    """Every part a bundle needs that is missing (empty when complete), from the file tree and the small JSON
+    files only: each model's checkpoint folder and config, the adapter checkpoint whenever the DiT config (or the
+    manifest) has a trained adapter, and the tokenizer. ``transformer_dir``: the DiT's folder when it is another."""
+    directory = Path(directory)
+    tdir = Path(transformer_dir) if transformer_dir is not None else directory
+    problems = []
+    for name in MODELS:
+        where = tdir if name == "transformer" else directory
+        problems += checkpoint_problems(where, name)
+        if not (where / "configs" / f"{name}.json").is_file():
+            problems.append(f"{where / 'configs' / (name + '.json')} missing")
+    adapter_needed = "adapter" in manifest_lib.read_manifest(tdir)
+    if (tdir / "configs" / "transformer.json").is_file():
+        cfg, _ = read_config(tdir, "transformer")
+        adapter_needed |= bool(cfg.lora_rank) or bool(cfg.domain_embeddings)
+    if adapter_needed:
+        problems += checkpoint_problems(tdir, ADAPTER_CHECKPOINT)
+    if not (directory / "tokenizer" / "tokenizer.json").is_file():
+        problems.append(f"{directory / 'tokenizer' / 'tokenizer.json'} missing")
+    return problems
+
+
+def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None) -> None:
+    """Raises :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and every missing part
+    (:func:`bundle_problems`), before any weights load."""
+    manifest_lib.read_manifest(directory)
+    if transformer_dir is not None:
+        manifest_lib.read_manifest(transformer_dir)
+    problems = bundle_problems(directory, transformer_dir)
+    if problems:
+        raise InputError(f"incomplete model bundle {directory}: {'; '.join(problems)}; copy the whole bundle "
+                         "folder again (or convert it again) -- a bundle missing a part would sample a different "
+                         "model")
+
+
 def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_dir: str | os.PathLike | None = None,
-                mesh: Mesh | None = None, **transformer_overrides: Any) -> Bundle:
-    """Restores every model of a bundle / converted folder (parameters replicated on ``mesh`` by the logical-axis
-    rules, or on the first device with ``mesh=None``)."""
+                mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES,
+                **transformer_overrides: Any) -> Bundle:
+    """Restores every model of a bundle / converted folder, each parameter straight into the sharding its logical
+    axes get on ``mesh`` under ``rules`` (every device / process reads only its shard; the pipeline then uses the
+    arrays in place), or onto the first device with ``mesh=None``. ``transformer_overrides``: execution fields of
+    the DiT (e.g. ``attention='ring'``, see :data:`~fourdnex_jax.weights.restore.RESTORE_OVERRIDABLE`). An incomplete bundle is refused before any weights load
+    (:func:`check_bundle`)."""
     directory = Path(directory)
     manifest = manifest_lib.read_manifest(directory)
+    preset, spec = read_presets(directory)  # before any weights load: a bundle without presets fails fast
     tdir = Path(transformer_dir) if transformer_dir is not None else directory
-    if transformer_dir is not None:
-        manifest_lib.read_manifest(tdir)
-    models = {name: restore_model(tdir if name == "transformer" else directory, name, mesh,
+    check_bundle(directory, transformer_dir)
+    models = {name: restore_model(tdir if name == "transformer" else directory, name, mesh, rules,
                                   **(transformer_overrides if name == "transformer" else {}))
               for name in MODELS}
     proc = directory / "image_processor" / "preprocessor_config.json"
@@ -77,7 +163,8 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_di
     info_path = directory / "bundle.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     return Bundle(tokenizer=UMT5Tokenizer.from_dir(directory / "tokenizer"), clip_preprocess=clip_pre,
-                  scheduler=scheduler, directory=directory, manifest=manifest, info=info, **models)
+                  scheduler=scheduler, directory=directory, manifest=manifest, preset=preset, spec=spec, info=info,
+                  **models)
 
 
 def _flat_numpy(model: nnx.Module, flt) -> dict[str, np.ndarray]:
@@ -86,15 +173,19 @@ def _flat_numpy(model: nnx.Module, flt) -> dict[str, np.ndarray]:
 
 def save_bundle(directory: str | os.PathLike, *, transformer: nnx.Module, vae: nnx.Module,
                 text_encoder: nnx.Module, image_encoder: nnx.Module, tokenizer_dir: str | os.PathLike,
-                clip_preprocess: dict[str, Any], scheduler: UniPCConfig = UniPCConfig(),
-                info: dict[str, Any] | None = None, param_dtype: str = "float32") -> Path:
+                clip_preprocess: dict[str, Any], preset: SamplingPreset, spec: SixDSpec = SixDSpec(),
+                scheduler: UniPCConfig = UniPCConfig(), info: dict[str, Any] | None = None,
+                param_dtype: str = "float32") -> Path:
     """Writes a bundle (``directory`` must not exist or be empty). ``tokenizer_dir`` holds ``tokenizer.json``
-    (+ optional config files), copied verbatim; ``clip_preprocess`` is a ``preprocessor_config.json`` dict."""
+    (+ optional config files), copied verbatim; ``clip_preprocess`` is a ``preprocessor_config.json`` dict;
+    ``preset`` / ``spec``: what the model is meant to be sampled with and the recipe it was trained with
+    (recorded in ``manifest.json``)."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} is not empty")
     directory.mkdir(parents=True, exist_ok=True)
     manifest = manifest_lib.new_manifest("bundle", "in-memory models")
+    manifest["sampling_preset"], manifest["recipe"] = preset.to_dict(), spec.to_dict()
     models = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "image_encoder": image_encoder}
     for name, model in models.items():
         spec = SPECS[name]
@@ -121,16 +212,3 @@ def save_bundle(directory: str | os.PathLike, *, transformer: nnx.Module, vae: n
                                     for p in sorted((directory / name).rglob("*")) if p.is_file()}
     manifest_lib.write_manifest(directory, manifest)
     return directory
-
-
-def replace_adapter(directory: str | os.PathLike, transformer: nnx.Module) -> None:
-    """Overwrites the ``transformer_adapter`` checkpoint of a bundle with ``transformer``'s trainable values."""
-    directory = Path(directory)
-    target = directory / ADAPTER_CHECKPOINT
-    if target.exists():
-        shutil.rmtree(target)
-    save_flat(target, _flat_numpy(transformer, TRAINABLE))
-
-
-def transformer_config(directory: str | os.PathLike):
-    return read_config(directory, "transformer")[0]

@@ -1,30 +1,52 @@
 """Image -> 4D (RGB video + XYZ pointmap video) with the 4DNeX recipe, in JAX.
 
-Per image (what 4DNeX's ``WanSameRopeWBWImageToVideoPipeline`` does, §4 of the reference notes):
-  1. prompt ``caption + " POINTMAP_STYLE."`` and the negative prompt (default empty) -> UMT5 embeddings, zero
-     past each prompt's length, padded to ``text_len``;
-  2. the image, resized to cover (H, W) (antialiased bilinear) and centre-cropped -> CLIP ``hidden_states[-2]``;
-  3. condition: frame 0 = ``[RGB | slanted-plane XYZ init]`` (H x 2W, z = -y), then T - 1 zero frames, VAE-encoded
-     with the mode and VAE-normalised (no XYZ mu/sigma: quirk 8) -- exactly the training condition of
-     :mod:`fourdnex_jax.data.encode`; guided mask 1 (RGB) / 0.5 (XYZ) on latent frame 0;
-  4. noise (T', h, 2w, 16) from the image's seed (or injected), sampled with UniPC (Wan's scheduler) or Euler,
-     classifier-free guidance batched with the conditional pass (one DiT call of 2B per step);
-  5. the XYZ half of the latent un-normalised (``z * 1.70 - 0.13``), the fused latent VAE-de-normalised and decoded
-     in one pass (the reference decodes the 2W-wide latent), split into RGB | XYZ in pixel space.
+``ImageTo4D(...)(images, prompts)`` follows the method vocabulary of diffusers' Wan I2V pipeline; what 4DNeX's
+``WanSameRopeWBWImageToVideoPipeline`` does (``inference.py`` + ``core/inference/wan.py`` of 3DTopia/4DNeX):
 
-Static shapes: every batch has the same shape (the last one is padded by repetition), the solver's step is one
-compiled function whose coefficients are a traced table row (:mod:`fourdnex_jax.sampling.unipc`), so a run
-compiles once. Data parallel: a 1-D ``data`` mesh over the given devices; models replicated, the batch split.
-The negative prompt is encoded once per pipeline (at the batch shape, so the numbers are those of a per-batch
-encoding) and reused by every batch.
+  1. :meth:`~ImageTo4D.check_inputs`: every argument checked, errors name it;
+  2. the images resized to their sampling size (:mod:`fourdnex_jax.pipelines.inputs`: aspect ratio kept at the
+     preset's area, Pillow bicubic, no crop, as the reference; or cover + centre crop) and grouped by size;
+  3. :meth:`~ImageTo4D.encode_prompt`: ``caption + spec.prompt_suffix`` (the bundle's recipe) and the negative
+     prompt (default empty; encoded once per pipeline) -> UMT5 embeddings, zero past each prompt's length, padded
+     to ``text_len``;
+  4. :meth:`~ImageTo4D.encode_image`: CLIP ``hidden_states[-2]``, and the condition latent: frame 0 =
+     ``[RGB | slanted-plane XYZ init]`` (H x 2W, z = -y), then T - 1 zero frames, VAE-encoded with the mode and
+     VAE-normalised (no XYZ mu/sigma: reference quirk 8) -- exactly the training condition
+     (:func:`fourdnex_jax.recipe.condition_video`);
+  5. :meth:`~ImageTo4D.prepare_latents` + :meth:`~ImageTo4D.denoise`: noise (T', h, 2w, 16) from each image's
+     seed (or injected), sampled with UniPC (Wan's scheduler) or Euler; guided mask 1 (RGB) / 0.5 (XYZ) on latent
+     frame 0; classifier-free guidance batched with the conditional pass (one DiT call of 2B per step);
+  6. :meth:`~ImageTo4D.decode`: the XYZ half of the latent un-normalised (``z * spec.xyz_latent_std +
+     spec.xyz_latent_mean``, the bundle's recipe), the fused latent VAE-de-normalised and decoded in one pass (the
+     reference decodes the 2W-wide latent), split into RGB | XYZ in pixel space -> one :class:`ImageTo4DOutput`
+     per image.
 
-Fast paths (each measured by ``tools/sampling_benchmark.py``):
+Static shapes: a batch holds images of one size (the last batch of a size is padded by repetition); the solver's
+step is one compiled function per mode whose coefficients are a traced table row
+(:mod:`fourdnex_jax.sampling.unipc`), so each image size compiles once.
+
+Sharding (:class:`Layout`, :mod:`fourdnex_jax.sharding`): the pipeline runs on a ``(data, fsdp, context, tensor)``
+mesh (``mesh=``, e.g. ``sharding.make_mesh(config.sharding)``; default: a ``data`` axis over ``devices``). Every
+model is placed by its parameters' logical axes and the rules (the DiT's and UMT5's matrices over fsdp x tensor;
+the small models as the rules say), so a model is never replicated unless the rules replicate it; a bundle
+restored onto the same mesh (``load_bundle(mesh=..., rules=...)``) is used in place. A call samples
+``batch_size x`` (data x fsdp) images, split over ``fsdp`` (and ``data``); with CFG and an even ``data`` axis the
+conditional and unconditional branches go over ``data`` instead (half the images per call, the same work per
+device). The DiT constrains its block inputs/outputs, q/k/v and FFN hidden to batch x sequence (``context``) x
+heads (``tensor``), and ``attention='ring'`` (or ``'auto'``) splits the 35,100-token self-attention over
+``context``. Multi-process (``jax.distributed``): every process makes the same call with the same inputs; each
+image's result is returned by exactly one process (the one holding its first shard), ``None`` elsewhere.
+``settings.release_after_use``: stage by stage over the whole call (all prompts, then all images, then all
+denoising, then all decodes), deleting each model's weights after its last stage.
+
+Fast paths (each measured by the sampling benchmark):
   * fewer steps / Euler: ``settings.num_steps`` / ``settings.solver``;
-  * ``settings.weight_quant='int8'``: the DiT's block linears are quantised in place to int8 weights with
-    per-output-channel fp32 scales (:mod:`fourdnex_jax.models.quantize`);
+  * ``settings.weight_quant='int8'``: the pipeline samples with an int8 copy of the DiT (block linears, int8
+    weights with per-output-channel fp32 scales, :mod:`fourdnex_jax.models.quantize`); the caller's model is kept;
   * ``settings.step_cache_interval=k >= 1``: the transformer blocks run in full every k steps (and at the last
-    step); the steps between reuse the last block residual (:mod:`fourdnex_jax.sampling.step_cache`);
-    ``ImageTo4D.stats`` counts full and cached DiT evaluations;
+    step); the steps between reuse the last block residual (:func:`denoise_step` with ``mode='cached'``, the
+    schedule from :mod:`fourdnex_jax.sampling.step_cache`); ``ImageTo4D.stats`` counts full and cached DiT
+    evaluations;
   * ``executable_cache=DIR``: every compiled function is loaded from / saved to serialized executables
     (:mod:`fourdnex_jax.pipelines.aot`); JAX's persistent compilation cache is set up by the caller
     (:func:`fourdnex_jax.pipelines.aot.enable_compilation_cache`).
@@ -42,346 +64,545 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding
 
-from fourdnex_jax.data.captions import training_prompt
-from fourdnex_jax.data.encode import XYZ_LATENT_MEAN, XYZ_LATENT_STD, condition_video
-from fourdnex_jax.data.resize import cover_crop_plan, resize_rgb
-from fourdnex_jax.io_utils import Progress
+from fourdnex_jax import sharding
+from fourdnex_jax.models import towers as towers_lib
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
-from fourdnex_jax.models.text_encoder import clean_prompt, wan_prompt_embeds
-from fourdnex_jax.models.transformer import layouts
 from fourdnex_jax.models.quantize import quantize_int8
+from fourdnex_jax.models.text_encoder import clean_prompt
+from fourdnex_jax.models.transformer import layouts
 from fourdnex_jax.pipelines.aot import ExecutableCache
-from fourdnex_jax.pipelines.conditioning import dit_input, guided_mask
+from fourdnex_jax.pipelines.inputs import prepare_image, sample_size
+from fourdnex_jax.pipelines.outputs import valid_mask
+from fourdnex_jax.pipelines.settings import SampleSettings, check_model, size_multiple
+from fourdnex_jax.recipe import (MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK, SixDSpec,
+                                 condition_video, dit_input, guided_mask)
 from fourdnex_jax.sampling import step_cache
-from fourdnex_jax.sampling.flow_matching import SOLVERS, classifier_free_guidance, make_schedule, solver_fns
+from fourdnex_jax.sampling.flow_matching import classifier_free_guidance, make_schedule, solver_fns
 from fourdnex_jax.sampling.unipc import UniPCConfig
+from fourdnex_jax.utils.progress import Progress
 
-#: ``SampleSettings.weight_quant`` values: 'none' (the checkpoint's dtypes) or 'int8' (weight-only, block linears).
-WEIGHT_QUANT = ("none", "int8")
-#: Settings that a config's ``sample`` section may omit (fast-path options; their defaults are the exact sampler).
-_OPTIONAL_SETTINGS = ("weight_quant", "step_cache_interval")
+#: ``mode`` of :func:`denoise_step`: 'plain' (the DiT's ``__call__``), 'full' (blocks run, their residual returned
+#: for the step cache), 'cached' (blocks skipped, the given residual added to the tokens).
+STEP_MODES = ("plain", "full", "cached")
 
 
 @dataclasses.dataclass(frozen=True)
-class SampleSettings:
-    """Sampling settings (``config.sample``); sizes are per modality in pixels.
+class Layout:
+    """Where the pipeline's arrays live on ``mesh`` (see the module docstring).
 
-    ``weight_quant``: 'none' | 'int8' (the DiT's block linears, see :mod:`fourdnex_jax.models.quantize`).
-    ``step_cache_interval``: 0 = no step cache (the exact sampler); k >= 1 = the transformer blocks run in full
-    every k steps and at the last step, the steps between reuse the cached block residual (k = 1: every step full,
-    bit-identical to 0; see :mod:`fourdnex_jax.sampling.step_cache`)."""
+    ``cfg_over_data``: CFG's two branches go over the mesh's ``data`` axis (guided sampling on an even ``data``
+    axis that the rules' ``batch`` axis uses); ``images``: images per call; ``image_sharding``: every per-image
+    array (leading batch axis: latents, solver state, condition, embeddings, token ids) over the batch axes
+    (without ``data`` when ``cfg_over_data``); ``rows_sharding``: the DiT's batch (2B rows with CFG) over all batch
+    axes."""
 
-    num_frames: int = 49
-    height: int = 480
-    width: int = 720
-    num_steps: int = 50
-    solver: str = "unipc"
-    flow_shift: float = 3.0
-    guidance_scale: float = 5.0
-    negative_prompt: str = ""
-    seed: int = 42
-    text_len: int = 512
-    batch_size: int = 1
-    xyz_normalization: str = "reference"
-    weight_quant: str = "none"
-    step_cache_interval: int = 0
-
-    def __post_init__(self):
-        if self.weight_quant not in WEIGHT_QUANT:
-            raise ValueError(f"weight_quant={self.weight_quant!r}; use one of {WEIGHT_QUANT}")
-        if int(self.step_cache_interval) < 0:
-            raise ValueError(f"step_cache_interval={self.step_cache_interval}; use 0 (off) or k >= 1 (full DiT "
-                             "evaluation every k steps)")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver={self.solver!r}; use one of {SOLVERS}")
+    mesh: Mesh
+    rules: tuple
+    cfg_over_data: bool
+    images: int
+    image_sharding: NamedSharding
+    rows_sharding: NamedSharding
 
     @classmethod
-    def from_config(cls, sample) -> "SampleSettings":
-        """From ``config.sample``: every field required except the fast-path options (defaults when absent)."""
-        return cls(**{f.name: sample[f.name] for f in dataclasses.fields(cls)
-                      if f.name not in _OPTIONAL_SETTINGS or f.name in sample})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def prepare_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """(h, w, 3) uint8 -> (height, width, 3) uint8: cover resize (antialiased bilinear) + centre crop, as the
-    training clips were made (:mod:`fourdnex_jax.data.resize`)."""
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
-    plan = cover_crop_plan(image.shape[0], image.shape[1], height, width)
-    return resize_rgb(image[None], plan)[0]
+    def of(cls, mesh: Mesh, rules: Sequence[tuple[str, Any]], guidance_scale: float, batch_size: int) -> "Layout":
+        rules = tuple(rules)
+        dp = sharding.data_parallel_size(mesh, rules)
+        cfg_over_data = (guidance_scale > 1.0 and "data" in sharding.batch_axes(mesh, rules)
+                         and mesh.shape["data"] % 2 == 0)
+        return cls(mesh, rules, cfg_over_data, batch_size * (dp // 2 if cfg_over_data else dp),
+                   sharding.batch_sharding(mesh, rules, 1, exclude=("data",) if cfg_over_data else ()),
+                   sharding.batch_sharding(mesh, rules, 1))
 
 
-class Models(nnx.Module):
-    """All models in one module, so one ``nnx.split`` replicates them."""
+def _rows(a: jax.Array) -> jax.Array:
+    """The DiT batch (rows) split over the rules' batch axes under a mesh (no-op outside)."""
+    return sharding.with_logical_constraint(a, ("batch",) + (None,) * (a.ndim - 1))
 
-    def __init__(self, transformer, vae, text_encoder, image_encoder):
-        self.transformer, self.vae = transformer, vae
-        self.text_encoder, self.image_encoder = text_encoder, image_encoder
+
+def _branches(a: jax.Array) -> jax.Array:
+    """(2, B, ...) CFG branches: the branch axis over ``data``, the images over the remaining batch axes."""
+    return sharding.with_logical_constraint(a, ("cfg_branch", "batch") + (None,) * (a.ndim - 2))
+
+
+def guided_velocity(dit, x: jax.Array, cond: jax.Array, text: jax.Array, neg: jax.Array, clip: jax.Array,
+                    t: jax.Array, *, guidance_scale: float, residual: jax.Array | None = None, mode: str = "plain",
+                    cfg_over_data: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    """The guided velocity (B, T', h, 2w, 16) fp32 of samples ``x`` (B, T', h, 2w, 16) fp32 at timestep ``t``
+    (scalar), and the block residual (2B or B, L, D) fp32 for ``mode='full'`` (else None).
+
+    ``cond``: the condition latent, shaped as ``x``; ``text`` / ``neg``: prompt / negative prompt embeddings
+    (B, Lt, Dt); ``clip``: image embeddings (B, Li, Di). The DiT input is ``[x | guided mask | cond]`` (36
+    channels). With ``guidance_scale > 1`` (diffusers' ``do_classifier_free_guidance``) the conditional and
+    unconditional passes run as one batch of 2B: interleaved per sample (each batch shard keeps both halves of its
+    samples), or with ``cfg_over_data`` branch-major ``[cond; uncond]`` (the two branches split over the mesh's
+    ``data`` axis); ``mode='cached'`` adds ``residual`` to the embedded tokens instead of running the blocks."""
+    if mode not in STEP_MODES:
+        raise ValueError(f"mode={mode!r}; use one of {STEP_MODES}")
+    b, t_lat, h_lat, w2, _ = x.shape
+    inp = dit_input(x, guided_mask(b, t_lat, h_lat, w2 // 2, MODALITY_LAYOUT), cond)
+    guided = guidance_scale > 1.0
+    if guided:
+        if cfg_over_data:  # (2, B, ...) with the branch axis over data, then its rows: no data movement
+            pair = lambda a, c: _branches(jnp.stack([a, c], 0)).reshape(2 * b, *a.shape[1:])  # noqa: E731
+        else:
+            pair = lambda a, c: jnp.stack([a, c], 1).reshape(2 * b, *a.shape[1:])  # noqa: E731
+        args = (pair(inp, inp), jnp.full((2 * b,), t, jnp.float32), pair(text, neg), pair(clip, clip))
+    else:
+        args = (inp, jnp.full((b,), t, jnp.float32), text, clip)
+    args = tuple(_rows(a) for a in args)
+    new_residual = None
+    if mode == "plain":
+        v = dit(*args)
+    else:
+        tokens = dit.embed(*args)
+        if mode == "full":
+            h = dit.run_blocks(tokens)
+            new_residual = h.astype(jnp.float32) - tokens.x.astype(jnp.float32)
+            new_residual = sharding.with_logical_constraint(new_residual, ("batch", "length", None))
+        else:
+            h = (tokens.x.astype(jnp.float32) + residual).astype(tokens.x.dtype)
+        v = dit.head(h, tokens)
+    v = v.astype(jnp.float32)
+    if guided:
+        if cfg_over_data:
+            v = _branches(v.reshape(2, b, *v.shape[1:]))
+            v = classifier_free_guidance(v[0], v[1], guidance_scale)
+        else:
+            v = v.reshape(b, 2, *v.shape[1:])
+            v = classifier_free_guidance(v[:, 0], v[:, 1], guidance_scale)
+    return v, new_residual
+
+
+def denoise_step(dit, solver_state, cond: jax.Array, text: jax.Array, neg: jax.Array, clip: jax.Array,
+                 row: jax.Array, t: jax.Array, residual: jax.Array | None = None, *, guidance_scale: float,
+                 solver: str, mode: str = "plain", cfg_over_data: bool = False):
+    """One solver step: the guided velocity (:func:`guided_velocity`) of ``solver_state.x`` at timestep ``t``,
+    then ``solver``'s update with the schedule's table row ``row`` (``make_schedule(...).table[i]``). Returns the
+    new solver state, and for ``mode='full'`` also the block residual: ``(state, residual)``."""
+    _, step_fn = solver_fns(solver)
+    v, new_residual = guided_velocity(dit, solver_state.x, cond, text, neg, clip, t, guidance_scale=guidance_scale,
+                                      residual=residual, mode=mode, cfg_over_data=cfg_over_data)
+    state = step_fn(solver_state, v, row)
+    return (state, new_residual) if mode == "full" else state
+
+
+def decode_latents(vae, latents: jax.Array, spec: SixDSpec) -> jax.Array:
+    """Fused latents (B, T', h, 2w, 16) -> the decoded canvas (B, T, H, 2W, 3) fp32: the XYZ half un-normalised
+    with the recipe's mean/std (``spec``), the fused latent VAE-de-normalised and decoded in one pass."""
+    rgb, xyz = layouts.split(latents, MODALITY_LAYOUT)
+    xyz = xyz * float(spec.xyz_latent_std) + float(spec.xyz_latent_mean)  # undo 4DNeX's XYZ latent normalisation
+    fused = vae.denormalize_latents(layouts.fuse(rgb, xyz, MODALITY_LAYOUT))
+    return vae.decode(fused).astype(jnp.float32)
 
 
 @dataclasses.dataclass
-class Result:
-    """One image's output: ``rgb`` (T, H, W, 3) uint8, ``xyz`` (T, H, W, 3) float32 (the decoded, normalised
-    pointmap in [-1, 1]), ``video`` (T, H, 2W, 3) float32 in [-1, 1] (decoded, before the split), ``latents`` the
-    final fused latent (T', h, 2w, 16), and the inputs that made it."""
+class ImageTo4DOutput:
+    """One image's result (saved by :func:`fourdnex_jax.pipelines.outputs.save_result`).
+
+    ``rgb`` (T, H, W, 3) uint8; ``xyz`` (T, H, W, 3) float32, the decoded pointmap in the model's normalised units
+    (~[-1, 1], ``xyz_normalization``); ``valid`` (T, H, W) bool (finite, not saturated, see
+    :func:`~fourdnex_jax.pipelines.outputs.valid_mask`); ``video`` (T, H, 2W, 3) float32 in [-1, 1], the decoded
+    canvas before the split; ``latents`` (T', h, 2w, 16) the final fused latent; ``prompt`` the full prompt (with
+    the recipe's suffix); ``seed``; ``image`` (H, W, 3) uint8 the conditioning image at the sampled size;
+    ``xyz_normalization`` ('reference' | 'sequence', from the bundle's recipe); ``sizing`` how the input was
+    resized (:func:`fourdnex_jax.pipelines.inputs.prepare_image`)."""
 
     rgb: np.ndarray
     xyz: np.ndarray
+    valid: np.ndarray
     video: np.ndarray
     latents: np.ndarray
     prompt: str
     seed: int
     image: np.ndarray
+    xyz_normalization: str
+    sizing: dict[str, Any]
+
+
+#: The pipeline's models, in the order :meth:`ImageTo4D.release` may free them.
+MODELS = ("text_encoder", "image_encoder", "transformer", "vae")
+
+
+def _towers(**modules) -> towers_lib.Towers:
+    """A :class:`~fourdnex_jax.models.towers.Towers` holding only the given encoders (the others None): the
+    pipeline places and frees each model separately."""
+    return towers_lib.Towers(modules.get("vae"), modules.get("text_encoder"), modules.get("image_encoder"))
 
 
 class ImageTo4D:
-    """``ImageTo4D(models..., settings)(images, prompts, seeds) -> list[Result]`` (see the module docstring).
+    """``ImageTo4D(models..., settings, spec=...)(images, prompts, seeds) -> list[ImageTo4DOutput]`` (see the
+    module docstring); :meth:`from_bundle` takes the models, the preset and the recipe from a bundle.
 
-    ``settings.weight_quant='int8'`` quantises ``transformer`` *in place* (pass ``nnx.clone(transformer)`` to keep
-    the original). ``executable_cache``: a folder of serialized executables (loaded when their key matches, else
-    compiled and saved; ``strict_executables=True`` raises on a key mismatch instead of recompiling).
-    ``executables`` is the :class:`~fourdnex_jax.pipelines.aot.ExecutableCache` (None without a folder);
-    ``stats`` counts DiT evaluations per batch: ``dit_full`` (blocks run) and ``dit_cached`` (blocks skipped)."""
+    ``mesh``: the mesh to run on (axes of :data:`fourdnex_jax.sharding.MESH_AXES`; ``rules``: the logical-axis
+    rules, default :data:`~fourdnex_jax.sharding.DEFAULT_LOGICAL_AXIS_RULES`); without one, a ``data`` axis over
+    ``devices`` (default all). ``layout`` is the :class:`Layout` (``layout.images`` images per call).
+    ``settings.weight_quant='int8'`` samples with an int8 copy of ``transformer`` (``transformer`` is not
+    modified). ``spec``: the 6D recipe the model was trained with (prompt suffix, XYZ latent mean/std, XYZ
+    normalisation; the mask values and the layout must be 4DNeX's). ``executable_cache``: a folder of serialized
+    executables (loaded when their key matches, else compiled and saved; ``strict_executables=True`` raises on a
+    key mismatch instead of recompiling). ``executables`` is the :class:`~fourdnex_jax.pipelines.aot.ExecutableCache`
+    (None without a folder); ``stats`` counts DiT evaluations: ``dit_full`` (blocks run) and ``dit_cached`` (blocks
+    skipped). With ``settings.release_after_use`` the models' device buffers are deleted during the first call
+    (also those of the modules passed in, which share them): the pipeline and those modules serve that call only."""
 
     def __init__(self, transformer, vae, text_encoder, image_encoder, tokenizer, clip_preprocess: CLIPPreprocessConfig,
-                 settings: SampleSettings, *, scheduler: UniPCConfig = UniPCConfig(),
-                 devices: Sequence[jax.Device] | None = None,
+                 settings: SampleSettings, *, spec: SixDSpec, scheduler: UniPCConfig = UniPCConfig(),
+                 devices: Sequence[jax.Device] | None = None, mesh: Mesh | None = None,
+                 rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES,
                  executable_cache: str | os.PathLike | None = None, strict_executables: bool = False):
-        cfg = transformer.config
-        if cfg.modality_layout != "width":
-            raise ValueError(f"the 4DNeX pipeline needs the width layout, the DiT has {cfg.modality_layout!r}")
-        vcfg = vae.config
+        check_model(settings, transformer.config, vae.config)
+        if (spec.layout, spec.rgb_first_frame_mask, spec.xyz_first_frame_mask) != (
+                MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK):
+            raise ValueError(f"spec: layout {spec.layout!r} with first-frame masks {spec.rgb_first_frame_mask} / "
+                             f"{spec.xyz_first_frame_mask}; this pipeline implements 4DNeX's {MODALITY_LAYOUT!r} "
+                             f"layout with {RGB_FIRST_FRAME_MASK} / {XYZ_FIRST_FRAME_MASK}")
+        if mesh is not None and devices is not None:
+            raise ValueError("give mesh= or devices=, not both (the mesh names its devices)")
         s = settings
-        if (s.num_frames - 1) % vcfg.temporal_factor or s.height % (vcfg.spatial_factor * cfg.patch_size[1]) \
-                or s.width % (vcfg.spatial_factor * cfg.patch_size[2]):
-            raise ValueError(f"frames must be 1 + {vcfg.temporal_factor}k and height/width multiples of "
-                             f"{vcfg.spatial_factor * cfg.patch_size[1]}; got {s.num_frames}x{s.height}x{s.width}")
-        self.settings, self.tokenizer, self.clip_preprocess = settings, tokenizer, clip_preprocess
-        self.dit_config, self.vae_config = cfg, vcfg
+        self.settings, self.spec, self.tokenizer, self.clip_preprocess = settings, spec, tokenizer, clip_preprocess
+        self.dit_config, self.vae_config = transformer.config, vae.config
+        self.multiple = size_multiple(transformer.config, vae.config)
         self.schedule = make_schedule(s.solver, s.num_steps, s.flow_shift, scheduler)
-        self.latent_shape = (1 + (s.num_frames - 1) // vcfg.temporal_factor, s.height // vcfg.spatial_factor,
-                             2 * (s.width // vcfg.spatial_factor), vcfg.z_dim)
-        self.mesh = Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
-        self.batch = s.batch_size * self.mesh.size
+        if mesh is None:
+            mesh = sharding.data_mesh(devices)
+        self.mesh, self.rules = mesh, tuple(rules)
+        self.layout = Layout.of(mesh, self.rules, s.guidance_scale, s.batch_size)
+        self.batch = self.layout.images
+        self._img = self.layout.image_sharding
+        self._repl = sharding.replicated(mesh)
         if s.weight_quant == "int8":
-            quantize_int8(transformer)
+            transformer = quantize_int8(transformer)  # a copy: the caller's model keeps its weights
         self.full_steps = (step_cache.full_evaluation_schedule(s.num_steps, s.step_cache_interval)
                            if s.step_cache_interval else None)
         self.stats = {"dit_full": 0, "dit_cached": 0}
         self._neg = None
-        graphdef, state = nnx.split(Models(transformer, vae, text_encoder, image_encoder))
-        self._state = jax.device_put(state, NamedSharding(self.mesh, P()))
-        self._data = NamedSharding(self.mesh, P("data"))
-        self._repl = NamedSharding(self.mesh, P())
+        self._graphdefs, self._states = {}, {}
+        for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder),
+                             ("image_encoder", image_encoder)):
+            graphdef, state = nnx.split(module)
+            # by the parameters' logical axes; arrays already placed so (a bundle restored onto this mesh) stay
+            self._graphdefs[name] = graphdef
+            self._states[name] = jax.device_put(state, sharding.state_shardings(state, mesh, self.rules))
         self.executables = None
         if executable_cache is not None:
-            context = {"transformer": cfg.to_dict(), "vae": dataclasses.asdict(vcfg),
+            context = {"transformer": transformer.config.to_dict(), "vae": dataclasses.asdict(vae.config),
                        "text_encoder": dataclasses.asdict(text_encoder.config),
                        "image_encoder": dataclasses.asdict(image_encoder.config), "settings": s.to_dict(),
-                       "batch": self.batch}
-            self.executables = ExecutableCache(executable_cache, context, devices=list(self.mesh.devices.flat),
+                       "spec": spec.to_dict(), "batch": self.batch, "mesh": dict(mesh.shape),
+                       "rules": [list(r) for r in self.rules]}
+            self.executables = ExecutableCache(executable_cache, context, devices=list(mesh.devices.flat),
                                                strict=strict_executables)
-        self._compile(graphdef)
+        self._compile()
 
     @classmethod
-    def from_bundle(cls, bundle, settings: SampleSettings, devices: Sequence[jax.Device] | None = None, **kwargs):
-        """From a :class:`~fourdnex_jax.pipelines.bundle.Bundle`; ``kwargs`` go to the constructor."""
+    def from_bundle(cls, bundle, settings: SampleSettings | None = None, **kwargs) -> "ImageTo4D":
+        """From a :class:`~fourdnex_jax.pipelines.bundle.Bundle`: its models, recipe and scheduler; ``settings``
+        default to the bundle's preset (``SampleSettings.from_preset(bundle.preset)``); ``kwargs`` (``mesh``,
+        ``rules``, ``devices``, ...) go to the constructor."""
+        settings = settings if settings is not None else SampleSettings.from_preset(bundle.preset)
         return cls(bundle.transformer, bundle.vae, bundle.text_encoder, bundle.image_encoder, bundle.tokenizer,
-                   bundle.clip_preprocess, settings, scheduler=bundle.scheduler, devices=devices, **kwargs)
+                   bundle.clip_preprocess, settings, spec=bundle.spec, scheduler=bundle.scheduler, **kwargs)
 
     # ------------------------------------------------------------------------------------------------------------
-    def _compile(self, graphdef) -> None:
-        s = self.settings
-        t_lat, h_lat, w2, _ = self.latent_shape
-        guided = s.guidance_scale > 1.0  # diffusers: do_classifier_free_guidance = guidance_scale > 1
-        init_fn, step_fn = solver_fns(s.solver)
-        data = self._data
+    def _compile(self) -> None:
+        s, img, gd = self.settings, self._img, self._graphdefs
+        init_fn, _ = solver_fns(s.solver)
+        spec, cfg_over_data = self.spec, self.layout.cfg_over_data
 
-        @functools.partial(jax.jit, out_shardings=data)
-        def encode(state, ids, mask, pixels, cond_video):
-            m = nnx.merge(graphdef, state)
-            text = wan_prompt_embeds(m.text_encoder, ids, mask).astype(jnp.float32)
-            clip = m.image_encoder(pixels).astype(jnp.float32)
-            vae = m.vae
-            cond = vae.normalize_latents(vae.encode(cond_video).mode().astype(jnp.float32))
-            return text, clip, cond
+        # the encode step's computations (fourdnex_jax.data.encode calls the same towers functions)
+        def encode_text(te, ids, mask):
+            return towers_lib.encode_prompts(_towers(text_encoder=nnx.merge(gd["text_encoder"], te)), ids, mask)
 
-        @functools.partial(jax.jit, out_shardings=data)
-        def encode_text(state, ids, mask):
-            return wan_prompt_embeds(nnx.merge(graphdef, state).text_encoder, ids, mask).astype(jnp.float32)
+        def encode_image(ie, vae, pixels, cond_video):
+            towers = _towers(image_encoder=nnx.merge(gd["image_encoder"], ie), vae=nnx.merge(gd["vae"], vae))
+            return towers_lib.encode_images(towers, pixels), towers_lib.encode_condition(towers, cond_video)
 
-        def velocity(dit, x, cond, text, neg, clip, t, residual, parts):
-            """Guided velocity (B, T', h, 2w, 16) fp32 of samples x; ``parts``: through step_cache.forward (which
-            also returns the block residual of a full evaluation) instead of the model's __call__."""
-            b = x.shape[0]
-            mask = guided_mask(b, t_lat, h_lat, w2 // 2, "width")
-            inp = dit_input(x, mask, cond)
-            if guided:  # [cond, uncond] interleaved per sample, so each device keeps both halves of its samples
-                pair = lambda a, c: jnp.stack([a, c], 1).reshape(2 * b, *a.shape[1:])  # noqa: E731
-                args = (pair(inp, inp), jnp.full((2 * b,), t, jnp.float32), pair(text, neg), pair(clip, clip))
-            else:
-                args = (inp, jnp.full((b,), t, jnp.float32), text, clip)
-            v, new_residual = step_cache.forward(dit, *args, residual) if parts else (dit(*args), None)
-            v = v.astype(jnp.float32)
-            if guided:
-                v = v.reshape(b, 2, *v.shape[1:])
-                v = classifier_free_guidance(v[:, 0], v[:, 1], s.guidance_scale)
-            return v, new_residual
+        def step(dit, solver_state, residual, cond, text, neg, clip, row, t, *, mode):
+            out = denoise_step(nnx.merge(gd["transformer"], dit), solver_state, cond, text, neg, clip, row, t,
+                               residual, guidance_scale=s.guidance_scale, solver=s.solver, mode=mode,
+                               cfg_over_data=cfg_over_data)
+            state, residual = out if mode == "full" else (out, None)
+            state = jax.lax.with_sharding_constraint(state, img)  # the solver state stays split by image
+            return (state, residual) if mode == "full" else state
 
-        @functools.partial(jax.jit, out_shardings=data)
-        def step(state, solver_state, cond, text, neg, clip, row, t):
-            dit = nnx.merge(graphdef, state).transformer
-            v, _ = velocity(dit, solver_state.x, cond, text, neg, clip, t, None, parts=False)
-            return step_fn(solver_state, v, row)
+        def decode(vae, latents):
+            return decode_latents(nnx.merge(gd["vae"], vae), latents, spec)
 
-        @functools.partial(jax.jit, out_shardings=data)
-        def step_full(state, solver_state, cond, text, neg, clip, row, t):
-            dit = nnx.merge(graphdef, state).transformer
-            v, residual = velocity(dit, solver_state.x, cond, text, neg, clip, t, None, parts=True)
-            return step_fn(solver_state, v, row), residual
-
-        @functools.partial(jax.jit, out_shardings=data)
-        def step_cached(state, solver_state, residual, cond, text, neg, clip, row, t):
-            dit = nnx.merge(graphdef, state).transformer
-            v, _ = velocity(dit, solver_state.x, cond, text, neg, clip, t, residual, parts=True)
-            return step_fn(solver_state, v, row)
-
-        @functools.partial(jax.jit, out_shardings=data)
-        def decode(state, latents):
-            vae = nnx.merge(graphdef, state).vae
-            rgb, xyz = layouts.split(latents, "width")
-            xyz = xyz * XYZ_LATENT_STD + XYZ_LATENT_MEAN  # undo 4DNeX's XYZ latent normalisation
-            fused = vae.denormalize_latents(layouts.fuse(rgb, xyz, "width"))
-            return vae.decode(fused).astype(jnp.float32)
-
-        fns = {"encode": encode, "encode_text": encode_text, "step": step, "step_full": step_full,
-               "step_cached": step_cached, "decode": decode, "init": jax.jit(init_fn, out_shardings=data)}
+        # one step function, one program per mode ("plain" / "full" / "cached"), named as before in the cache
+        steps = {mode: jax.jit(functools.partial(step, mode=mode)) for mode in STEP_MODES}
+        fns = {"encode_text": jax.jit(encode_text, out_shardings=img),
+               "encode_image": jax.jit(encode_image, out_shardings=img),
+               "decode": jax.jit(decode, out_shardings=img), "init": jax.jit(init_fn, out_shardings=img),
+               "step": steps["plain"], "step_full": steps["full"], "step_cached": steps["cached"]}
         if self.executables is not None:
             fns = {name: self.executables.wrap(name, fn) for name, fn in fns.items()}
-        self._encode, self._encode_text, self._decode, self._init = (fns[k] for k in ("encode", "encode_text",
-                                                                                      "decode", "init"))
-        self._step, self._step_full, self._step_cached = fns["step"], fns["step_full"], fns["step_cached"]
+        self._encode_text, self._encode_image, self._decode, self._init = (
+            fns[k] for k in ("encode_text", "encode_image", "decode", "init"))
+        self._steps = {"plain": fns["step"], "full": fns["step_full"], "cached": fns["step_cached"]}
+        self._noise_fns: dict[tuple[int, ...], Callable] = {}
+
+    def _run(self, timings, key, fn, *args):
+        """``fn(*args)`` traced/compiled inside the mesh context (activation constraints, ring attention), waited
+        for; its seconds added to ``timings[key]``."""
+        t0 = time.perf_counter()
+        with sharding.mesh_context(self.mesh, self.rules):
+            out = jax.block_until_ready(fn(*args))
+        if timings is not None:
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
+        return out
+
+    def _put(self, a: np.ndarray, placement: NamedSharding | None = None) -> jax.Array:
+        """A host array (identical on every process) as a global array split as ``placement`` (default: by image);
+        each device receives only its slice."""
+        a = np.asarray(a)
+        return jax.make_array_from_callback(a.shape, placement or self._img, lambda index: a[index])
+
+    def _state(self, name: str) -> nnx.State:
+        state = self._states.get(name)
+        if state is None:
+            raise RuntimeError(f"the {name} weights were released (settings.release_after_use): this pipeline "
+                               "served its one call; build a new one (or set release_after_use=False)")
+        return state
+
+    def release(self, name: str) -> None:
+        """Deletes model ``name``'s device buffers (one of :data:`MODELS`); later stages that need it raise."""
+        state = self._states.pop(name, None)
+        if state is not None:
+            for leaf in jax.tree.leaves(state):
+                leaf.delete()
+        self._states[name] = None
+
+    def _check_batch(self, name: str, n: int) -> None:
+        if n != self.batch:
+            raise ValueError(f"{name}: one batch of {self.batch} images (layout.images) expected, got {n}")
+
+    def to_host(self, a: jax.Array) -> np.ndarray:
+        """The whole of a pipeline array as numpy on this process (gathered from the other processes if needed)."""
+        return np.asarray(a) if a.is_fully_addressable else multihost_utils.process_allgather(a, tiled=True)
+
+    def owned_rows(self, a: jax.Array) -> dict[int, np.ndarray]:
+        """``{row: a[row] as numpy}`` for the rows of ``a`` (split along its leading axis) that this process owns:
+        a row belongs to the process of the first device (by id) holding it, so every row has exactly one owner
+        among the processes."""
+        owner: dict[int, int] = {}
+        n = a.shape[0]
+        for device, index in sorted(a.sharding.devices_indices_map(a.shape).items(), key=lambda kv: kv[0].id):
+            for r in range(n)[index[0]]:
+                owner.setdefault(r, device.process_index)
+        me, out = jax.process_index(), {}
+        for shard in a.addressable_shards:
+            rows = range(n)[shard.index[0]]
+            for k, r in enumerate(rows):
+                if owner[r] == me and r not in out:
+                    out[r] = np.asarray(shard.data[k])
+        return out
 
     # ------------------------------------------------------------------------------------------------------------
-    def noise(self, seed: int) -> np.ndarray:
-        """The initial latent of one image: standard normal (T', h, 2w, 16) from ``jax.random.key(seed)``
-        (independent of the batch composition and of the device count)."""
-        return np.asarray(jax.random.normal(jax.random.key(seed), self.latent_shape, jnp.float32))
+    def latent_shape(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """(T', h, 2w, 16): the fused latent of one image sampled at ``height x width`` pixels."""
+        v = self.vae_config
+        return (1 + (self.settings.num_frames - 1) // v.temporal_factor, height // v.spatial_factor,
+                2 * (width // v.spatial_factor), v.z_dim)
 
-    def host_inputs(self, images: Sequence[np.ndarray], prompts: Sequence[str]):
-        """(token ids (B, text_len) int32, attention mask (B, text_len) int32, CLIP pixels, condition video
-        (B, T, H, 2W, 3)) of one batch, and the full prompts (with the 4DNeX suffix)."""
-        s = self.settings
-        full = [training_prompt(p) for p in prompts]
-        ids, mask = self.tokenizer([clean_prompt(p) for p in full], max_length=s.text_len)
-        pixels = preprocess_images(list(images), self.clip_preprocess)
-        rgb0 = np.stack(images).astype(np.float32) / 127.5 - 1.0
-        cond_video = condition_video(rgb0, s.num_frames)
-        return (ids.astype(np.int32), mask.astype(np.int32), pixels, cond_video), full
+    def sample_size(self, image: np.ndarray) -> tuple[int, int]:
+        """(H, W) that ``image`` (h, w, 3) is sampled at (``settings.resize_mode`` at ``settings.max_area``)."""
+        h, w = np.shape(image)[:2]
+        return sample_size(h, w, self.settings.max_area, self.multiple, self.settings.resize_mode)
+
+    def check_inputs(self, images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int] | None = None,
+                     noise: Sequence[np.ndarray] | None = None) -> None:
+        """Raises ValueError naming the argument: ``images`` (h, w, 3) uint8, one ``prompts`` string per image,
+        ``seeds`` (one per image, ``0 <= seed < 2**31``), ``noise`` (one (T', h, 2w, 16) latent per image, for
+        its sampling size)."""
+        if len(images) == 0:
+            raise ValueError("images: give at least one image")
+        for i, img in enumerate(images):
+            a = np.asarray(img)
+            if a.ndim != 3 or a.shape[-1] != 3 or a.dtype != np.uint8:
+                raise ValueError(f"images[{i}]: expected an (H, W, 3) uint8 image, got {a.shape} {a.dtype}")
+        if len(prompts) != len(images):
+            raise ValueError(f"prompts: {len(images)} images but {len(prompts)} prompts")
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str):
+                raise ValueError(f"prompts[{i}]: expected a string, got {type(p).__name__}")
+        if seeds is not None:
+            if len(seeds) != len(images):
+                raise ValueError(f"seeds: {len(images)} images but {len(seeds)} seeds")
+            for i, sd in enumerate(seeds):
+                if not 0 <= int(sd) < 2**31:
+                    raise ValueError(f"seeds[{i}]={sd} out of range: use 0 <= seed < 2**31")
+        elif not self.settings.seed + len(images) <= 2**31:
+            raise ValueError(f"settings.seed={self.settings.seed}: seed + image index must stay below 2**31")
+        if noise is not None:
+            if len(noise) != len(images):
+                raise ValueError(f"noise: {len(images)} images but {len(noise)} initial latents")
+            for i, (x, img) in enumerate(zip(noise, images)):
+                want = self.latent_shape(*self.sample_size(img))
+                if np.shape(x) != want:
+                    raise ValueError(f"noise[{i}]: shape {np.shape(x)}, expected {want} for image {i}")
+
+    def encode_prompt(self, prompts: Sequence[str], timings: dict[str, float] | None = None
+                      ) -> tuple[jax.Array, jax.Array]:
+        """One batch of prompts (captions; the recipe's suffix is appended here) -> UMT5 embeddings of the prompts
+        and of the negative prompt, each (batch, text_len, text_dim) fp32, split by image. The negative prompt is
+        encoded at the first call and cached for the pipeline's lifetime (it is a setting)."""
+        self._check_batch("prompts", len(prompts))
+        text = self._run(timings, "encode_s", self._encode_text, self._state("text_encoder"),
+                         *self._tokens([self.full_prompt(p) for p in prompts]))
+        return text, self.negative_embeddings(timings)
+
+    def full_prompt(self, caption: str) -> str:
+        """The prompt the model was trained with: ``caption`` + the recipe's suffix (``spec.prompt_suffix``)."""
+        return caption.rstrip() + self.spec.prompt_suffix
 
     def negative_embeddings(self, timings: dict[str, float] | None = None) -> jax.Array:
-        """The negative prompt's UMT5 embeddings (batch, text_len, text_dim) fp32, data-sharded, identical rows:
-        encoded at the first call and cached for the pipeline's lifetime (the prompt is a setting)."""
+        """The negative prompt's UMT5 embeddings (batch, text_len, text_dim) fp32, split by image, identical rows."""
         if self._neg is None:
-            s = self.settings
-            ids, mask = self.tokenizer([clean_prompt(s.negative_prompt)] * self.batch, max_length=s.text_len)
-            put = lambda a: jax.device_put(a.astype(np.int32), self._data)  # noqa: E731
-            self._neg = self._timed(timings if timings is not None else {}, "encode_negative_s", self._encode_text,
-                                    self._state, put(ids), put(mask))
+            self._neg = self._run(timings, "encode_negative_s", self._encode_text, self._state("text_encoder"),
+                                  *self._tokens([self.settings.negative_prompt] * self.batch))
         return self._neg
 
+    def _tokens(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+        ids, mask = self.tokenizer([clean_prompt(p) for p in prompts], max_length=self.settings.text_len)
+        return self._put(ids.astype(np.int32)), self._put(mask.astype(np.int32))
+
+    def encode_image(self, images: Sequence[np.ndarray], timings: dict[str, float] | None = None
+                     ) -> tuple[jax.Array, jax.Array]:
+        """One batch of images, all (H, W, 3) uint8 at their sampling size -> CLIP embeddings (batch, Li, Di) fp32
+        and the condition latent (batch, T', h, 2w, 16) fp32 (VAE mode of ``[image | XYZ init]`` + zero frames,
+        VAE-normalised), split by image."""
+        self._check_batch("images", len(images))
+        if len({np.shape(img) for img in images}) != 1:
+            raise ValueError(f"images: one batch has one size, got {sorted({np.shape(i) for i in images})}")
+        pixels = preprocess_images(list(images), self.clip_preprocess)
+        rgb0 = np.stack(images).astype(np.float32) / 127.5 - 1.0
+        cond_video = condition_video(rgb0, self.settings.num_frames)
+        return self._run(timings, "encode_s", self._encode_image, self._state("image_encoder"), self._state("vae"),
+                         self._put(pixels), self._put(cond_video))
+
+    def noise(self, seed: int, height: int, width: int) -> np.ndarray:
+        """The initial latent of one image sampled at ``height x width``: standard normal (T', h, 2w, 16) from
+        ``jax.random.key(seed)`` (independent of the batch composition, the mesh and the process count)."""
+        if not 0 <= int(seed) < 2**31:
+            raise ValueError(f"seed {seed} out of range: use 0 <= seed < 2**31")
+        shape = self.latent_shape(height, width)
+        fn = self._noise_fns.get(shape)
+        if fn is None:
+            # bit-identical to the eager jax.random.normal(jax.random.key(seed), shape) for int32 seeds
+            fn = jax.jit(lambda sd: jax.random.normal(jax.random.key(sd), shape, jnp.float32),
+                         out_shardings=self._repl)
+            if self.executables is not None:  # the shape is not an argument: it names the program
+                fn = self.executables.wrap("noise-" + "x".join(map(str, shape)), fn)
+            self._noise_fns[shape] = fn
+        return np.asarray(fn(self._put(np.int32(seed), self._repl)))
+
+    def prepare_latents(self, seeds: Sequence[int], height: int, width: int,
+                        noise: Sequence[np.ndarray] | None = None):
+        """The solver's initial state for one batch: ``noise`` (B latents) or each seed's :meth:`noise`."""
+        self._check_batch("seeds", len(seeds))
+        x0 = np.stack(noise if noise is not None else [self.noise(sd, height, width) for sd in seeds])
+        return self._run(None, "init_s", self._init, self._put(x0.astype(np.float32)))
+
+    def denoise(self, solver_state, cond: jax.Array, text: jax.Array, neg: jax.Array, clip: jax.Array, *,
+                on_step: Callable[[int, np.ndarray], None] | None = None, bar: Progress | None = None,
+                timings: dict[str, float] | None = None) -> jax.Array:
+        """The sampling loop over the schedule: one :func:`denoise_step` per step (step-cache mode per
+        ``self.full_steps``) -> the final latents (B, T', h, 2w, 16) fp32, split by image. ``on_step(i, latents)``
+        sees every step's latents (the whole batch, as numpy)."""
+        sch, residual = self.schedule, None
+        dit = self._state("transformer")
+        t0 = time.perf_counter()
+        with sharding.mesh_context(self.mesh, self.rules):
+            for i in range(len(sch.timesteps)):
+                row = self._put(sch.table[i], self._repl)
+                t = self._put(np.float32(sch.timesteps[i]), self._repl)
+                mode = "plain" if self.full_steps is None else ("full" if self.full_steps[i] else "cached")
+                out = self._steps[mode](dit, solver_state, residual if mode == "cached" else None, cond, text, neg,
+                                        clip, row, t)
+                solver_state, residual = out if mode == "full" else (out, residual)
+                self.stats["dit_cached" if mode == "cached" else "dit_full"] += 1
+                if on_step is not None:
+                    on_step(i, self.to_host(solver_state.x))
+                if bar is not None:
+                    jax.block_until_ready(solver_state.x)
+                    bar.update(info=f"t={float(sch.timesteps[i]):.0f}{' cached' if mode == 'cached' else ''}")
+            latents = jax.block_until_ready(solver_state.x)
+        if timings is not None:
+            timings["sampling_s"] = timings.get("sampling_s", 0.0) + time.perf_counter() - t0
+        return latents
+
+    def decode(self, latents: jax.Array, timings: dict[str, float] | None = None) -> jax.Array:
+        """Fused latents (B, T', h, 2w, 16) -> the decoded canvas (B, T, H, 2W, 3) fp32 in [-1, 1]
+        (:func:`decode_latents`), split by image (a global array: :meth:`owned_rows` / :meth:`to_host`)."""
+        return self._run(timings, "decode_s", self._decode, self._state("vae"), latents)
+
+    # ------------------------------------------------------------------------------------------------------------
     def __call__(self, images: Sequence[np.ndarray], prompts: Sequence[str], seeds: Sequence[int] | None = None, *,
                  noise: Sequence[np.ndarray] | None = None, progress: bool = True,
                  on_step: Callable[[int, np.ndarray], None] | None = None,
-                 timings: dict[str, float] | None = None) -> list[Result]:
-        """Generates one result per image. ``images`` are (H, W, 3) uint8 at the settings' size (see
-        :func:`prepare_image`); ``seeds`` default to ``settings.seed + index``; ``noise`` replaces the seeded
-        initial latents (parity tests). ``on_step(i, latents)`` sees each step's (B, T', h, 2w, 16) latents of
-        every batch. ``timings`` accumulates seconds per stage."""
-        n = len(images)
-        if len(prompts) != n:
-            raise ValueError(f"{n} images but {len(prompts)} prompts")
-        seeds = list(seeds) if seeds is not None else [self.settings.seed + i for i in range(n)]
+                 timings: dict[str, float] | None = None) -> list[ImageTo4DOutput | None]:
+        """One :class:`ImageTo4DOutput` per image (in a multi-process run: for the images this process owns, None
+        for the others; every process must make the same call). ``images``: (h, w, 3) uint8 of any size (resized
+        here); ``prompts``: captions (the recipe's suffix is added); ``seeds`` default to ``settings.seed + index``;
+        ``noise`` replaces the seeded initial latents (parity tests). ``on_step(i, latents)`` sees each step's
+        (B, T', h, 2w, 16) latents of every batch. ``timings`` accumulates seconds per stage."""
         s = self.settings
-        for img in images:
-            if np.asarray(img).shape != (s.height, s.width, 3):
-                raise ValueError(f"image of shape {np.asarray(img).shape}, expected {(s.height, s.width, 3)}; "
-                                 "use prepare_image")
+        # 1. Check inputs
+        self.check_inputs(images, prompts, seeds, noise)
+        seeds = [int(sd) for sd in seeds] if seeds is not None else [s.seed + i for i in range(len(images))]
         timings = timings if timings is not None else {}
-        results: list[Result] = []
-        bar = Progress(s.num_steps * -(-n // self.batch), f"sampling {n} image(s), {s.solver} {s.num_steps} steps",
-                       every=1) if progress else None
-        for start in range(0, n, self.batch):
-            idx = list(range(start, min(start + self.batch, n)))
-            pad = idx + [idx[-1]] * (self.batch - len(idx))
-            results += self._run_batch([images[i] for i in pad], [prompts[i] for i in pad], [seeds[i] for i in pad],
-                                       None if noise is None else [noise[i] for i in pad], bar, on_step,
-                                       timings)[:len(idx)]
+
+        # 2. Prepare the images: resize each to its sampling size; batch the images of one size together
+        prepared = [prepare_image(img, s.max_area, self.multiple, s.resize_mode) for img in images]
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, (_, sizing) in enumerate(prepared):
+            by_size.setdefault((sizing["height"], sizing["width"]), []).append(i)
+        batches = [(size, idx[k:k + self.batch]) for size, idx in by_size.items()
+                   for k in range(0, len(idx), self.batch)]
+        bar = Progress(s.num_steps * len(batches), f"sampling {len(images)} image(s), {s.solver} {s.num_steps} "
+                       "steps", every=1) if progress else None
+        results: list[ImageTo4DOutput | None] = [None] * len(images)
+        # batch by batch; with release_after_use stage by stage over all batches, each model freed after its stage
+        groups = [batches] if s.release_after_use else [[b] for b in batches]
+        for group in groups:
+            pads = [idx + [idx[-1]] * (self.batch - len(idx)) for _, idx in group]  # static shapes: repeat the last
+            # 3. Encode the prompts (+ the cached negative prompt)
+            texts = [self.encode_prompt([prompts[i] for i in pad], timings) for pad in pads]
+            self._done("text_encoder")
+            # 4. Encode the images (CLIP + condition latent)
+            conds = [self.encode_image([prepared[i][0] for i in pad], timings) for pad in pads]
+            self._done("image_encoder")
+            # 5. Prepare the latents and denoise
+            finals = []
+            for ((height, width), _), pad, (text, neg), (clip, cond) in zip(group, pads, texts, conds):
+                state = self.prepare_latents([seeds[i] for i in pad], height, width,
+                                             None if noise is None else [noise[i] for i in pad])
+                finals.append(self.denoise(state, cond, text, neg, clip, on_step=on_step, bar=bar, timings=timings))
+            del texts, conds
+            self._done("transformer")
+            # 6. Decode, split [RGB | XYZ]: each process keeps the images it owns
+            for (_, idx), latents in zip(group, finals):
+                video = self.owned_rows(self.decode(latents, timings))
+                latents = self.owned_rows(latents)
+                for k, i in enumerate(idx):
+                    if k in video:
+                        if not np.isfinite(latents[k]).all() or not np.isfinite(video[k]).all():
+                            raise FloatingPointError(f"sampling image {i} produced non-finite values")
+                        results[i] = self._output(video[k], latents[k], prompts[i], seeds[i], *prepared[i])
+            self._done("vae")
         return results
 
-    def _timed(self, timings, key, fn, *args):
-        t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
-        return out
+    def _done(self, name: str) -> None:
+        if self.settings.release_after_use:
+            self.release(name)
 
-    def _run_batch(self, images, prompts, seeds, noise, bar, on_step, timings) -> list[Result]:
-        arrays, full = self.host_inputs(images, prompts)
-        put = lambda a: jax.device_put(a, self._data)  # noqa: E731
-        neg = self.negative_embeddings(timings)
-        text, clip, cond = self._timed(timings, "encode_s", self._encode, self._state, *map(put, arrays))
-        x0 = np.stack(noise if noise is not None else [self.noise(sd) for sd in seeds]).astype(np.float32)
-        if x0.shape[1:] != self.latent_shape:
-            raise ValueError(f"noise of shape {x0.shape[1:]}, expected {self.latent_shape}")
-        state = self._init(put(x0))
-        sch = self.schedule
-        residual = None
-        t0 = time.perf_counter()
-        for i in range(len(sch.timesteps)):
-            row = jax.device_put(sch.table[i], self._repl)
-            t = np.float32(sch.timesteps[i])
-            if self.full_steps is None:
-                state = self._step(self._state, state, cond, text, neg, clip, row, t)
-            elif self.full_steps[i]:
-                state, residual = self._step_full(self._state, state, cond, text, neg, clip, row, t)
-            else:
-                state = self._step_cached(self._state, state, residual, cond, text, neg, clip, row, t)
-            cached = self.full_steps is not None and not self.full_steps[i]
-            self.stats["dit_cached" if cached else "dit_full"] += 1
-            if on_step is not None:
-                on_step(i, np.asarray(state.x))
-            if bar is not None:
-                jax.block_until_ready(state.x)
-                bar.update(info=f"t={float(sch.timesteps[i]):.0f}{' cached' if cached else ''}")
-        latents = jax.block_until_ready(state.x)
-        timings["sampling_s"] = timings.get("sampling_s", 0.0) + time.perf_counter() - t0
-        video = np.asarray(self._timed(timings, "decode_s", self._decode, self._state, latents))
-        latents = np.asarray(latents)
-        if not np.isfinite(latents).all() or not np.isfinite(video).all():
-            raise FloatingPointError("sampling produced non-finite values")
-        w = video.shape[3] // 2
-        out = []
-        for k in range(len(images)):
-            rgb = np.clip(np.round((video[k, ..., :w, :] / 2 + 0.5) * 255), 0, 255).astype(np.uint8)
-            out.append(Result(rgb=rgb, xyz=video[k, ..., w:, :].copy(), video=video[k], latents=latents[k],
-                              prompt=full[k], seed=int(seeds[k]), image=np.asarray(images[k])))
-        return out
-
-    def condition_latents(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The encoded inputs of one batch (for tests): text, negative text (the cached rows, one per image), CLIP
-        embeddings, condition latent."""
-        n = len(images)
-        if not 0 < n <= self.batch:
-            raise ValueError(f"condition_latents takes one batch: 1 to {self.batch} images, got {n}")
-        pad = list(range(n)) + [n - 1] * (self.batch - n)
-        arrays, _ = self.host_inputs([images[i] for i in pad], [prompts[i] for i in pad])
-        text, clip, cond = self._encode(self._state, *(jax.device_put(a, self._data) for a in arrays))
-        neg = np.asarray(self.negative_embeddings())
-        return {"text": np.asarray(text)[:n], "negative": np.repeat(neg[:1], n, 0), "clip": np.asarray(clip)[:n],
-                "cond": np.asarray(cond)[:n]}
+    def _output(self, video, latents, caption, seed, image, sizing) -> ImageTo4DOutput:
+        w = video.shape[2] // 2
+        rgb = np.clip(np.round((video[..., :w, :] / 2 + 0.5) * 255), 0, 255).astype(np.uint8)
+        xyz = video[..., w:, :].copy()
+        return ImageTo4DOutput(rgb=rgb, xyz=xyz, valid=valid_mask(xyz, self.spec.xyz_normalization), video=video,
+                               latents=latents, prompt=self.full_prompt(caption), seed=int(seed), image=image,
+                               xyz_normalization=self.spec.xyz_normalization, sizing=sizing)

@@ -1,7 +1,10 @@
 """Rectified-flow sampling: x_sigma = (1 - sigma) * x0 + sigma * noise, the DiT predicts v = noise - x0.
 
 Sigmas run from 1 (pure noise) to 0; Wan shifts them with ``flow_shift`` (3.0 for 480p):
-``sigma' = shift * s / (1 + (shift - 1) * s)``, timestep = 1000 * sigma (fp32, never rounded).
+``sigma' = shift * s / (1 + (shift - 1) * s)``, timestep = 1000 * sigma (fp32, never rounded). Two solvers behind
+one interface (:func:`make_schedule`, :func:`solver_fns`): UniPC (:mod:`fourdnex_jax.sampling.unipc`, Wan's
+default) and Euler (diffusers' ``FlowMatchEulerDiscreteScheduler``, :func:`euler_schedule`), each a static-shape
+step whose coefficients are one row of a precomputed table.
 """
 
 from __future__ import annotations
@@ -13,20 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def shifted_sigmas(num_steps: int, shift: float) -> np.ndarray:
-    """(num_steps + 1,) float32 sigmas from 1 to 0 (the final 0 is the clean sample)."""
-    s = np.linspace(1.0, 0.0, num_steps + 1, dtype=np.float64)
-    return (shift * s / (1.0 + (shift - 1.0) * s)).astype(np.float32)
-
-
-def euler_step(x: jax.Array, velocity: jax.Array, sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
-    """One Euler step of dx/dsigma = v, computed in fp32."""
-    out = x.astype(jnp.float32) + (sigma_next - sigma) * velocity.astype(jnp.float32)
-    return out.astype(x.dtype)
+from fourdnex_jax.sampling import unipc
 
 
 def classifier_free_guidance(v_cond: jax.Array, v_uncond: jax.Array, scale: float) -> jax.Array:
+    """``v_uncond + scale * (v_cond - v_uncond)`` (diffusers' order of operations)."""
     return v_uncond + scale * (v_cond - v_uncond)
 
 
@@ -36,8 +30,6 @@ def euler_schedule(num_steps: int, shift: float = 3.0, num_train_timesteps: int 
     ``shift(linspace(1, sigma_min, N))`` with ``sigma_min = shift(1 / 1000)`` computed in float32 at construction
     (diffusers shifts twice: once in ``__init__`` for sigma_min, once in ``set_timesteps``), float32 timesteps
     ``1000 * sigma``, a final 0. Table columns: ``sigma``, ``dt = sigma_next - sigma`` (float32, as torch)."""
-    from fourdnex_jax.sampling.unipc import Schedule
-
     t_train = np.linspace(1, num_train_timesteps, num_train_timesteps, dtype=np.float32)[::-1].copy()
     s_train = t_train / np.float32(num_train_timesteps)
     s_train = shift * s_train / (1 + (shift - 1) * s_train)
@@ -48,7 +40,7 @@ def euler_schedule(num_steps: int, shift: float = 3.0, num_train_timesteps: int 
     timesteps = s * np.float32(num_train_timesteps)
     sigmas = np.concatenate([s, np.zeros(1, np.float32)])
     table = np.stack([sigmas[:-1], sigmas[1:] - sigmas[:-1]], -1).astype(np.float32)
-    return Schedule("euler", timesteps, sigmas, table, np.ones(num_steps, np.int64))
+    return unipc.Schedule("euler", timesteps, sigmas, table, np.ones(num_steps, np.int64))
 
 
 class EulerState(NamedTuple):
@@ -69,8 +61,6 @@ SOLVERS = ("unipc", "euler")
 def make_schedule(solver: str, num_steps: int, flow_shift: float, unipc_config=None):
     """The :class:`~fourdnex_jax.sampling.unipc.Schedule` of ``solver`` ('unipc': Wan's default scheduler, its
     config with ``flow_shift`` replaced; 'euler': diffusers' FlowMatchEulerDiscreteScheduler)."""
-    from fourdnex_jax.sampling import unipc
-
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if solver == "unipc":
@@ -84,8 +74,6 @@ def make_schedule(solver: str, num_steps: int, flow_shift: float, unipc_config=N
 def solver_fns(solver: str):
     """(init, step) of ``solver``: ``init(x) -> state``, ``step(state, velocity, table_row) -> state``;
     ``state.x`` is the current sample (fp32)."""
-    from fourdnex_jax.sampling import unipc
-
     if solver == "unipc":
         return unipc.unipc_init, unipc.unipc_step
     if solver == "euler":

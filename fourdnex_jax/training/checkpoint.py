@@ -3,8 +3,9 @@
 Items of step ``N`` (``WORKDIR/checkpoints/N``):
   * ``state``: the whole train state (:mod:`fourdnex_jax.training.state`: step, trainable fp32, optimizer state,
     RNG key, NaN counters), sharded arrays written by every host (``StandardSave``);
-  * ``data``: the grain iterator state after ``N`` batches (JSON; equal on every host by construction, see
-    :mod:`fourdnex_jax.training.input`), captured when ``save`` is called, so an async save stays consistent;
+  * ``data``: the grain iterator state after ``N`` batches (``iterator.get_state()`` as JSON; equal on every host by
+    construction, see :mod:`fourdnex_jax.data.loader`), captured when ``save`` is called, so an async save stays
+    consistent; the one place iterator positions are checkpointed;
   * ``meta``: JSON with the *reference* to the frozen base (``{"kind": "random", "seed": s}`` or
     ``{"kind": "checkpoint", "path": dir}``: the base is never copied), the config, mesh and process count.
 
@@ -24,7 +25,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fourdnex_jax.convert.orbax_io import flatten
+from fourdnex_jax.utils.tree import flatten
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -111,7 +112,7 @@ def load_trained_model(workdir: str | os.PathLike, step: int | None = None, **ov
     if base["kind"] == "random":
         model = WanTransformer3D(cfg, rngs=nnx.Rngs(int(base["seed"])))
     else:
-        from fourdnex_jax.convert.restore import restore_model
+        from fourdnex_jax.weights.restore import restore_model
 
         model = restore_model(base["path"], "transformer", **{k: v for k, v in overrides.items()})
     _, trainable = load_trainable(workdir, step)

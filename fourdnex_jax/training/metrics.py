@@ -1,14 +1,7 @@
-"""Training metrics: an analytic FLOP count of the DiT, MFU, and three writers (TensorBoard, JSON lines, console).
+"""Training metrics writers: TensorBoard, JSON lines, console.
 
-FLOPs (multiply-add = 2) per sample of L tokens, Lt text and Li image tokens, per layer:
-  * linear: self-attention q,k,v,o 4 x 2LD^2; cross-attention q,o 2 x 2LD^2, text k,v 2 x 2 Lt D^2, image k,v
-    2 x 2 Li D_kv D; FFN 2 x 2 L D F;
-  * attention: self 4 L^2 D, cross 4 L (Lt + Li) D;
-  * LoRA: 2 x tokens x r x (d_in + d_out) per adapted Linear;
-  plus patch embedding and output projection. Train step "model FLOPs" (used for MFU) = forward + backward of a
-  LoRA-only fine-tune: frozen Linears need only input gradients (1x), attention needs dQ/dK/dV (2x), LoRA both
-  (2x): 2 x linear + 3 x attention + 3 x LoRA. Recomputation under remat is not counted (it is "hardware FLOPs";
-  ``hardware_flops`` adds one more forward for ``remat_policy='full'``).
+The FLOP count behind ``tflops_per_device`` / ``mfu`` is :mod:`fourdnex_jax.models.transformer.flops` and the
+device peak :func:`fourdnex_jax.utils.devices.peak_tflops` (the trainer computes both).
 """
 
 from __future__ import annotations
@@ -20,58 +13,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
-
-#: Dense bf16 peak TFLOP/s per device by ``jax.Device.device_kind`` (vendor figures).
-PEAK_TFLOPS = {"TPU v4": 275.0, "TPU v5 lite": 197.0, "TPU v5e": 197.0, "TPU v5": 459.0, "TPU v5p": 459.0,
-               "TPU v6 lite": 918.0, "TPU v6e": 918.0, "NVIDIA H100 80GB HBM3": 989.0, "NVIDIA H100": 989.0,
-               "NVIDIA H200": 989.0, "NVIDIA A100-SXM4-80GB": 312.0}
-
-
-def peak_tflops(device_kind: str, override: float = 0.0) -> float | None:
-    if override > 0:
-        return float(override)
-    if device_kind in PEAK_TFLOPS:
-        return PEAK_TFLOPS[device_kind]
-    for k, v in PEAK_TFLOPS.items():
-        if device_kind.startswith(k):
-            return v
-    return None
-
-
-def dit_flops(cfg, latent_shape: tuple[int, int, int, int], text_len: int, image_tokens: int = 257) -> dict[str, float]:
-    """Forward FLOPs of one sample with a fused latent (T, H, W, C) (after the modality layout)."""
-    t, h, w, _ = latent_shape
-    pt, ph, pw = cfg.patch_size
-    n_tok = (t // pt) * (h // ph) * (w // pw)
-    d, f = cfg.dim, cfg.ffn_dim
-    li = image_tokens if cfg.image_dim is not None else 0
-    dkv = cfg.added_kv_proj_dim or 0
-    lin = 2 * n_tok * d * d * 6 + 2 * text_len * d * d * 2 + 2 * li * dkv * d * 2 + 2 * n_tok * d * f * 2
-    attn = 4 * n_tok * n_tok * d + 4 * n_tok * (text_len + li) * d
-    lora = 0.0
-    if cfg.lora_rank:
-        from fourdnex_jax.models.transformer.block import lora_targeted
-        r = cfg.lora_rank
-        sizes = {"attn1.to_q": (n_tok, d, d), "attn1.to_k": (n_tok, d, d), "attn1.to_v": (n_tok, d, d),
-                 "attn1.to_out.0": (n_tok, d, d), "attn2.to_q": (n_tok, d, d), "attn2.to_k": (text_len, d, d),
-                 "attn2.to_v": (text_len, d, d), "attn2.to_out.0": (n_tok, d, d), "attn2.add_k_proj": (li, dkv, d),
-                 "attn2.add_v_proj": (li, dkv, d), "ffn.net.0.proj": (n_tok, d, f), "ffn.net.2": (n_tok, f, d)}
-        lora = sum(2 * n * r * (i + o) for name, (n, i, o) in sizes.items() if lora_targeted(cfg, name))
-    edge = 2 * n_tok * cfg.in_channels * pt * ph * pw * d + 2 * n_tok * d * cfg.out_channels * pt * ph * pw
-    layers = cfg.num_layers
-    return {"tokens": float(n_tok), "linear": float(lin * layers + edge), "attention": float(attn * layers),
-            "lora": float(lora * layers)}
-
-
-def train_flops_per_sample(cfg, latent_shape, text_len: int, image_tokens: int = 257) -> float:
-    f = dit_flops(cfg, latent_shape, text_len, image_tokens)
-    return 2 * f["linear"] + 3 * f["attention"] + 3 * f["lora"]
-
-
-def hardware_flops_per_sample(cfg, latent_shape, text_len: int, image_tokens: int = 257) -> float:
-    f = dit_flops(cfg, latent_shape, text_len, image_tokens)
-    extra = f["linear"] + f["attention"] + f["lora"] if cfg.remat_policy == "full" else 0.0
-    return train_flops_per_sample(cfg, latent_shape, text_len, image_tokens) + extra
 
 
 class MetricsWriter:

@@ -1,15 +1,17 @@
-"""The 4DNeX training objective: rectified flow matching on the fused RGB|XYZ latent (reference §2.2, §2.5-2.6).
+"""The 4DNeX training objective: rectified flow matching on the fused RGB|XYZ latent (as the reference trainer).
 
 Per sample (all in latent space, NTHWC):
   * x = fuse(RGB latent, XYZ latent) in the model's modality layout; with ``sample_posterior`` each modality is a
-    fresh VAE sample ``mean + std * n`` (the stored latents are already VAE-normalised, XYZ also (z + 0.13) / 1.70);
+    fresh VAE sample ``mean + std * n`` (the stored latents are already VAE-normalised, XYZ also by the recipe's
+    XYZ latent mean/std);
   * t uniform over the 1000 training timesteps 1000, 999, ..., 1 and sigma = t / 1000 (the reference's
     ``FlowMatchEulerDiscreteScheduler`` with shift 1.0; the sampling shift does not apply in training);
   * x_t = (1 - sigma) x + sigma eps, DiT input = [x_t | guided mask (1 on RGB frame 0, 0.5 on XYZ frame 0) |
     condition latent], timestep input t (fp32, never rounded);
   * loss = mean over every element of (v - (eps - x))^2 (plain MSE, RGB and XYZ halves weighted equally).
 
-The prompt suffix " POINTMAP_STYLE." belongs to the encode step (``fourdnex_jax.data.captions.training_prompt``).
+The mask, the 36-channel input and the layout helpers are the recipe's (:mod:`fourdnex_jax.recipe`); the prompt
+suffix is applied by the encode step.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from fourdnex_jax.models.transformer import layouts
-from fourdnex_jax.pipelines.conditioning import dit_input, guided_mask
+from fourdnex_jax.recipe import condition_in_layout, dit_input, guided_mask, repeat_for_layout
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -29,15 +31,6 @@ def sample_timesteps(key: jax.Array, batch: int) -> tuple[jax.Array, jax.Array]:
     """(timestep, sigma), both (B,) fp32: t uniform in {1, ..., 1000}, sigma = t / 1000."""
     t = jax.random.randint(key, (batch,), 1, NUM_TRAIN_TIMESTEPS + 1).astype(jnp.float32)
     return t, t / NUM_TRAIN_TIMESTEPS
-
-
-def condition_in_layout(cond_width: jax.Array, layout: str) -> jax.Array:
-    """The stored condition latent is width-fused ([RGB frame 0 | XYZ init] encoded as one image); other layouts
-    regroup its halves."""
-    if layout == "width":
-        return cond_width
-    rgb, xyz = layouts.split(cond_width, "width")
-    return rgb if layout == "none" else layouts.fuse(rgb, xyz, layout)
 
 
 def flow_matching_inputs(batch: Mapping[str, jax.Array], key: jax.Array, layout: str, sample_posterior: bool = True):
@@ -58,11 +51,6 @@ def flow_matching_inputs(batch: Mapping[str, jax.Array], key: jax.Array, layout:
     x_t = (1.0 - s) * x + s * eps
     mask = guided_mask(b, t_frames, h, w, layout)
     return dit_input(x_t, mask, cond), timestep, eps - x
-
-
-def repeat_for_layout(a: jax.Array, layout: str) -> jax.Array:
-    """Per-sample conditioning (text/image embeddings) for the 'batch' layout, which doubles the batch."""
-    return jnp.repeat(a, 2, axis=0) if layout == "batch" else a
 
 
 def loss_fn(model, batch: Mapping[str, jax.Array], key: jax.Array, sample_posterior: bool = True) -> jax.Array:

@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
+from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.config import model_config
-from fourdnex_jax.training import input as input_lib
-from fourdnex_jax.training import mesh as mesh_lib
+from fourdnex_jax.data import loader, schema
 from fourdnex_jax.training import optimizer as optim_lib
 from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
@@ -49,8 +49,9 @@ def compile_train_step(config, devices: Sequence[Any], *, mesh_shape: Sequence[i
     tx, schedule = optim_lib.make_optimizer(config.optim, t.num_steps)
     state_sh = state_lib.state_shardings(parts, tx, mesh, rules)
     frozen_sh = parts.frozen_shardings(mesh, rules)
-    shapes = input_lib.abstract_batch_shapes(cfg, t.global_batch_size, t.grad_accum_steps, latent_thw, text_len,
-                                             image_tokens)
+    spec = schema.EncodedSpec(*latent_thw, z_dim=cfg.out_channels, text_dim=cfg.text_dim, image_tokens=image_tokens,
+                              image_dim=cfg.image_dim)
+    shapes = loader.global_batch_shapes(spec, t.global_batch_size, t.grad_accum_steps, text_len)
     batch_sh = step_lib.batch_shardings(mesh, rules, shapes)
     abstract_state = state_lib.abstract_state(parts, tx, state_sh)
     abstract_frozen = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

@@ -8,7 +8,7 @@
 * frozen base (nested dict, bf16 in the 14B preset, sharded like the trainable tensors by the same rules): never
   donated, never differentiated, never saved by training. Built from ``config.seed`` (tiny/test runs) or restored
   from a converted checkpoint straight into its sharding (``train.base_checkpoint``, see
-  :func:`fourdnex_jax.convert.restore.restore_model`).
+  :func:`fourdnex_jax.weights.restore.restore_params`).
 
 :class:`ModelParts` holds the model's graph definition and rebuilds the model from the two dicts inside a traced
 function (``merge``), which is how gradients flow to the trainable tensors only.
@@ -26,10 +26,11 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fourdnex_jax.convert.orbax_io import flatten, nest
+from fourdnex_jax.utils.tree import flatten, nest
 from fourdnex_jax.models import params
 from fourdnex_jax.models.transformer import FROZEN, TRAINABLE, WanTransformer3D, WanTransformerConfig
-from fourdnex_jax.training import mesh as mesh_lib
+from fourdnex_jax import sharding as mesh_lib
+from fourdnex_jax.weights.restore import restore_params
 
 
 @dataclasses.dataclass
@@ -121,17 +122,7 @@ def init_frozen(parts: ModelParts, shardings, seed: int) -> dict:
 def restore_frozen(directory: str, parts: ModelParts, mesh: Mesh, rules) -> dict:
     """The frozen base of a converted folder (``tools/convert.py torch-to-jax``), read shard by shard into the
     mesh. The folder's architecture and parameter dtype must equal the run's."""
-    from fourdnex_jax.convert.orbax_io import restore_flat, sharded_targets
-    from fourdnex_jax.convert.restore import RESTORE_OVERRIDABLE, read_config
-    from pathlib import Path
-
-    stored, _ = read_config(directory, "transformer")
-    ours = {k: v for k, v in parts.cfg.to_dict().items() if k not in RESTORE_OVERRIDABLE}
-    theirs = {k: v for k, v in stored.to_dict().items() if k not in RESTORE_OVERRIDABLE}
-    diff = sorted(k for k in ours if ours[k] != theirs.get(k))
-    if diff:
-        raise ValueError(f"base checkpoint {directory} differs from the config in {diff}")
-    values = restore_flat(Path(directory) / "transformer", sharded_targets(parts.frozen_vars, mesh, rules))
+    _, values = restore_params(directory, "transformer", mesh, rules, config=parts.cfg, param_filter=FROZEN)
     return nest(values)
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from fourdnex_jax.training import mesh as mesh_lib
+from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.training import objective
 from fourdnex_jax.training.state import ModelParts
 

@@ -1,5 +1,6 @@
-"""The training loop (``tools/train.py``): builds mesh, state, data and step from a config, resumes from the
-latest checkpoint of the work directory, trains, logs, checkpoints and applies the NaN/inf policy.
+"""The training loop (``tools/train.py``): builds mesh, state, the input pipeline over ``config.data.dir`` (an
+``encoded6d`` dataset; the trainer never builds one) and the step from a config, resumes from the latest checkpoint
+of the work directory, trains, logs, checkpoints and applies the NaN/inf policy.
 
 NaN/inf policy (``train.nan_policy``): the step itself drops a non-finite update (state unchanged, batch
 consumed). ``skip``: training goes on (and stops with an error after ``train.max_nan_skips`` consecutive skips);
@@ -10,6 +11,7 @@ does not stall the device pipeline.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -19,13 +21,15 @@ from typing import Any
 import jax
 
 from fourdnex_jax.config import model_config
+from fourdnex_jax.data import loader
+from fourdnex_jax.models.transformer import flops
 from fourdnex_jax.training import checkpoint as ckpt_lib
-from fourdnex_jax.training import input as input_lib
-from fourdnex_jax.training import mesh as mesh_lib
+from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.training import metrics as metrics_lib
 from fourdnex_jax.training import optimizer as optim_lib
 from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
+from fourdnex_jax.utils.devices import peak_tflops
 
 #: Test hook: SIGKILL this process right after ``save()`` of this step returned (async write in flight).
 KILL_AFTER_SAVE_ENV = "FOURDNEX_KILL_AFTER_SAVE_STEP"
@@ -48,9 +52,12 @@ class Trainer:
         self.tx, self.schedule = optim_lib.make_optimizer(config.optim, t.num_steps)
         self.state_sh = state_lib.state_shardings(self.parts, self.tx, self.mesh, self.rules)
         self.frozen_sh = self.parts.frozen_shardings(self.mesh, self.rules)
-        self.dataset_dir = input_lib.dataset_dir(config)
-        self.batch_shapes = input_lib.batch_shapes(self.dataset_dir, t.global_batch_size, t.grad_accum_steps,
-                                                   config.data.text_len)
+        if not config.data.dir:
+            raise ValueError("config.data.dir is empty: give an encoded6d dataset folder (the encode step's output), "
+                             "or run tools/train.py --synthetic to build and use the synthetic one")
+        self.dataset_dir = Path(config.data.dir)
+        self.batch_shapes = loader.global_batch_shapes(loader.dataset_spec(self.dataset_dir), t.global_batch_size,
+                                                       t.grad_accum_steps, config.data.text_len)
         dp = mesh_lib.data_parallel_size(self.mesh, self.rules)
         micro = t.global_batch_size // t.grad_accum_steps
         if micro % dp:
@@ -69,10 +76,11 @@ class Trainer:
         else:
             self.base_ref = {"kind": "random", "seed": int(config.seed)}
             self.frozen = state_lib.init_frozen(self.parts, self.frozen_sh, config.seed)
-        ds = input_lib.make_train_dataset(input_lib.data_source(self.dataset_dir, config.data.split),
-                                          global_batch=t.global_batch_size, grad_accum_steps=t.grad_accum_steps,
-                                          seed=config.seed, text_len=config.data.text_len)
-        self.iterator = input_lib.make_iterator(ds, config.data)
+        ds = loader.make_train_dataset(loader.data_source(self.dataset_dir, config.data.split),
+                                       global_batch=t.global_batch_size, grad_accum_steps=t.grad_accum_steps,
+                                       seed=config.seed, text_len=config.data.text_len)
+        self.iterator = loader.make_iterator(ds, num_threads=config.data.num_threads,
+                                             num_workers=config.data.num_workers)
         latest = self.checkpointer.latest_step()
         if latest is None:
             self.state = state_lib.init_state(self.parts, self.tx, self.state_sh, config.seed)
@@ -87,10 +95,11 @@ class Trainer:
             self.start_step = int(jax.device_get(self.state["step"]))
             self._log(f"resumed from {self.checkpointer.directory / str(latest)} at step {self.start_step}")
         layout_shape = self.batch_shapes["cond_latent"][2:]  # the fused (T, H, 2W, C) latent of one sample
-        self.flops_per_sample = metrics_lib.train_flops_per_sample(self.cfg, layout_shape, config.data.text_len,
-                                                                   self.batch_shapes["image_embeds"][2])
-        self.tokens_per_sample = metrics_lib.dit_flops(self.cfg, layout_shape, config.data.text_len)["tokens"]
-        self.peak = metrics_lib.peak_tflops(jax.devices()[0].device_kind, t.peak_tflops_per_device)
+        grid = flops.token_grid(self.cfg, layout_shape[:3])
+        self.flops_per_sample = flops.train_flops(self.cfg, grid, text_len=config.data.text_len,
+                                                  image_tokens=self.batch_shapes["image_embeds"][2])
+        self.tokens_per_sample = math.prod(grid)
+        self.peak = peak_tflops(jax.devices()[0].device_kind, t.peak_tflops_per_device)
         self.writer = metrics_lib.MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
 
     def _log(self, msg: str) -> None:
@@ -131,7 +140,7 @@ class Trainer:
         try:
             while step < total and (stop_after is None or done_here < stop_after):
                 local = next(self.iterator)
-                batch = input_lib.to_global(local, self.batch_sh, t.global_batch_size, t.grad_accum_steps)
+                batch = loader.to_global(local, self.batch_sh, t.global_batch_size, t.grad_accum_steps)
                 t0 = time.perf_counter()
                 self.state, metrics = self.step_fn(self.state, self.frozen, batch)
                 step += 1

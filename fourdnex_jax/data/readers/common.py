@@ -1,4 +1,4 @@
-"""Helpers shared by the annotation readers: error mapping, RGB sources, resizing RGB onto the depth grid."""
+"""Helpers shared by the annotation readers: error mapping, npz clips, RGB sources (at their own resolution)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Callable, TypeVar
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.data import media, resize
+from fourdnex_jax.media import io as media_io
 from fourdnex_jax.data.errors import BadExample, as_bad_example
 from fourdnex_jax.data.temporal import parse_clip_range
 
@@ -40,7 +40,7 @@ def list_npz_clips(root: str | epath.Path) -> list[epath.Path]:
 def load_npz_keys(path: epath.Path, keys: tuple[str, ...]) -> dict:
     """Loads one clip ``.npz`` (no pickles); a missing file, an unreadable file or a missing key is a
     :class:`BadExample`."""
-    z = read(lambda: media.load_npz(require(path)), str(path))
+    z = read(lambda: media_io.load_npz(require(path)), str(path))
     missing = [k for k in keys if k not in z]
     if missing:
         raise BadExample("corrupt_file", f"{path.name} lacks {missing} (has {sorted(z)})")
@@ -64,14 +64,6 @@ def rgb_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
-def fit_rgb(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Resizes frames onto the annotation grid (height, width) when the video has another resolution (cover +
-    centre crop, antialiased bilinear)."""
-    if rgb.shape[1:3] == (height, width):
-        return rgb
-    return resize.resize_rgb(rgb, resize.cover_crop_plan(rgb.shape[1], rgb.shape[2], height, width))
-
-
 def read_rgb_source(source: str | epath.Path, num_frames: int, clip_id: str = "",
                     frame_pattern: str | None = None) -> np.ndarray:
     """The first ``num_frames`` RGB frames from a video file (the frame range in ``clip_id``'s name,
@@ -81,7 +73,7 @@ def read_rgb_source(source: str | epath.Path, num_frames: int, clip_id: str = ""
     if src.suffix.lower() in VIDEO_SUFFIXES:
         rng = parse_clip_range(clip_id)
         start = rng[0] if rng else 0
-        frames = read(lambda: media.read_video(src, start, start + num_frames), f"video {src}")
+        frames = read(lambda: media_io.read_video(src, start, start + num_frames), f"video {src}")
     else:
         if frame_pattern is not None:
             files = [src / frame_pattern.format(i) for i in range(num_frames)]
@@ -91,7 +83,7 @@ def read_rgb_source(source: str | epath.Path, num_frames: int, clip_id: str = ""
         else:
             files = sorted(p for p in src.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if src.exists() else []
             files = files[:num_frames]
-        frames_list = [read(lambda f=f: media.read_image(f), f"frame {f}") for f in files]
+        frames_list = [read(lambda f=f: media_io.read_image(f), f"frame {f}") for f in files]
         if not frames_list:
             raise BadExample("missing_frames", f"no frames in {src}")
         shapes = {f.shape for f in frames_list}

@@ -5,7 +5,7 @@
   * ``frame_%04d.npy``: z-depth (H, W), float16 in the released data;
   * ``dynamic_mask_{t}.png``: optional moving-object masks (non-zero = dynamic);
   * RGB: ``frame_%04d.png`` in the same folder (MonST3R writes them), or a source video passed in (frames selected
-    by the ``..._{start}-{end}`` range in the folder name), resized onto the depth grid if needed.
+    by the ``..._{start}-{end}`` range in the folder name), kept at its own resolution (4DNeX's ``rgb_raw``).
 
 Masks that exist for only some frames are dropped (``dynamic_mask=None``): 4DNeX does not train on them.
 """
@@ -15,12 +15,13 @@ from __future__ import annotations
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.data import geometry, media
 from fourdnex_jax.data.captions import CaptionTable
 from fourdnex_jax.data.clip6d import RawClip
 from fourdnex_jax.data.errors import BadExample
-from fourdnex_jax.data.resize import nearest_indices
-from fourdnex_jax.data.readers.common import fit_rgb, read, read_rgb_source, require
+from fourdnex_jax.data.readers.common import read, read_rgb_source, require
+from fourdnex_jax.geometry import se3
+from fourdnex_jax.media import io as media_io
+from fourdnex_jax.media.resize import nearest_indices
 
 TRAJ, INTRINSICS = "pred_traj.txt", "pred_intrinsics.txt"
 DEPTH, FRAME, MASK = "frame_{:04d}.npy", "frame_{:04d}.png", "dynamic_mask_{}.png"
@@ -34,10 +35,6 @@ def _loadtxt(path: epath.Path, cols: int) -> np.ndarray:
             raise ValueError(f"expected {cols} numbers per line, got shape {arr.shape}")
         return arr
     return read(parse, str(path))
-
-
-def is_annotation(path: epath.Path) -> bool:
-    return (path / TRAJ).exists()
 
 
 def list_clips(root: str | epath.Path) -> list[epath.Path]:
@@ -63,7 +60,7 @@ def read_monst3r(path: str | epath.Path, *, video: str | epath.Path | None = Non
     missing = [f.name for f in depth_files if not f.exists()]
     if missing:
         raise BadExample("missing_frames", f"depth {missing[:3]}{'...' if len(missing) > 3 else ''} missing")
-    depths = [read(lambda f=f: media.load_npy(f), f"depth {f.name}") for f in depth_files]
+    depths = [read(lambda f=f: media_io.load_npy(f), f"depth {f.name}") for f in depth_files]
     shapes = {d.shape for d in depths}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise BadExample("shape_mismatch", f"depth maps have shapes {sorted(shapes)}")
@@ -71,13 +68,12 @@ def read_monst3r(path: str | epath.Path, *, video: str | epath.Path | None = Non
     h, w = depth.shape[1:]
     rgb = read_rgb_source(video if video is not None else path, t, clip_id,
                           frame_pattern=None if video is not None else FRAME)
-    rgb = fit_rgb(rgb, h, w)
     mask_files = [path / MASK.format(i) for i in range(t)]
     present = [f.exists() for f in mask_files]
     mask = None
     if all(present):
-        mask = np.stack([read(lambda f=f: media.read_mask(f), f"mask {f.name}") for f in mask_files])
+        mask = np.stack([read(lambda f=f: media_io.read_mask(f), f"mask {f.name}") for f in mask_files])
         if mask.shape[1:] != (h, w):  # masks saved at another resolution: nearest onto the depth grid
             mask = mask[:, nearest_indices(mask.shape[1], h)][:, :, nearest_indices(mask.shape[2], w)]
-    return RawClip(clip_id=clip_id, rgb=rgb, c2w=geometry.tum_to_c2w(traj), K=intr, depth=depth,
+    return RawClip(clip_id=clip_id, rgb=rgb, c2w=se3.tum_to_c2w(traj), K=intr, depth=depth,
                    dynamic_mask=mask, caption=captions.get(clip_id) if captions else None, source="monst3r")

@@ -1,8 +1,9 @@
-"""Weight table between transformers' ``CLIPVisionModel`` state dict and :class:`CLIPVisionTower`, and the loader.
+"""Weight table between transformers' ``CLIPVisionModel`` state dict and :class:`CLIPVisionTower`.
 
 Torch keys are written as transformers 5 names them (``embeddings.*``, ``encoder.layers.{i}.*``, ...). Checkpoints
 saved by transformers 4 (Wan2.1's ``image_encoder/`` among them) prefix every key with ``vision_model.``; the loader
-strips that prefix. Present and ignored, each documented:
+(:func:`fourdnex_jax.weights.from_diffusers.load_clip_vision_from_hf`) strips that prefix (:func:`legacy_renames`).
+Present and ignored, each documented:
   * ``visual_projection.weight``: the projection head of ``CLIPVisionModelWithProjection`` (the class Wan's
     checkpoint was saved from); ``CLIPVisionModel`` and the Wan pipeline do not use it;
   * ``embeddings.position_ids``: a non-trainable ``arange`` buffer that old transformers versions saved.
@@ -10,17 +11,10 @@ strips that prefix. Present and ignored, each documented:
 
 from __future__ import annotations
 
-import os
-from typing import Any, Callable, Mapping
+from typing import Iterable
 
-import jax.numpy as jnp
-from flax import nnx
-
-from fourdnex_jax.loaders.mapping import Rule, TensorSource, WeightMapping
 from fourdnex_jax.models.image_encoder.config import CLIPVisionConfig
-from fourdnex_jax.models.image_encoder.model import CLIPVisionTower
-from fourdnex_jax.loaders.sources import (RenamedSource, load_into_abstract, open_source,
-                                                     read_hf_config)
+from fourdnex_jax.models.mapping import Rule, WeightMapping
 
 LEGACY_PREFIX = "vision_model."
 LINEAR = "o i -> i o"
@@ -56,28 +50,6 @@ def clip_vision_mapping(config: CLIPVisionConfig) -> WeightMapping:
                          ignore=[r"^visual_projection\.weight$", r"^embeddings\.position_ids$"])
 
 
-def _strip_legacy_prefix(source: TensorSource) -> TensorSource:
-    if any(k.startswith(LEGACY_PREFIX) for k in source.keys()):
-        return RenamedSource(source, lambda k: k[len(LEGACY_PREFIX):] if k.startswith(LEGACY_PREFIX) else k)
-    return source
-
-
-def load_clip_vision_from_hf(
-    checkpoint: str | os.PathLike | Mapping[str, Any] | TensorSource,
-    config: CLIPVisionConfig | None = None,
-    *,
-    param_dtype: jnp.dtype = jnp.float32,
-    compute_dtype: jnp.dtype | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> CLIPVisionTower:
-    """A :class:`CLIPVisionTower` from a transformers folder (``config.json`` + ``model.safetensors`` or shards, e.g.
-    Wan's ``image_encoder/``), a torch ``state_dict()`` or a tensor source (then ``config`` is required).
-
-    Strict: raises :class:`fourdnex_jax.loaders.mapping.WeightMappingError` listing every missing, unexpected or
-    mis-shaped tensor before converting anything."""
-    if config is None:
-        config = CLIPVisionConfig.from_hf_config(read_hf_config(checkpoint))
-    source = _strip_legacy_prefix(open_source(checkpoint))
-    return load_into_abstract(
-        lambda: CLIPVisionTower(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, compute_dtype=compute_dtype),
-        clip_vision_mapping(config), source, progress)
+def legacy_renames(keys: Iterable[str]) -> dict[str, str]:
+    """``{key: key without 'vision_model.'}`` for the prefixed keys of a transformers-4 checkpoint."""
+    return {k: k[len(LEGACY_PREFIX):] for k in keys if k.startswith(LEGACY_PREFIX)}

@@ -1,95 +1,23 @@
 """transformers' ``CLIPImageProcessor`` (PIL backend) in numpy: RGB conversion, shortest-edge resize with Pillow's
 resampling reproduced bit-exactly, centre crop, rescale, normalise. Output NHWC float32 for the vision tower.
 
-Pillow is not needed (a PIL image passed in is read through its own methods). Pillow resamples 8-bit images in two
-separable passes (horizontal, then vertical), each with fixed-point weights (22 fractional bits, rounded away from
-zero) and a uint8 round/clamp after the pass; the filter is widened by the scale factor when downsampling
-(antialiasing). :func:`resize_uint8` follows that recipe step for step, so its uint8 output equals
-``PIL.Image.resize``'s and the normalised pixels match the processor's exactly.
+Pillow is not needed (a PIL image passed in is read through its own methods). The resize is
+:func:`fourdnex_jax.media.resize.resize_uint8`, whose uint8 output equals ``PIL.Image.resize``'s, so the
+normalised pixels match the processor's exactly.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from fourdnex_jax.media.resize import BICUBIC, resize_uint8
+
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-# PIL.Image.Resampling values.
-BILINEAR, BICUBIC = 2, 3
-
-_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point precision for 8-bit images
-
-
-def _bilinear(x: np.ndarray) -> np.ndarray:
-    x = np.abs(x)
-    return np.where(x < 1.0, 1.0 - x, 0.0)
-
-
-def _bicubic(x: np.ndarray) -> np.ndarray:
-    a = -0.5  # Pillow's (and Keys') cubic convolution parameter
-    x = np.abs(x)
-    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    far = (((x - 5) * x + 8) * x - 4) * a
-    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
-
-
-_FILTERS: dict[int, tuple[Callable[[np.ndarray], np.ndarray], float]] = {
-    BILINEAR: (_bilinear, 1.0),
-    BICUBIC: (_bicubic, 2.0),
-}
-
-
-def _coefficients(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pillow's ``precompute_coeffs`` + ``normalize_coeffs_8bpc``: for each output pixel, the source indices
-    (out, taps) and int64 fixed-point weights (out, taps); taps past the window have weight 0."""
-    filt, filter_support = _FILTERS[resample]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = filter_support * filterscale
-    taps = int(math.ceil(support)) * 2 + 1
-    center = (np.arange(out_size) + 0.5) * scale
-    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)
-    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
-    offsets = np.arange(taps)
-    valid = offsets[None, :] < xmax[:, None]
-    w = np.where(valid, filt((offsets[None, :] + xmin[:, None] - center[:, None] + 0.5) / filterscale), 0.0)
-    total = w.sum(axis=1, keepdims=True)
-    w = np.where(total != 0.0, w / np.where(total != 0.0, total, 1.0), w)
-    fixed = np.trunc(w * (1 << _PRECISION_BITS) + np.where(w < 0, -0.5, 0.5)).astype(np.int64)
-    fixed = np.where(valid, fixed, 0)
-    index = np.minimum(xmin[:, None] + offsets[None, :], in_size - 1)
-    return index, fixed
-
-
-def _resample_axis(img: np.ndarray, out_size: int, axis: int, resample: int) -> np.ndarray:
-    """One separable pass over ``axis`` of a (H, W, C) uint8 image, with Pillow's rounding and clamping."""
-    index, weight = _coefficients(img.shape[axis], out_size, resample)
-    src = img.astype(np.int64)
-    shape = [1, 1, 1]
-    shape[axis] = out_size
-    acc = np.full(tuple(s if i != axis else out_size for i, s in enumerate(img.shape)), 1 << (_PRECISION_BITS - 1),
-                  np.int64)
-    for t in range(index.shape[1]):  # loop over taps: memory stays at one image, not image x taps
-        acc += np.take(src, index[:, t], axis=axis) * weight[:, t].reshape(shape)
-    return np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
-
-
-def resize_uint8(img: np.ndarray, height: int, width: int, resample: int = BICUBIC) -> np.ndarray:
-    """``PIL.Image.fromarray(img).resize((width, height), resample)`` for a (H, W, C) uint8 image."""
-    if resample not in _FILTERS:
-        raise ValueError(f"resample {resample} not supported (PIL BILINEAR=2 and BICUBIC=3 are)")
-    if img.dtype != np.uint8 or img.ndim != 3:
-        raise ValueError(f"expected an (H, W, C) uint8 image, got {img.shape} {img.dtype}")
-    if img.shape[1] != width:
-        img = _resample_axis(img, width, 1, resample)
-    if img.shape[0] != height:
-        img = _resample_axis(img, height, 0, resample)
-    return img
 
 
 def shortest_edge_size(height: int, width: int, shortest_edge: int) -> tuple[int, int]:

@@ -1,24 +1,18 @@
-"""Weight table between transformers' ``UMT5EncoderModel`` state dict and :class:`UMT5Encoder`, and the loader.
+"""Weight table between transformers' ``UMT5EncoderModel`` state dict and :class:`UMT5Encoder`.
 
 Torch keys are those transformers writes (``shared.weight``, ``encoder.block.{i}...``). ``encoder.embed_tokens.weight``
 is the same tensor as ``shared.weight`` (tied embeddings): it may be present and is ignored; a checkpoint that holds
-only ``encoder.embed_tokens.weight`` is read through it.
+only ``encoder.embed_tokens.weight`` is read through it (:func:`tied_renames`; the loader is
+:func:`fourdnex_jax.weights.from_diffusers.load_umt5_from_hf`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from typing import Any, Callable, Mapping
+from typing import Iterable
 
-import jax.numpy as jnp
-from flax import nnx
-
-from fourdnex_jax.loaders.mapping import Rule, TensorSource, WeightMapping
+from fourdnex_jax.models.mapping import Rule, WeightMapping
 from fourdnex_jax.models.text_encoder.config import UMT5Config
-from fourdnex_jax.loaders.sources import (RenamedSource, load_into_abstract, open_source,
-                                                     read_hf_config)
-from fourdnex_jax.models.text_encoder.model import UMT5Encoder
 
 SHARED_KEY = "shared.weight"
 TIED_KEY = "encoder.embed_tokens.weight"
@@ -43,30 +37,7 @@ def umt5_mapping(config: UMT5Config) -> WeightMapping:
     return WeightMapping(rules, num_layers=config.num_layers, ignore=[rf"^{re.escape(TIED_KEY)}$"])
 
 
-def _untie(source: TensorSource) -> TensorSource:
-    """Reads the embedding through the tied key when ``shared.weight`` itself was not saved."""
-    keys = set(source.keys())
-    if SHARED_KEY not in keys and TIED_KEY in keys:
-        return RenamedSource(source, lambda k: SHARED_KEY if k == TIED_KEY else k)
-    return source
-
-
-def load_umt5_from_hf(
-    checkpoint: str | os.PathLike | Mapping[str, Any] | TensorSource,
-    config: UMT5Config | None = None,
-    *,
-    param_dtype: jnp.dtype = jnp.float32,
-    compute_dtype: jnp.dtype | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> UMT5Encoder:
-    """A :class:`UMT5Encoder` from a transformers folder (``config.json`` + ``model.safetensors`` or shards, e.g.
-    Wan's ``text_encoder/``), a torch ``state_dict()`` or any tensor source (then ``config`` is required).
-
-    Strict: raises :class:`fourdnex_jax.loaders.mapping.WeightMappingError` listing every missing, unexpected or
-    mis-shaped tensor before converting anything. Weights are cast to ``param_dtype``."""
-    if config is None:
-        config = UMT5Config.from_hf_config(read_hf_config(checkpoint))
-    source = _untie(open_source(checkpoint))
-    return load_into_abstract(
-        lambda: UMT5Encoder(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, compute_dtype=compute_dtype),
-        umt5_mapping(config), source, progress)
+def tied_renames(keys: Iterable[str]) -> dict[str, str]:
+    """``{TIED_KEY: SHARED_KEY}`` when a checkpoint holds the embedding only under its tied name, else ``{}``."""
+    keys = set(keys)
+    return {TIED_KEY: SHARED_KEY} if SHARED_KEY not in keys and TIED_KEY in keys else {}

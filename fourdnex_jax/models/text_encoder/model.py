@@ -20,6 +20,7 @@ from flax import nnx
 from fourdnex_jax.models.layers import Axes, Dense, make_param
 from fourdnex_jax.models.stacking import scan_layers, stack_layers
 from fourdnex_jax.models.text_encoder.config import UMT5Config
+from fourdnex_jax.models.text_encoder.tokenizer import clean_prompt
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),  # transformers' NewGELU: tanh approximation
@@ -204,8 +205,6 @@ def encode_prompts(model: UMT5Encoder, tokenizer, prompts: str | list[str], max_
     ``max_sequence_length``, which must stay 512 for Wan I2V), encode, zero past each prompt's length.
 
     ``tokenizer`` is a :class:`fourdnex_jax.models.text_encoder.tokenizer.UMT5Tokenizer`. Returns (B, 512, D)."""
-    from fourdnex_jax.models.text_encoder.tokenizer import clean_prompt
-
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     ids, mask = tokenizer([clean_prompt(p) for p in prompts], max_length=max_sequence_length)
     return wan_prompt_embeds(model, jnp.asarray(ids), jnp.asarray(mask), dtype)

@@ -18,6 +18,14 @@ from fourdnex_jax.models.transformer.config import WanTransformerConfig
 from fourdnex_jax.models.transformer.embeddings import FeedForward, gelu_tanh
 from fourdnex_jax.models.transformer.rope import apply_rope
 from fourdnex_jax.ops.attention import dot_product_attention
+from fourdnex_jax.sharding import with_logical_constraint
+
+# Logical axes of the activations, constrained where sharding propagation alone could replicate them (no-ops
+# outside a mesh): the residual stream (B, L, D) and q/k/v (B, L, H, Dh) split over batch x sequence (x heads).
+TOKENS = ("batch", "length", None)
+QKV = ("batch", "length", "heads", None)
+CONTEXT_KV = ("batch", None, "heads", None)  # cross-attention keys/values: short text/CLIP context, not split
+FFN_HIDDEN = ("batch", "length", "mlp")
 
 # diffusers module names (inside a block) of every Linear that LoRA may target.
 BLOCK_LINEARS = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k",
@@ -72,16 +80,17 @@ class Attention(nnx.Module):
         """x (B, L, D); context (B, Lt, D) for cross-attention (None: self); image_context (B, Li, D);
         rope: (cos, sin) each (L, head_dim/2). Returns (B, L, D)."""
         kv_in = x if context is None else context
-        q = self._heads(self.norm_q(self.to_q(x)))
-        k = self._heads(self.norm_k(self.to_k(kv_in)))
-        v = self._heads(self.to_v(kv_in))
+        kv_axes = QKV if context is None else CONTEXT_KV
+        q = with_logical_constraint(self._heads(self.norm_q(self.to_q(x))), QKV)
+        k = with_logical_constraint(self._heads(self.norm_k(self.to_k(kv_in))), kv_axes)
+        v = with_logical_constraint(self._heads(self.to_v(kv_in)), kv_axes)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         q, k, v = (checkpoint_name(t, n) for t, n in ((q, "query"), (k, "key"), (v, "value")))
         out = self._attend(q, k, v)
         if image_context is not None and self.add_k_proj is not None:
-            k_img = self._heads(self.norm_added_k(self.add_k_proj(image_context)))
-            v_img = self._heads(self.add_v_proj(image_context))
+            k_img = with_logical_constraint(self._heads(self.norm_added_k(self.add_k_proj(image_context))), CONTEXT_KV)
+            v_img = with_logical_constraint(self._heads(self.add_v_proj(image_context)), CONTEXT_KV)
             out = out + self._attend(q, k_img, v_img)
         out = checkpoint_name(out, "attention_out")
         b, l = out.shape[:2]
@@ -99,6 +108,7 @@ class WanBlock(nnx.Module):
         self.attn2 = Attention(cfg, "attn2", cross=True, rngs=rngs)
         self.norm3 = LayerNorm(d, eps=cfg.eps, affine=False)
         self.ffn = FeedForward(d, cfg.ffn_dim, d, act=gelu_tanh, param_dtype=dt, compute_dtype=ct, rngs=rngs,
+                               hidden_activation_axes=FFN_HIDDEN,
                                lora_rank=cfg.lora_rank, lora_scale=cfg.lora_scale,
                                lora_on=(lora_targeted(cfg, "ffn.net.0.proj"), lora_targeted(cfg, "ffn.net.2")))
         # AdaLN table: kept in fp32 like diffusers (_keep_in_fp32_modules); torch shape (1, 6, D) stored as (6, D).
@@ -110,6 +120,7 @@ class WanBlock(nnx.Module):
         mod = self.scale_shift_table[...][None] + timestep_proj.astype(jnp.float32)  # (B, 6, D) fp32
         shift, scale, gate, c_shift, c_scale, c_gate = (mod[:, i:i + 1] for i in range(6))
         dtype = x.dtype
+        x = with_logical_constraint(x, TOKENS)
 
         h = (self.norm1(x.astype(jnp.float32)) * (1 + scale) + shift).astype(dtype)
         x = (x.astype(jnp.float32) + self.attn1(h, rope=rope) * gate).astype(dtype)
@@ -119,4 +130,4 @@ class WanBlock(nnx.Module):
 
         h = (self.norm3(x.astype(jnp.float32)) * (1 + c_scale) + c_shift).astype(dtype)
         x = (x.astype(jnp.float32) + self.ffn(h).astype(jnp.float32) * c_gate).astype(dtype)
-        return x
+        return with_logical_constraint(x, TOKENS)

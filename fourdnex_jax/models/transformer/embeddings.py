@@ -13,6 +13,7 @@ from flax import nnx
 
 from fourdnex_jax.models.layers import Dense, LayerNorm
 from fourdnex_jax.models.transformer.config import WanTransformerConfig
+from fourdnex_jax.sharding import with_logical_constraint
 
 
 def timestep_sinusoid(timesteps: jax.Array, dim: int, max_period: float = 10000.0) -> jax.Array:
@@ -59,8 +60,10 @@ class FeedForward(nnx.Module):
 
     def __init__(self, din: int, dhidden: int, dout: int, *, act, in_axis: str = "embed", hidden_axis: str = "mlp",
                  out_axis: str = "embed", param_dtype, compute_dtype, rngs: nnx.Rngs, lora_rank: int = 0, lora_scale: float = 1.0,
-                 lora_on: tuple[bool, bool] = (False, False)):
+                 lora_on: tuple[bool, bool] = (False, False), hidden_activation_axes: tuple | None = None):
         self.act = act
+        # logical axes the hidden activation is constrained to under a mesh (None: left to propagation)
+        self.hidden_activation_axes = hidden_activation_axes
         self.proj_in = Dense(din, dhidden, axes=(in_axis, hidden_axis), param_dtype=param_dtype,
                              compute_dtype=compute_dtype, rngs=rngs,
                              lora_rank=lora_rank if lora_on[0] else 0, lora_scale=lora_scale)
@@ -69,7 +72,10 @@ class FeedForward(nnx.Module):
                               lora_rank=lora_rank if lora_on[1] else 0, lora_scale=lora_scale)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return self.proj_out(self.act(self.proj_in(x)))
+        h = self.act(self.proj_in(x))
+        if self.hidden_activation_axes is not None:
+            h = with_logical_constraint(h, self.hidden_activation_axes)
+        return self.proj_out(h)
 
 
 class ImageEmbedding(nnx.Module):

@@ -12,7 +12,7 @@ Three tables, all built from the config so they cover exactly the parameters the
 
 from __future__ import annotations
 
-from fourdnex_jax.loaders.mapping import Rule, WeightMapping
+from fourdnex_jax.models.mapping import Rule, WeightMapping
 from fourdnex_jax.models.transformer.block import BLOCK_LINEARS, lora_targeted
 from fourdnex_jax.models.transformer.config import WanTransformerConfig
 

@@ -14,6 +14,7 @@ parameters (for debugging), so checkpoints and weight tables never depend on the
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +24,11 @@ from fourdnex_jax.models.layers import Dense, LayerNorm, make_param, torch_linea
 from fourdnex_jax.models.remat import remat_policy
 from fourdnex_jax.models.stacking import stack_layers
 from fourdnex_jax.models.transformer import layouts
-from fourdnex_jax.models.transformer.block import BLOCK_LINEARS, WanBlock
+from fourdnex_jax.models.transformer.block import BLOCK_LINEARS, TOKENS, WanBlock
 from fourdnex_jax.models.transformer.config import WanTransformerConfig
 from fourdnex_jax.models.transformer.embeddings import ConditionEmbedder
 from fourdnex_jax.models.transformer.rope import rope_cos_sin
+from fourdnex_jax.sharding import with_logical_constraint
 
 
 class DomainEmbedding(nnx.Param):
@@ -59,8 +61,30 @@ class PatchEmbedding(nnx.Module):
         return (y + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
+class DiTTokens(NamedTuple):
+    """What :meth:`WanTransformer3D.embed` hands to the blocks and the head (values of one trace, not a pytree to
+    pass through ``jit``: ``grid`` is static).
+
+    ``x`` (B, L, D) patch tokens (+ domain embeddings) in the compute dtype, L = T' * H' * W' patches;
+    ``temb`` (B, D) timestep embedding (the head's modulation); ``timestep_proj`` (B, 6, D) (the blocks' AdaLN input);
+    ``text`` (B, Lt, D) and ``image`` (B, Li, D) or None: the projected cross-attention context; ``rope``
+    (cos, sin), each (L, head_dim // 2) fp32, of the token positions; ``grid`` (T', H', W') the patch grid."""
+
+    x: jax.Array
+    temb: jax.Array
+    timestep_proj: jax.Array
+    text: jax.Array
+    image: jax.Array | None
+    rope: tuple[jax.Array, jax.Array]
+    grid: tuple[int, int, int]
+
+
 class WanTransformer3D(nnx.Module):
-    """See the module docstring. Parameter names mirror diffusers' (``blocks`` stacked over layers)."""
+    """See the module docstring. Parameter names mirror diffusers' (``blocks`` stacked over layers).
+
+    The forward is three methods that ``__call__`` composes: :meth:`embed` (tokens, RoPE, condition embeddings),
+    :meth:`run_blocks` (the stacked blocks) and :meth:`head` (norm, modulation, projection, unpatchify). A sampler
+    that reuses a block residual (the step cache) calls them directly: ``head(embed(...).x + residual, ...)``."""
 
     def __init__(self, cfg: WanTransformerConfig, *, rngs: nnx.Rngs):
         unmatched = [t for t in cfg.lora_targets
@@ -85,6 +109,17 @@ class WanTransformer3D(nnx.Module):
     # ------------------------------------------------------------------------------------------------------------
     def __call__(self, latents: jax.Array, timestep: jax.Array, text_embeds: jax.Array,
                  image_embeds: jax.Array | None = None) -> jax.Array:
+        """velocity (B, T, H, W, out_channels) in the compute dtype = ``head(run_blocks(embed(...)))``; arguments as
+        :meth:`embed`."""
+        tokens = self.embed(latents, timestep, text_embeds, image_embeds)
+        return self.head(self.run_blocks(tokens), tokens)
+
+    def embed(self, latents: jax.Array, timestep: jax.Array, text_embeds: jax.Array,
+              image_embeds: jax.Array | None = None) -> DiTTokens:
+        """Everything before the blocks: patch tokens (+ domain embeddings), RoPE tables, condition embeddings.
+
+        ``latents`` (B, T, H, W, in_channels) NTHWC, ``timestep`` (B,), ``text_embeds`` (B, Lt, text_dim),
+        ``image_embeds`` (B, Li, image_dim) or None (T2V). See :class:`DiTTokens` for what is returned."""
         cfg = self.config
         if latents.ndim != 5 or latents.shape[-1] != cfg.in_channels:
             raise ValueError(f"latents must be (B, T, H, W, {cfg.in_channels}) NTHWC, got {latents.shape}")
@@ -98,20 +133,17 @@ class WanTransformer3D(nnx.Module):
         if self.domain_embeddings is not None:
             ids = layouts.domain_ids(cfg.modality_layout, grid, batch)
             x = (x.astype(jnp.float32) + self.domain_embeddings[...][ids]).astype(ct)
+        x = with_logical_constraint(x, TOKENS)  # under a mesh: batch x sequence split from the first block on
         rope = rope_cos_sin(layouts.position_ids(cfg.modality_layout, grid), cfg.head_dim, cfg.rope_max_seq_len,
                             cfg.rope_theta)
         temb, timestep_proj, text, image = self.condition_embedder(timestep, text_embeds, image_embeds)
+        return DiTTokens(x, temb, timestep_proj, text, image, rope, grid)
 
-        x = self.run_blocks(x, text, image, timestep_proj, rope)
-
-        shift, scale = jnp.split(self.scale_shift_table[...][None] + temb.astype(jnp.float32)[:, None], 2, axis=1)
-        x = (self.norm_out(x.astype(jnp.float32)) * (1 + scale) + shift).astype(ct)
-        return layouts.unpatchify(self.proj_out(x), grid, cfg.patch_size)
-
-    def run_blocks(self, x: jax.Array, text: jax.Array, image: jax.Array | None, timestep_proj: jax.Array,
-                   rope: tuple[jax.Array, jax.Array]) -> jax.Array:
-        """Applies the stacked blocks to tokens x (B, L, D), scanned or unrolled, with the configured remat."""
+    def run_blocks(self, tokens: DiTTokens) -> jax.Array:
+        """The stacked blocks on ``tokens.x`` (B, L, D) -> (B, L, D) in the compute dtype, scanned or unrolled, with
+        the configured remat; context, modulation and RoPE from ``tokens``."""
         cfg = self.config
+        text, image, timestep_proj, rope = tokens.text, tokens.image, tokens.timestep_proj, tokens.rope
 
         def layer(block: WanBlock, h: jax.Array) -> jax.Array:
             return block(h, text, image, timestep_proj, rope)
@@ -125,9 +157,19 @@ class WanTransformer3D(nnx.Module):
             def scan_layers(block: WanBlock, h: jax.Array) -> jax.Array:
                 return layer(block, h)
 
-            return scan_layers(self.blocks, x)
+            return scan_layers(self.blocks, tokens.x)
 
+        x = tokens.x
         graphdef, state = nnx.split(self.blocks)
         for i in range(cfg.num_layers):
             x = layer(nnx.merge(graphdef, jax.tree.map(lambda a: a[i], state)), x)
         return x
+
+    def head(self, h: jax.Array, tokens: DiTTokens) -> jax.Array:
+        """The output head: block output ``h`` (B, L, D) -> velocity (B, T, H, W, out_channels) in the compute dtype
+        (fp32 norm, timestep shift/scale from ``tokens.temb``, projection, unpatchify on ``tokens.grid``)."""
+        cfg = self.config
+        shift, scale = jnp.split(self.scale_shift_table[...][None] + tokens.temb.astype(jnp.float32)[:, None], 2,
+                                 axis=1)
+        h = (self.norm_out(h.astype(jnp.float32)) * (1 + scale) + shift).astype(cfg.compute_jnp_dtype)
+        return layouts.unpatchify(self.proj_out(h), tokens.grid, cfg.patch_size)

@@ -1,4 +1,5 @@
-"""Weight mapping between diffusers ``AutoencoderKLWan`` state dicts and :class:`WanVAE`, and the loader.
+"""Weight mapping between diffusers ``AutoencoderKLWan`` state dicts and :class:`WanVAE` (the folder loader is
+:func:`fourdnex_jax.weights.from_diffusers.load_vae_from_diffusers`).
 
 The table is generated from the config's block plan (:func:`encoder_plan` / :func:`decoder_plan`), independently of
 the NNX module tree; :meth:`WeightMapping.to_jax` then checks it strictly against both the checkpoint and the model.
@@ -14,21 +15,12 @@ Ignore list: empty. A Wan2.1 ``AutoencoderKLWan`` state dict has no buffers or u
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-from typing import Callable, Mapping
-
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fourdnex_jax.loaders.mapping import Rule, TensorSource, WeightMapping
-from fourdnex_jax.loaders.safetensors_io import SafetensorsSource
-from fourdnex_jax.loaders.sources import load_into_abstract, open_source
+from fourdnex_jax.models.mapping import Rule, WeightMapping
 from fourdnex_jax.models.params import flat_variables
 from fourdnex_jax.models.vae.config import WanVAEConfig, decoder_plan, encoder_plan
-from fourdnex_jax.models.vae.layers import DEFAULT_PRECISION
 from fourdnex_jax.models.vae.model import WanVAE
 
 CONV3D = "o i t h w -> t h w i o"
@@ -122,41 +114,6 @@ def vae_weight_mapping(cfg: WanVAEConfig) -> WeightMapping:
 def abstract_vae(config: WanVAEConfig, **kw) -> WanVAE:
     """A shape-only :class:`WanVAE` (``nnx.eval_shape``): no memory, no random init."""
     return nnx.eval_shape(lambda: WanVAE(config, rngs=nnx.Rngs(0), **kw))
-
-
-def load_vae_from_diffusers(
-    source: str | os.PathLike | Mapping[str, object] | TensorSource,
-    *,
-    config: WanVAEConfig | None = None,
-    param_dtype=jnp.float32,
-    dtype=jnp.float32,
-    precision=DEFAULT_PRECISION,
-    progress: Callable[[str], None] | None = None,
-) -> WanVAE:
-    """Builds a :class:`WanVAE` holding the weights of a diffusers ``AutoencoderKLWan``.
-
-    ``source``: a diffusers model folder (``config.json`` + ``diffusion_pytorch_model.safetensors`` or shards), a
-    state dict ``{key: tensor or array}``, or any :class:`TensorSource`. For a folder the config is read from
-    ``config.json`` (a given ``config`` must then agree with it); otherwise ``config`` is required. Raises
-    :class:`fourdnex_jax.loaders.mapping.WeightMappingError` listing every missing, unexpected or mis-shaped tensor
-    before any data is read. Parameters are cast to ``param_dtype``.
-    """
-    if isinstance(source, (str, os.PathLike)):
-        directory = Path(source)
-        config_file = directory / "config.json"
-        if not config_file.exists():
-            raise FileNotFoundError(f"no config.json in {directory}")
-        file_config = WanVAEConfig.from_diffusers_config(json.loads(config_file.read_text()))
-        if config is not None and config != file_config:
-            raise ValueError(f"config given does not match {config_file}: {config} != {file_config}")
-        config = file_config
-        tensors: TensorSource = SafetensorsSource.from_model_dir(directory)
-    else:
-        if config is None:
-            raise ValueError("config is required when loading from a state dict or tensor source")
-        tensors = open_source(source)
-    return load_into_abstract(lambda: WanVAE(config, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype,
-                                             precision=precision), vae_weight_mapping(config), tensors, progress)
 
 
 def export_to_diffusers(model: WanVAE) -> dict[str, np.ndarray]:

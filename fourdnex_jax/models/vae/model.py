@@ -12,7 +12,7 @@ the decoder sees one latent frame at a time; causal convs carry their trailing f
 has a different shape (1 input frame vs 4 for encode, 1 output frame vs 4 for decode), takes the first-chunk rules of
 the temporal resamplers, and creates every cache as a fixed-shape array (zeros where diffusers has no history yet),
 so from chunk 1 on shapes and cache structure are constant and one compiled body serves all chunks. Temporary
-memory therefore does not grow with the number of frames (only the output buffer does; see tools/vae_memory.py). ``chunked=False`` runs the same modules once on the whole clip
+memory therefore does not grow with the number of frames (only the output buffer does; see benchmarks/vae_memory.py). ``chunked=False`` runs the same modules once on the whole clip
 (same result; used to test the cache bookkeeping).
 """
 

@@ -1,0 +1,228 @@
+"""The short Python API, in the shape diffusers users know::
+
+    pipe = ImageTo4DPipeline.from_pretrained("checkpoints/tiny")
+    result = pipe("examples/synth_heldout_000000.png", "a red cube on a table")
+    result.save("out/api")
+
+:meth:`ImageTo4DPipeline.from_pretrained` reads a bundle (the layout of ``fourdnex convert``; default: the shipped
+tiny bundle): its models, its sampling preset (``manifest.json: sampling_preset``, overridable by keyword) and its
+recipe. Calling the pipeline takes one image -- a path (its caption from ``IMG.txt`` next to it when no prompt is
+given), a PIL image or an (H, W, 3) uint8 array -- or a list of them (:meth:`ImageTo4DPipeline.generate`) and
+returns :class:`Result` objects: ``rgb`` (T, H, W, 3) uint8, ``xyz`` (T, H, W, 3) float32, ``valid`` (T, H, W) bool,
+and, computed on first use by the closed-form registration (:mod:`fourdnex_jax.geometry`), ``cameras`` and
+``depth``. ``Result.save(dir)`` writes exactly the files ``fourdnex generate`` writes
+(:func:`fourdnex_jax.pipelines.outputs.save_result`; the command is built on this class).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from fourdnex_jax.pipelines import bundle as bundle_lib
+from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
+from fourdnex_jax.pipelines import domain as domain_lib
+from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
+from fourdnex_jax.pipelines.inputs import caption_for_image
+from fourdnex_jax.pipelines.outputs import save_result
+from fourdnex_jax.pipelines.settings import SampleSettings, check_model
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.resources import default_bundle
+
+#: What a pipeline call accepts as one image.
+ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
+
+
+def as_image(image: ImageLike) -> np.ndarray:
+    """A path, a PIL image or an (H, W, 3) / (H, W) array -> (H, W, 3) uint8 (floats must lie in [0, 1])."""
+    if isinstance(image, (str, os.PathLike)):
+        from fourdnex_jax.media.io import read_image
+
+        return read_image(image)
+    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL here
+        return np.asarray(image.convert("RGB"), np.uint8)
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise InputError(f"image: expected an (H, W, 3) array, got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype == np.uint8:
+        return np.ascontiguousarray(a)
+    if np.issubdtype(a.dtype, np.floating):
+        if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
+            raise InputError("image: a float array must hold values in [0, 1] (or pass uint8 in [0, 255])")
+        return np.round(a * 255.0).astype(np.uint8)
+    raise InputError(f"image: dtype {a.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
+
+
+@dataclasses.dataclass
+class Result:
+    """One image's 4D result: ``rgb`` (T, H, W, 3) uint8, ``xyz`` (T, H, W, 3) float32 (the normalised pointmap in
+    the first camera's frame, OpenCV axes), ``valid`` (T, H, W) bool; ``cameras`` / ``depth`` from the closed-form
+    registration (computed on first access); ``output`` the pipeline's full
+    :class:`~fourdnex_jax.pipelines.image_to_4d.ImageTo4DOutput`; ``summary`` what ``summary.json`` records."""
+
+    output: ImageTo4DOutput
+    summary: dict[str, Any]
+    source: str | None = None  # the input's path, when it was given as one
+    _registration: Any = dataclasses.field(default=None, repr=False)
+
+    @property
+    def rgb(self) -> np.ndarray:
+        return self.output.rgb
+
+    @property
+    def xyz(self) -> np.ndarray:
+        return self.output.xyz
+
+    @property
+    def valid(self) -> np.ndarray:
+        return self.output.valid
+
+    @property
+    def registration(self):
+        """The :class:`fourdnex_jax.geometry.register.Registration` of the pointmaps (cached)."""
+        if self._registration is None:
+            from fourdnex_jax.geometry.scene import register_pointmaps
+
+            self._registration = register_pointmaps(self.xyz, self.valid, self.output.xyz_normalization)
+        return self._registration
+
+    @property
+    def cameras(self) -> dict[str, Any]:
+        """``K`` (3, 3) pixels, ``cam_to_world`` (T, 4, 4) OpenCV, world = camera 0, ``status`` (which cameras are
+        results: ``registered`` / ``partial`` / ``failed``, with a one-line message)."""
+        reg = self.registration
+        return {"K": reg.K, "cam_to_world": reg.c2w, "status": reg.status}
+
+    @property
+    def depth(self) -> np.ndarray:
+        """(T, H, W) float32 z-depth in each recovered camera, 0 where invalid."""
+        return self.registration.depth
+
+    def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False
+             ) -> dict[str, Any]:
+        """Writes the files ``fourdnex generate`` writes into ``out_dir`` (published as a unit: the previous
+        result or the new one, never a mix) and returns the summary written; ``geometry=False`` leaves out
+        cameras, depth and the exports. A folder already holding a result is kept unless ``overwrite``."""
+        return save_result(self.output, out_dir, geometry=geometry, summary=self.summary, fps=fps,
+                           overwrite=overwrite)
+
+
+class ImageTo4DPipeline:
+    """``ImageTo4DPipeline.from_pretrained(bundle_dir)(image, prompt) -> Result`` (module docstring). ``pipe``
+    is the underlying :class:`~fourdnex_jax.pipelines.image_to_4d.ImageTo4D`, ``bundle`` the loaded bundle,
+    ``settings`` the resolved sampling settings, ``timings`` seconds spent loading and setting up."""
+
+    def __init__(self, bundle: bundle_lib.Bundle, settings: SampleSettings, pipe: ImageTo4D, *,
+                 checkpoint: str, transformer: str | None = None, timings: dict[str, float] | None = None,
+                 run_info: dict[str, Any] | None = None):
+        self.bundle, self.settings, self.pipe = bundle, settings, pipe
+        self.checkpoint, self.transformer = checkpoint, transformer
+        self.timings = dict(timings or {})
+        self.run_info = dict(run_info or {})
+        self.domain = domain_lib.load_domain(bundle.directory)  # None: no narrow training domain declared
+
+    @classmethod
+    def from_pretrained(cls, bundle_dir: str | os.PathLike | None = None, *, transformer: str | os.PathLike | None
+                        = None, sample: Any = None, devices=None, mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES,
+                        executable_cache: str | os.PathLike | None = None, **overrides: Any) -> "ImageTo4DPipeline":
+        """Loads a bundle (default: the shipped tiny one) and sets up sampling with its preset. ``transformer``:
+        take the DiT (base + adapter) from another bundle folder; ``sample``: a config's ``sample`` section;
+        ``overrides``: any :class:`~fourdnex_jax.pipelines.settings.SampleSettings` field (``num_steps=8``,
+        ``solver='euler'``, ``seed=0``, ...). Settings are checked against the model configs before any weights
+        load; ``devices`` / ``mesh`` / ``rules`` / ``executable_cache`` go to :class:`ImageTo4D` (with a ``mesh``
+        the weights are restored straight into their shards on it, e.g. ``sharding.make_mesh(config.sharding)``)."""
+        directory = Path(bundle_dir) if bundle_dir is not None else default_bundle()
+        settings = bundle_lib.resolve_settings(directory, sample, transformer_dir=transformer, **overrides)
+        t0 = time.perf_counter()
+        bundle = bundle_lib.load_bundle(directory, transformer_dir=transformer, mesh=mesh, rules=rules)
+        load_s = time.perf_counter() - t0
+        return cls.from_bundle(bundle, settings, devices=devices, mesh=mesh, rules=rules,
+                               executable_cache=executable_cache,
+                               transformer=None if transformer is None else str(transformer),
+                               timings={"load_models": load_s})
+
+    @classmethod
+    def from_bundle(cls, bundle: bundle_lib.Bundle, settings: SampleSettings | None = None, *, devices=None,
+                    mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES, executable_cache: str | os.PathLike | None = None, transformer: str | None = None,
+                    timings: dict[str, float] | None = None, run_info: dict[str, Any] | None = None
+                    ) -> "ImageTo4DPipeline":
+        """From an already loaded bundle (e.g. a training run's DiT on its base bundle's towers)."""
+        settings = settings if settings is not None else SampleSettings.from_preset(bundle.preset)
+        check_model(settings, bundle.transformer.config, bundle.vae.config)
+        t0 = time.perf_counter()
+        pipe = ImageTo4D.from_bundle(bundle, settings, devices=devices, mesh=mesh, rules=rules,
+                                     executable_cache=executable_cache)
+        timings = dict(timings or {}, setup=time.perf_counter() - t0)
+        return cls(bundle, settings, pipe, checkpoint=str(bundle.directory), transformer=transformer,
+                   timings=timings, run_info=run_info)
+
+    def __call__(self, image: ImageLike, prompt: str | None = None, *, seed: int | None = None,
+                 progress: bool = True) -> Result:
+        """One image (path, PIL image or array) and its caption (default: ``IMG.txt`` next to a path, else
+        empty) -> its :class:`Result`. ``seed`` defaults to ``settings.seed``."""
+        return self.generate([image], [prompt], seeds=None if seed is None else [seed], progress=progress)[0]
+
+    def generate(self, images: Sequence[ImageLike], prompts: Sequence[str | None] | None = None, *,
+                 seeds: Sequence[int] | None = None, progress: bool = True,
+                 summary: dict[str, Any] | None = None) -> list[Result | None]:
+        """Many images in one run (batched by size, split over the mesh) -> one :class:`Result` each (in a
+        multi-process run: for the images this process owns, None for the others; every process makes the same
+        call). ``prompts``: one per image (None: its ``IMG.txt`` or empty); ``summary``: extra keys recorded in
+        every result's ``summary.json``."""
+        prompts = list(prompts) if prompts is not None else [None] * len(images)
+        if len(prompts) != len(images):
+            raise InputError(f"prompts: {len(images)} images but {len(prompts)} prompts")
+        sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
+        arrays = [as_image(i) for i in images]
+        captions = [p if p is not None else (caption_for_image(s) if s is not None else "")
+                    for p, s in zip(prompts, sources)]
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        outputs = self.pipe(arrays, captions, seeds, progress=progress, timings=timings)
+        gen_s = time.perf_counter() - t0
+        checks = [domain_lib.check_image(self.domain, o.image) if o is not None else None for o in outputs]
+        names = [s or f"image {i}" for i, s in enumerate(sources)]
+        mine = [i for i, c in enumerate(checks) if c is not None]  # this process's images
+        self.last_run = {"checks": [checks[i] for i in mine], "names": [names[i] for i in mine], "generate_s": gen_s,
+                         "timings": timings}
+        results = []
+        for o, src, check in zip(outputs, sources, checks):
+            if o is None:  # another process's image
+                results.append(None)
+                continue
+            info = self._summary(o, timings, gen_s, len(outputs))
+            info["input"] = src
+            info["input_domain"] = dict(check, note=domain_lib.notice([check], [src or "image"], self.checkpoint))
+            results.append(Result(o, dict(info, **(summary or {})), source=src))
+        return results
+
+    def domain_notice(self) -> str | None:
+        """The one-line out-of-domain note of the last :meth:`generate` run (None when every input was like the
+        bundle's training images, or the bundle declares no domain)."""
+        run = getattr(self, "last_run", None)
+        return domain_lib.notice(run["checks"], run["names"], self.checkpoint) if run else None
+
+    def _summary(self, o: ImageTo4DOutput, timings: dict[str, float], gen_s: float, n: int) -> dict[str, Any]:
+        pipe, s = self.pipe, self.settings
+        return {
+            "checkpoint": self.checkpoint, "transformer": self.transformer, **self.run_info,
+            "settings": s.to_dict(), "preset": self.bundle.preset.to_dict(),
+            "overrides": s.overrides_of(self.bundle.preset), "recipe": self.bundle.spec.to_dict(),
+            "schedule": {"solver": pipe.schedule.solver, "timesteps": pipe.schedule.timesteps.tolist(),
+                         "sigmas": pipe.schedule.sigmas.tolist()},
+            "devices": [str(d) for d in pipe.mesh.devices.flat], "batch_per_call": pipe.batch, "images_in_run": n,
+            "timings_s": {**self.timings, "generate_all": gen_s, **timings, "per_image_generate": gen_s / n},
+            "latent_shape": list(o.latents.shape), "bundle": self.bundle.info,
+            "fast_paths": {"weight_quant": s.weight_quant, "step_cache_interval": s.step_cache_interval,
+                           "dit_evaluations": dict(pipe.stats),  # whole pipeline lifetime, all batches
+                           "aot_cache": None if pipe.executables is None else str(pipe.executables.directory),
+                           "executables": pipe.executables.events if pipe.executables is not None else []},
+        }

@@ -1,0 +1,90 @@
+"""The pipeline's inputs: the size an image is sampled at, its resize, its caption, lists of images.
+
+Sizing (``settings.resize_mode``):
+
+* ``'aspect'`` (default; 4DNeX ``core/inference/wan.py:110-115``, the diffusers Wan I2V recipe): H and W follow the
+  image's aspect ratio at the area ``max_area``, each rounded down to a multiple of the model's step (VAE spatial
+  factor x DiT patch: 16 for Wan2.1, 8 for the shipped tiny model), and the image is resized with Pillow's bicubic
+  filter (bit-exact, :func:`fourdnex_jax.media.resize.resize_uint8`), nothing cropped: 720 x 480 for a 3:2 image,
+  784 x 432 for 16:9, 432 x 784 for a 9:16 portrait at 480 * 720;
+* ``'cover_crop'``: the image covers the preset's 2:3 (H:W) frame at ``max_area`` (480 x 720, the 4DNeX training
+  frame; 64 x 96 for the tiny model) with antialiased bilinear resampling and is centre-cropped to it, as the
+  training clips were made (:func:`fourdnex_jax.media.resize.cover_crop_plan`).
+
+Images are (H, W, 3) uint8.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fourdnex_jax.media.resize import BICUBIC, cover_crop_plan, resize_rgb, resize_uint8
+
+#: (H, W) proportions of the frame ``'cover_crop'`` fills: the 4DNeX training clips' 480 x 720.
+COVER_CROP_ASPECT = (2, 3)
+
+
+def aspect_size(height: int, width: int, max_area: int, multiple: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) of an image of ``height x width`` pixels at the area ``max_area``, each side rounded (half to even,
+    as Python's ``round``) then floored to its ``multiple``, never below one multiple."""
+    if min(height, width, max_area) <= 0:
+        raise ValueError(f"invalid sizes: image {height}x{width}, max_area {max_area}")
+    ratio = height / width
+    mh, mw = multiple
+    h = round(math.sqrt(max_area * ratio)) // mh * mh
+    w = round(math.sqrt(max_area / ratio)) // mw * mw
+    return max(h, mh), max(w, mw)
+
+
+def sample_size(height: int, width: int, max_area: int, multiple: tuple[int, int], mode: str) -> tuple[int, int]:
+    """The (H, W) an image of ``height x width`` is sampled at under ``mode`` (module docstring)."""
+    if mode == "aspect":
+        return aspect_size(height, width, max_area, multiple)
+    if mode == "cover_crop":
+        return aspect_size(*COVER_CROP_ASPECT, max_area, multiple)
+    raise ValueError(f"resize_mode={mode!r}; use 'aspect' or 'cover_crop'")
+
+
+def prepare_image(image: np.ndarray, max_area: int, multiple: tuple[int, int], mode: str = "aspect"
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+    """(h, w, 3) uint8 -> the (H, W, 3) uint8 image to sample from, and its sizing record ``{mode, input_height,
+    input_width, height, width, max_area, multiple}`` (written into summary.json)."""
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    h, w = image.shape[:2]
+    out_h, out_w = sample_size(h, w, max_area, multiple, mode)
+    if (out_h, out_w) == (h, w):
+        out = image.copy()
+    elif mode == "aspect":
+        out = resize_uint8(np.ascontiguousarray(image), out_h, out_w, BICUBIC)
+    else:
+        out = resize_rgb(image[None], cover_crop_plan(h, w, out_h, out_w))[0]
+    sizing = {"mode": mode, "input_height": int(h), "input_width": int(w), "height": int(out_h),
+              "width": int(out_w), "max_area": int(max_area), "multiple": [int(m) for m in multiple]}
+    return out, sizing
+
+
+def caption_for_image(path: str | os.PathLike) -> str:
+    """The caption stored next to an image: ``IMG.txt`` for ``IMG.png`` (stripped), or ``""`` when absent."""
+    side = Path(path).with_suffix(".txt")
+    return side.read_text().strip() if side.exists() else ""
+
+
+def read_image_list(path: str | os.PathLike) -> list[tuple[Path, str | None]]:
+    """A list file: one ``image`` or ``image<TAB>prompt`` per line (blank lines and ``#`` comments skipped;
+    relative paths are relative to the list file) -> ``[(image path, prompt or None)]``."""
+    path = Path(path)
+    items = []
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        name, _, prompt = line.partition("\t")
+        p = Path(name.strip())
+        items.append((p if p.is_absolute() else path.parent / p, prompt.strip() if prompt else None))
+    return items

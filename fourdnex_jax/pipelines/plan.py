@@ -1,0 +1,347 @@
+"""AOT memory plan of the image-to-4D pipeline: its programs lowered and compiled for a mesh of (possibly deviceless)
+devices, per-device memory from the compiler, nothing allocated.
+
+The programs are the pipeline's (:mod:`fourdnex_jax.pipelines.image_to_4d`), each compiled on its own with every
+input a ``ShapeDtypeStruct`` carrying the sharding the pipeline gives it (models by their parameters' logical axes
+through the rules, per-image arrays by :class:`~fourdnex_jax.pipelines.image_to_4d.Layout`), lowered inside
+:func:`fourdnex_jax.sharding.mesh_context`:
+
+  * ``encode_text``: UMT5 on (images, text_len) token ids -> (images, text_len, text_dim) (the prompt; the negative
+    prompt is the same program called once more);
+  * ``encode_image``: CLIP on (images, S, S, 3) pixels + the VAE encode of the condition video (images, T, H, 2W, 3)
+    -> CLIP embeddings and the condition latent (images, T', h, 2w, z);
+  * ``denoise_step``: one solver step (:func:`~fourdnex_jax.pipelines.image_to_4d.denoise_step`) with classifier-free
+    guidance batched (a DiT batch of 2 x images);
+  * ``decode``: the fused VAE decode (:func:`~fourdnex_jax.pipelines.image_to_4d.decode_latents`) of the final
+    latents -> (images, T, H, 2W, 3).
+
+Per program and device (``compiled.memory_analysis()``): ``arguments`` (its weights' shards + inputs), ``outputs``,
+``alias``, ``temp`` (activations and workspace), ``code`` (generated code) and ``peak = arguments + outputs - alias
++ temp + code``; ``weights`` is the shard of the program's model weights (exact, from the shardings). A stage of the
+pipeline also holds the weights of the other models that are on the devices at that time (:data:`STAGINGS`):
+
+  * ``keep``: all four models placed when the pipeline is built and kept (``release_after_use=False``);
+  * ``release``: the same, each model deleted after its last stage (``release_after_use=True``): UMT5 after the
+    prompts, CLIP after the images, the DiT before the decode;
+  * ``offload``: one model on the devices at a time (the encoders run and are freed before the DiT is placed; the
+    pipeline's constructor places all four models, so this staging needs the encoders run on their own first).
+
+``pipeline peak = max over stages (program peak + co-resident weights)``. On a deviceless TPU topology
+(``jax.experimental.topologies``, needs ``libtpu``) the TPU compiler also rejects programs over the HBM size (an
+exception: a result). On the CPU backend (one device, standing for one GPU) the figures are XLA:CPU's buffer
+assignment of the same programs (chunked attention where the GPU would use cuDNN flash attention): an estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import types
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from fourdnex_jax import sharding
+from fourdnex_jax.models import towers as towers_lib
+from fourdnex_jax.models.image_encoder import CLIPVisionConfig
+from fourdnex_jax.models.quantize import quantize_int8
+from fourdnex_jax.models.text_encoder import UMT5Config
+from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
+from fourdnex_jax.models.vae.config import WanVAEConfig
+from fourdnex_jax.pipelines.image_to_4d import Layout, decode_latents, denoise_step
+from fourdnex_jax.pipelines.settings import SampleSettings
+from fourdnex_jax.recipe import SixDSpec
+from fourdnex_jax.sampling.flow_matching import make_schedule, solver_fns
+from fourdnex_jax.weights.registry import SPECS
+
+GiB = 2.0 ** 30
+
+#: The programs, in pipeline order, and the models whose weights each takes as arguments.
+PROGRAMS = {"encode_text": ("text_encoder",), "encode_image": ("image_encoder", "vae"),
+            "denoise_step": ("transformer",), "decode": ("vae",)}
+#: The pipeline's models.
+MODELS = ("text_encoder", "image_encoder", "transformer", "vae")
+#: Weights on the devices during each program besides its own, per staging (see the module docstring).
+STAGINGS: dict[str, dict[str, tuple[str, ...]]] = {
+    "keep": {p: tuple(m for m in MODELS if m not in own) for p, own in PROGRAMS.items()},
+    "release": {"encode_text": ("image_encoder", "transformer", "vae"), "encode_image": ("transformer",),
+                "denoise_step": ("vae",), "decode": ()},
+    "offload": {p: () for p in PROGRAMS},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlanModels:
+    """The pipeline's four model configs and parameter dtypes, and the sampled shape (pixels per modality)."""
+
+    transformer: WanTransformerConfig
+    vae: WanVAEConfig
+    text_encoder: UMT5Config
+    image_encoder: CLIPVisionConfig
+    dtypes: Mapping[str, str]  # model -> parameter dtype ('bfloat16' | 'float32')
+    height: int
+    width: int
+
+    def abstract(self, name: str, weight_quant: str = "none") -> nnx.Module:
+        """The abstract model ``name`` (``nnx.eval_shape``: nothing allocated); the DiT int8-quantised with
+        ``weight_quant='int8'``."""
+        if name == "transformer":
+            cfg = self.transformer.replace(param_dtype=self.dtypes[name])
+            build = lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))  # noqa: E731
+            return nnx.eval_shape((lambda: quantize_int8(build())) if weight_quant == "int8" else build)
+        return SPECS[name].abstract(getattr(self, name), self.dtypes[name])
+
+
+def abstract_state(module: nnx.Module, mesh, rules) -> tuple[nnx.GraphDef, nnx.State]:
+    """(graphdef, state) of an abstract ``module`` whose leaves are ``ShapeDtypeStruct``s with the shardings of
+    :func:`fourdnex_jax.sharding.state_shardings` (where the pipeline places them)."""
+    graphdef, state = nnx.split(module)
+    shardings = sharding.state_shardings(state, mesh, rules)
+    state = jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), state,
+                         shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return graphdef, state
+
+
+def shard_bytes(tree) -> float:
+    """Bytes per device of a tree of sharded ``ShapeDtypeStruct``s (the largest shard of each leaf)."""
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shape = x.sharding.shard_shape(x.shape)
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return float(total)
+
+
+def _sds(shape: Sequence[int], dtype, placement) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), jnp.dtype(dtype), sharding=placement)
+
+
+def _memory(compiled) -> dict[str, float]:
+    ma = compiled.memory_analysis()
+    if ma is None:
+        return {}
+    out = {"arguments_bytes": float(ma.argument_size_in_bytes), "outputs_bytes": float(ma.output_size_in_bytes),
+           "alias_bytes": float(ma.alias_size_in_bytes), "temp_bytes": float(ma.temp_size_in_bytes),
+           "code_bytes": float(ma.generated_code_size_in_bytes)}
+    out["peak_bytes"] = (out["arguments_bytes"] + out["outputs_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+                         + out["code_bytes"])
+    return out
+
+
+def build_programs(models: PlanModels, settings: SampleSettings, spec: SixDSpec, mesh, rules
+                   ) -> tuple[dict[str, tuple[Callable, tuple]], dict[str, float], Layout]:
+    """The pipeline's programs on ``mesh``: ``{name: (jitted fn, abstract args)}``, the weight bytes per device of
+    each model (``{model: bytes}``) and the :class:`Layout`."""
+    rules = tuple(rules)
+    layout = Layout.of(mesh, rules, settings.guidance_scale, settings.batch_size)
+    img, repl = layout.image_sharding, sharding.replicated(mesh)
+    graphdefs, states = {}, {}
+    for name in MODELS:
+        quant = settings.weight_quant if name == "transformer" else "none"
+        graphdefs[name], states[name] = abstract_state(models.abstract(name, quant), mesh, rules)
+    weights = {name: shard_bytes(states[name]) for name in MODELS}
+
+    b, vae_cfg, dit_cfg = layout.images, models.vae, models.transformer
+    t_lat = 1 + (settings.num_frames - 1) // vae_cfg.temporal_factor
+    h_lat, w_lat = models.height // vae_cfg.spatial_factor, models.width // vae_cfg.spatial_factor
+    latent = _sds((b, t_lat, h_lat, 2 * w_lat, vae_cfg.z_dim), jnp.float32, img)
+    text = _sds((b, settings.text_len, dit_cfg.text_dim), jnp.float32, img)
+    ie = models.image_encoder
+    clip = _sds((b, ie.num_positions, dit_cfg.image_dim), jnp.float32, img)
+    ids = _sds((b, settings.text_len), jnp.int32, img)
+    pixels = _sds((b, ie.image_size, ie.image_size, 3), jnp.float32, img)
+    # recipe.condition_video's output: (B, T, H, 2W, 3) fp32
+    cond_video = _sds((b, settings.num_frames, models.height, 2 * models.width, 3), jnp.float32, img)
+    init_fn, _ = solver_fns(settings.solver)
+    solver_state = jax.tree.map(lambda x: _sds(x.shape, x.dtype, img), jax.eval_shape(init_fn, latent))
+    sch = make_schedule(settings.solver, settings.num_steps, settings.flow_shift)
+    row = _sds(sch.table.shape[1:], sch.table.dtype, repl)
+    t = _sds((), jnp.float32, repl)
+
+    # the bodies of ImageTo4D._compile's closures
+    def encode_text(te, ids, mask):
+        towers = towers_lib.Towers(None, nnx.merge(graphdefs["text_encoder"], te), None)
+        return towers_lib.encode_prompts(towers, ids, mask)
+
+    def encode_image(ie_state, vae_state, pixels, cond_video):
+        towers = towers_lib.Towers(nnx.merge(graphdefs["vae"], vae_state), None,
+                                   nnx.merge(graphdefs["image_encoder"], ie_state))
+        return towers_lib.encode_images(towers, pixels), towers_lib.encode_condition(towers, cond_video)
+
+    def step(dit, solver_state, cond, text, neg, clip, row, t):
+        state = denoise_step(nnx.merge(graphdefs["transformer"], dit), solver_state, cond, text, neg, clip, row, t,
+                             guidance_scale=settings.guidance_scale, solver=settings.solver,
+                             cfg_over_data=layout.cfg_over_data)
+        return jax.lax.with_sharding_constraint(state, img)
+
+    def decode(vae_state, latents):
+        return decode_latents(nnx.merge(graphdefs["vae"], vae_state), latents, spec)
+
+    programs = {
+        "encode_text": (jax.jit(encode_text, out_shardings=img), (states["text_encoder"], ids, ids)),
+        "encode_image": (jax.jit(encode_image, out_shardings=img),
+                         (states["image_encoder"], states["vae"], pixels, cond_video)),
+        "denoise_step": (jax.jit(step), (states["transformer"], solver_state, latent, text, text, clip, row, t)),
+        "decode": (jax.jit(decode, out_shardings=img), (states["vae"], latent)),
+    }
+    return programs, weights, layout
+
+
+def compile_program(fn: Callable, args: tuple, mesh, rules) -> dict[str, Any]:
+    """Lowers and compiles ``fn(*args)`` inside the mesh context; memory per device and timings."""
+    t0 = time.perf_counter()
+    with sharding.mesh_context(mesh, rules):
+        lowered = fn.lower(*args)
+        t1 = time.perf_counter()
+        compiled = lowered.compile()
+    out = {"lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
+    out.update(_memory(compiled))
+    return out
+
+
+def stage_peaks(programs: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float], staging: str
+                ) -> dict[str, float]:
+    """``{program: peak bytes per device of its stage}`` = program peak + the weights of the other models on the
+    devices then (:data:`STAGINGS`); programs without a memory analysis are left out."""
+    resident = STAGINGS[staging]
+    return {name: r["peak_bytes"] + sum(weights[m] for m in resident[name])
+            for name, r in programs.items() if "peak_bytes" in r}
+
+
+def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, devices: Sequence[Any], *,
+                  mesh_shape: Sequence[int], rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES,
+                  programs: Sequence[str] = tuple(PROGRAMS), hbm_bytes: float | None = None,
+                  on_program: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Compiles the pipeline's ``programs`` (default all of :data:`PROGRAMS`) for ``devices`` on a
+    ``(data, fsdp, context, tensor)`` mesh of ``mesh_shape`` and returns the plan (bytes per device).
+
+    A program the compiler rejects (e.g. ``RESOURCE_EXHAUSTED`` on a TPU topology) is recorded with ``error``.
+    ``on_program(name, result)`` is called as each program's result exists. With ``hbm_bytes``, each staging gets
+    ``fits``: every program compiled and every stage peak <= ``hbm_bytes``."""
+    unknown = sorted(set(programs) - set(PROGRAMS))
+    if unknown:
+        raise ValueError(f"programs {unknown}: choose from {tuple(PROGRAMS)}")
+    rules = tuple(rules)
+    mesh = sharding.make_mesh(types.SimpleNamespace(mesh_shape=tuple(mesh_shape), mesh_axes=sharding.MESH_AXES),
+                              devices=devices)
+    built, weights, layout = build_programs(models, settings, spec, mesh, rules)
+    results: dict[str, dict[str, Any]] = {}
+    for name in programs:
+        fn, args = built[name]
+        try:
+            r = compile_program(fn, args, mesh, rules)
+        except Exception as e:  # a rejected program is a result
+            r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
+        r["weights_bytes"] = sum(weights[m] for m in PROGRAMS[name])
+        results[name] = r
+        if on_program is not None:
+            on_program(name, r)
+    stagings = {}
+    for staging in STAGINGS:
+        peaks = stage_peaks(results, weights, staging)
+        entry: dict[str, Any] = {"stage_peak_bytes": peaks,
+                                 "peak_bytes": max(peaks.values()) if peaks else None}
+        if hbm_bytes is not None:
+            entry["fits"] = bool(len(peaks) == len(results) and max(peaks.values(), default=0.0) <= hbm_bytes)
+        stagings[staging] = entry
+    dit = models.transformer
+    tokens = int(np.prod(built["denoise_step"][1][2].shape[1:4])) // int(np.prod(dit.patch_size))
+    return {"mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
+            "images_per_call": layout.images, "dit_rows": 2 * layout.images if settings.guidance_scale > 1.0
+            else layout.images, "cfg_over_data": layout.cfg_over_data, "tokens_per_row": tokens,
+            "attention": dit.attention, "weight_quant": settings.weight_quant, "model_weights_bytes": weights,
+            "programs": results, "stagings": stagings}
+
+
+# -- the 14B targets ------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """Where the pipeline is planned: ``platform`` 'tpu' (a deviceless ``topology`` of libtpu) or 'cpu' (one CPU
+    device standing for one GPU of ``hbm_gib``: XLA:CPU's memory analysis); ``mesh`` (data, fsdp, context,
+    tensor); ``weight_quant`` of the DiT; ``staging`` the :data:`STAGINGS` entry the verdict uses."""
+
+    name: str
+    platform: str
+    topology: str | None
+    hbm_gib: float
+    mesh: tuple[int, int, int, int]
+    weight_quant: str = "none"
+    staging: str = "release"
+
+
+#: The planned slices and cards. Slice names count chips for v5e/v6e and TensorCores for v5p (v5p-8 = 4 chips).
+#: GPU memory as the card reports it (H100 80GB: 81,559 MiB; L40S / RTX 6000 Ada: 46,068 MiB; RTX 4090: 24,564
+#: MiB); XLA preallocates 75 % of it unless XLA_PYTHON_CLIENT_MEM_FRACTION / _PREALLOCATE say otherwise.
+TARGETS = {t.name: t for t in (
+    Target("v5e-8", "tpu", "v5e:2x4", 15.75, (1, 2, 2, 2)),
+    Target("v6e-8", "tpu", "v6e:2x4", 31.25, (1, 2, 2, 2)),
+    Target("v5p-8", "tpu", "v5p:2x2x1", 95.74, (1, 2, 2, 1)),
+    Target("v6e-16", "tpu", "v6e:4x4", 31.25, (1, 4, 4, 1)),
+    Target("gpu-80gb", "cpu", None, 79.65, (1, 1, 1, 1)),
+    Target("gpu-48gb", "cpu", None, 44.99, (1, 1, 1, 1), weight_quant="int8", staging="offload"),
+    Target("gpu-24gb", "cpu", None, 23.99, (1, 1, 1, 1), weight_quant="int8", staging="offload"),
+)}
+
+#: Parameter dtypes of the planned 14B pipeline: the DiT and UMT5 in bf16 (as Wan ships them), CLIP in bf16, the
+#: VAE in fp32 (diffusers' Wan VAE).
+WAN14B_DTYPES = {"transformer": "bfloat16", "text_encoder": "bfloat16", "image_encoder": "bfloat16", "vae": "float32"}
+
+
+def target_devices(target: Target) -> list[Any]:
+    """The devices of ``target``: a deviceless TPU topology (needs ``libtpu``) or the first CPU device."""
+    if target.platform == "tpu":
+        from jax.experimental import topologies
+
+        return list(topologies.get_topology_desc(topology_name=target.topology, platform="tpu").devices)
+    if target.platform == "cpu":
+        return jax.devices("cpu")[:int(np.prod(target.mesh))]
+    raise ValueError(f"target {target.name}: platform {target.platform!r}; use 'tpu' or 'cpu'")
+
+
+def wan14b_models(transformer: WanTransformerConfig, height: int = 480, width: int = 720) -> PlanModels:
+    """The 14B pipeline: ``transformer`` (e.g. the 14B config's model with LoRA fused: rank 0) with Wan2.1's VAE,
+    UMT5-XXL and CLIP ViT-H/14, dtypes :data:`WAN14B_DTYPES`, sampled at ``height x width`` per modality."""
+    return PlanModels(transformer, WanVAEConfig.wan21(), UMT5Config.umt5_xxl(), CLIPVisionConfig.vit_h14(),
+                      dict(WAN14B_DTYPES), height, width)
+
+
+def report_row(target: Target, plan: Mapping[str, Any], models: PlanModels, settings: SampleSettings,
+               wall_s: float) -> dict[str, Any]:
+    """A JSON-able row of a plan (GiB per device, rounded) with the verdict under ``target.staging``."""
+    gib = lambda b: None if b is None else round(b / GiB, 3)  # noqa: E731
+    progs = {}
+    for name, r in plan["programs"].items():
+        progs[name] = {k.replace("_bytes", "_gib") if k.endswith("_bytes") else k:
+                       gib(v) if k.endswith("_bytes") else (round(v, 1) if isinstance(v, float) else v)
+                       for k, v in r.items()}
+    stagings = {s: {"stage_peak_gib": {k: gib(v) for k, v in e["stage_peak_bytes"].items()},
+                    "peak_gib": gib(e["peak_bytes"]), "fits": e.get("fits")}
+                for s, e in plan["stagings"].items()}
+    return {"target": target.name, "platform": target.platform, "topology": target.topology,
+            "chips": plan["devices"], "device_kind": plan["device_kind"], "hbm_gib": target.hbm_gib,
+            "mesh": list(plan["mesh"].values()), "images_per_call": plan["images_per_call"],
+            "dit_rows": plan["dit_rows"], "cfg_over_data": plan["cfg_over_data"],
+            "tokens_per_row": plan["tokens_per_row"], "attention": plan["attention"],
+            "attention_chunk": models.transformer.attention_chunk_size, "weight_quant": plan["weight_quant"],
+            "dtypes": dict(models.dtypes), "frames": settings.num_frames,
+            "size": [models.height, models.width], "text_len": settings.text_len,
+            "model_weights_gib": {k: gib(v) for k, v in plan["model_weights_bytes"].items()},
+            "programs": progs, "stagings": stagings, "staging": target.staging,
+            "peak_gib": stagings[target.staging]["peak_gib"], "fits": stagings[target.staging]["fits"],
+            "estimate": ("TPU compiler (libtpu deviceless topology)" if target.platform == "tpu"
+                         else "XLA:CPU buffer assignment (compile only), standing for one GPU"),
+            "wall_s": round(wall_s, 1)}
+
+
+def run_target(target: Target, models: PlanModels, settings: SampleSettings, spec: SixDSpec = SixDSpec(), *,
+               rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES,
+               programs: Sequence[str] = tuple(PROGRAMS),
+               on_program: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """:func:`plan_pipeline` on ``target``'s devices and mesh (``settings.weight_quant`` as given) -> its
+    :func:`report_row`. ``models.transformer.attention`` is used as given (e.g. 'ring' with a context axis)."""
+    t0 = time.perf_counter()
+    plan = plan_pipeline(models, settings, spec, target_devices(target), mesh_shape=target.mesh, rules=rules,
+                         programs=programs, hbm_bytes=target.hbm_gib * GiB, on_program=on_program)
+    return report_row(target, plan, models, settings, time.perf_counter() - t0)

@@ -1,0 +1,147 @@
+"""Synthetic scenes for tests and benchmarks: pointmap videos with exact ground truth, and annotation folders.
+
+:func:`pointmap_sequence` renders a :mod:`fourdnex_jax.data.synthetic` scene, re-expresses it in the first
+camera's frame, normalises it like a model output would be and optionally corrupts it the way a generative model
+errs: Gaussian noise proportional to depth on every point, and *inconsistent moving objects* -- each moving
+object's points displaced per frame by a random 3D offset (off their pixel rays, as a model that misplaces a moving
+object produces), plus a fraction of gross outliers. :func:`pose_errors` compares two trajectories;
+:func:`random_pose` and :func:`pose_pairs` make random 3D-2D pairs for the pose solvers.
+
+The ``write_*`` functions write the 4DNeX-10M annotation layouts (exactly the formats the readers take) from a
+rendered synthetic clip (:func:`fourdnex_jax.data.synthetic.generate_clip`'s arrays).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+
+import numpy as np
+from etils import epath
+
+from fourdnex_jax.data import synthetic
+from fourdnex_jax.data.readers import monst3r
+from fourdnex_jax.geometry import normalize, se3
+from fourdnex_jax.media import io as media_io
+
+
+# -- pointmap videos with ground truth --------------------------------------------------------------------------
+def pointmap_sequence(index: int = 0, split: str = "heldout", frames: int = 13, height: int = 48, width: int = 64,
+                      normalization: str = "sequence", noise: float = 0.0, dynamic_offset: float = 0.0,
+                      outliers: float = 0.0, seed: int = 0) -> tuple[dict, dict]:
+    """Returns (inputs, truth). inputs: ``xyz`` float32 (T,H,W,3), ``valid``, ``rgb`` uint8. truth: ``K`` (3,3),
+    ``c2w`` (T,4,4) relative to camera 0 in *normalised* units (translation / scale), ``depth`` (T,H,W) metric,
+    ``scale``, ``centers`` (T,3), ``dynamic`` (T,H,W), ``xyz_metric`` (T,H,W,3) in camera-0 frame,
+    ``object_id`` (T,H,W)."""
+    _, r, _ = synthetic.generate_clip(split, index, frames, height, width)
+    c2w = se3.relative_to_first(r["cam_c2w"])
+    w2c0 = np.linalg.inv(r["cam_c2w"][0])
+    xyz = se3.transform_points(w2c0, r["xyz_world"].astype(np.float64).reshape(-1, 3)).reshape(r["xyz_world"].shape)
+    valid = r["object_id"] != -2  # the sky dome is far and uninformative; a model would not place it reliably
+    rng = np.random.default_rng(seed)
+    noisy = xyz.copy()
+    depth = r["depths"].astype(np.float64)
+    if noise > 0:
+        noisy += rng.normal(size=xyz.shape) * (noise * depth)[..., None]
+    if dynamic_offset > 0:
+        for t in range(frames):
+            for o in np.unique(r["object_id"][t]):
+                if o < 0:
+                    continue
+                m = (r["object_id"][t] == o) & r["dynamic_mask"][t]
+                if m.any():
+                    off = rng.normal(size=3)
+                    noisy[t][m] += dynamic_offset * off / np.linalg.norm(off) * np.median(depth[t][m])
+    if outliers > 0:
+        m = rng.random(valid.shape) < outliers
+        noisy[m] += rng.normal(size=(int(m.sum()), 3)) * depth[m][:, None] * 0.3
+    xyz_n, centers, scale = normalize.normalize(noisy, valid, normalization)
+    c2w_n = c2w.copy()
+    c2w_n[:, :3, 3] /= scale
+    inputs = {"xyz": xyz_n, "valid": valid, "rgb": r["images"]}
+    truth = {"K": r["intrinsics"][0], "c2w": c2w_n, "depth": depth, "scale": scale, "centers": centers,
+             "dynamic": r["dynamic_mask"], "xyz_metric": xyz, "object_id": r["object_id"]}
+    return inputs, truth
+
+
+def pose_errors(c2w_est: np.ndarray, c2w_true: np.ndarray) -> dict[str, float]:
+    """Max rotation error (deg) and max translation error (relative to the true path's extent), no alignment
+    (both trajectories (T, 4, 4) c2w are relative to camera 0 in the same units)."""
+    rot = se3.rotation_angle_deg(np.swapaxes(c2w_est[:, :3, :3], 1, 2) @ c2w_true[:, :3, :3])
+    extent = max(np.linalg.norm(c2w_true[:, :3, 3], axis=-1).max(), 1e-12)
+    tr = np.linalg.norm(c2w_est[:, :3, 3] - c2w_true[:, :3, 3], axis=-1) / extent
+    return {"rot_deg_max": float(rot.max()), "trans_rel_max": float(tr.max())}
+
+
+def random_pose(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A random world -> camera pose: R (3, 3) near the identity (a perturbation projected onto SO(3)), t (3,)."""
+    r = se3.project_to_so3(np.eye(3) + 0.3 * rng.normal(size=(3, 3)))
+    return r, rng.normal(size=3) * 0.5
+
+
+def pose_pairs(rng: np.random.Generator, n: int, K: np.ndarray, r: np.ndarray, t: np.ndarray, noise: float = 0.0,
+               bad: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random world points X (n, 3) about (0, 0, 5) and their pixels uv (n, 2) under K and the pose (r, t),
+    with Gaussian pixel noise of ``noise`` px; a fraction ``bad`` of the points is then moved off its ray
+    (unit Gaussian offsets: outliers)."""
+    X = rng.normal(size=(n, 3)) + [0, 0, 5]
+    p = (X @ r.T + t) @ K.T
+    uv = p[:, :2] / p[:, 2:] + rng.normal(size=(n, 2)) * noise
+    out = rng.random(n) < bad
+    X[out] += rng.normal(size=(int(out.sum()), 3))
+    return X, uv
+
+
+# -- annotation layouts -----------------------------------------------------------------------------------------
+def write_caption_csv(path: str | os.PathLike, captions: dict[str, str]) -> None:
+    """A 4DNeX caption table: header ``number,caption``, one row per clip id."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["number", "caption"])
+    for k, v in captions.items():
+        w.writerow([k, v])
+    epath.Path(path).write_text(buf.getvalue())
+
+
+def write_monst3r(folder: str | os.PathLike, r: dict[str, np.ndarray], *, frames: str = "png",
+                  masks: bool = True) -> epath.Path:
+    """MonST3R folder: pred_traj.txt (TUM c2w), pred_intrinsics.txt (9 per line), frame_XXXX.npy (float16 depth),
+    dynamic_mask_t.png, RGB as frame_XXXX.png (``frames='png'``) or ``{folder}.mp4`` next to it (``'mp4'``)."""
+    folder = epath.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    c2w = r["cam_c2w"]
+    q = se3.matrix_to_quaternion(c2w[:, :3, :3])
+    lines = [" ".join(f"{v:.10g}" for v in [i, *c2w[i, :3, 3], *q[i]]) for i in range(len(c2w))]
+    (folder / monst3r.TRAJ).write_text("\n".join(lines) + "\n")
+    (folder / monst3r.INTRINSICS).write_text(
+        "\n".join(" ".join(f"{v:.10g}" for v in k.reshape(-1)) for k in r["intrinsics"]) + "\n")
+    for i, d in enumerate(r["depths"]):
+        buf = io.BytesIO()
+        np.save(buf, d.astype(np.float16))
+        (folder / monst3r.DEPTH.format(i)).write_bytes(buf.getvalue())
+        if masks:
+            media_io.write_png(folder / monst3r.MASK.format(i), r["dynamic_mask"][i])
+        if frames == "png":
+            media_io.write_png(folder / monst3r.FRAME.format(i), r["images"][i])
+    if frames == "mp4":
+        media_io.write_video(folder.parent / f"{folder.name}.mp4", r["images"])
+    return folder
+
+
+def _npz(path, **arrays) -> epath.Path:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    epath.Path(path).write_bytes(buf.getvalue())
+    return epath.Path(path)
+
+
+def write_megasam(path: str | os.PathLike, r: dict[str, np.ndarray]) -> epath.Path:
+    """MegaSaM npz: images, depths, intrinsic (3, 3, shared), cam_c2w."""
+    return _npz(path, images=r["images"], depths=r["depths"], intrinsic=r["intrinsics"][0], cam_c2w=r["cam_c2w"])
+
+
+def write_dust3r(path: str | os.PathLike, r: dict[str, np.ndarray], *, with_images: bool = False) -> epath.Path:
+    """DUSt3R npz: pts3d (T, H, W, 3) world points, poses (T, 4, 4) c2w (+ images when asked)."""
+    extra = {"images": r["images"]} if with_images else {}
+    return _npz(path, pts3d=r["xyz_world"], poses=r["cam_c2w"], **extra)

@@ -1,0 +1,48 @@
+"""A one-line progress report on stderr for long loops (conversion, encoding, sampling)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    """``label: n/total ... elapsed`` on one stderr line, updated in place every ``every`` items (default: 20
+    updates in all) and at the end, where the line is closed."""
+
+    def __init__(self, total: int, label: str, every: int | None = None):
+        self.total, self.label, self.n = total, label, 0
+        self.every = every or max(1, total // 20)
+        self.t0 = time.perf_counter()
+
+    def update(self, n: int = 1, info: str = "") -> None:
+        self.n += n
+        if self.n == self.total or self.n % self.every == 0:
+            elapsed = time.perf_counter() - self.t0
+            print(f"\r{self.label}: {self.n}/{self.total} {info} [{elapsed:.1f}s]", end="", file=sys.stderr,
+                  flush=True)
+            if self.n >= self.total:
+                print(file=sys.stderr, flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since construction."""
+        return time.perf_counter() - self.t0
+
+
+class Stage:
+    """``with Stage("loading models"):`` prints ``loading models ...`` on stderr, then ``done (1.2s)`` on the same
+    line when the block ends (a stage without a per-item count)."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.seconds = 0.0
+
+    def __enter__(self) -> "Stage":
+        print(f"{self.label} ...", end="", file=sys.stderr, flush=True)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        self.seconds = time.perf_counter() - self.t0
+        print(f" {'done' if kind is None else 'failed'} ({self.seconds:.1f}s)", file=sys.stderr, flush=True)

@@ -1,0 +1,73 @@
+"""``manifest.json``: what a conversion read and wrote (written atomically, last, so its presence means the
+conversion finished).
+
+Top-level keys: ``format``, ``direction`` ('torch-to-jax' | 'jax-to-torch'), ``source``, ``created``, ``versions``,
+``models`` (per model: checkpoint folder, config file, param dtype, tensor counts, ignored keys, bytes, dtypes,
+source files with sha256), ``adapter`` (LoRA rank/targets, metadata, effective scale and its derivation, the
+``fuse_lora`` scale that reproduces it after export), ``copied`` (non-weight folders with file hashes), ``skipped``;
+bundles (torch-to-jax output, :func:`fourdnex_jax.pipelines.bundle.save_bundle`) add ``sampling_preset`` (a
+:class:`~fourdnex_jax.recipe.SamplingPreset`: what the model is meant to be sampled with) and ``recipe`` (a
+:class:`~fourdnex_jax.recipe.SixDSpec`: the 6D contract it was trained with).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from fourdnex_jax.media.io import atomic_save_json
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.weights.safetensors import sha256_file
+
+FORMAT = "fourdnex_jax.convert/1"
+MANIFEST = "manifest.json"
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("jax", "flax", "orbax-checkpoint", "tensorstore", "safetensors", "numpy"):
+        try:
+            out[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def file_record(path: str | os.PathLike, sha256: str | None = None) -> dict[str, Any]:
+    path = Path(path)
+    return {"sha256": sha256 or sha256_file(path), "bytes": path.stat().st_size}
+
+
+def new_manifest(direction: str, source: str | os.PathLike) -> dict[str, Any]:
+    return {"format": FORMAT, "direction": direction, "source": str(Path(source).absolute()),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(), "models": {}, "copied": {}, "skipped": []}
+
+
+def write_manifest(directory: str | os.PathLike, manifest: dict[str, Any]) -> Path:
+    return atomic_save_json(Path(directory) / MANIFEST, manifest)
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
+    """The manifest of a finished conversion / bundle; a missing, unreadable or foreign one raises
+    :class:`~fourdnex_jax.utils.errors.InputError` naming it."""
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise InputError(f"{directory}: no such folder (pass a bundle folder written by `fourdnex convert` / "
+                         "`fourdnex bundle`)")
+    if not path.is_file():
+        raise InputError(f"{path} not found: {directory} is not a finished conversion (run `fourdnex convert` "
+                         "first, or the conversion was interrupted: convert again into a new folder)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e}); the folder is damaged: copy or convert it again") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InputError(f"{path}: format {found!r}, expected {FORMAT!r}; convert the weights again with this "
+                         "version")
+    return manifest

@@ -1,0 +1,76 @@
+"""README's three-line Python snippet, extracted from README.md and run exactly as written (from a folder that
+has the repository's checkpoints/ and examples/), writes what `fourdnex generate` writes."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+#: What `fourdnex generate` writes for one image with geometry (tests/test_packaging.py runs the command).
+GENERATE_FILES = {"rgb.mp4", "xyz.mp4", "pointmaps.npz", "input.png", "summary.json", "cameras.json", "depth.npz",
+                  "transforms.json", "scene.glb", "viewer.html", "novel_orbit.mp4", "ply", "images"}
+
+
+def readme_snippet() -> str:
+    """The ```python block of README's "Python API" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### Python API"):]
+    body = section[section.index("```python\n") + len("```python\n"):]
+    return body[:body.index("\n```")]
+
+
+def test_readme_snippet_is_three_lines():
+    lines = readme_snippet().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("from fourdnex_jax import ImageTo4DPipeline"), lines
+
+
+@pytest.mark.slow
+def test_readme_snippet_runs_and_writes_what_generate_writes(tmp_path):
+    for name in ("checkpoints", "examples"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    res = subprocess.run([sys.executable, "-c", readme_snippet()], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=900, env=dict(env, JAX_PLATFORMS="cpu"))
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = tmp_path / "out" / "api"
+    assert {p.name for p in out.iterdir()} == GENERATE_FILES
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input"] == "examples/synth_heldout_000000.png"
+    assert summary["geometry"]["message"].startswith("cameras: ")  # the geometry's verdict, as generate prints it
+    z = np.load(out / "pointmaps.npz")
+    assert z["xyz"].shape == (9, 64, 96, 3) and z["valid"].shape == (9, 64, 96)
+
+
+@pytest.mark.slow
+def test_result_attributes_on_a_random_bundle(tmp_path):
+    """.rgb / .xyz / .valid / .cameras / .depth of a result, and an array or a PIL image as the input."""
+    from PIL import Image
+
+    from fourdnex_jax.pipelines.api import ImageTo4DPipeline, as_image
+    from fourdnex_jax.recipe import SAMPLING_PRESETS
+    from fourdnex_jax.testing.random_models import write_random_bundle
+
+    img = (np.random.default_rng(0).random((40, 60, 3)) * 255).astype(np.uint8)
+    assert np.array_equal(as_image(Image.fromarray(img)), img)
+    assert np.array_equal(as_image(img.astype(np.float32) / 255.0), img)
+    with pytest.raises(ValueError, match="float array must hold values in"):
+        as_image(img.astype(np.float32))
+    import jax
+
+    small = dataclasses.replace(SAMPLING_PRESETS["tiny"], num_frames=5, max_area=32 * 48, num_steps=3)
+    bundle = write_random_bundle(tmp_path / "b", preset=small)
+    pipe = ImageTo4DPipeline.from_pretrained(bundle, num_steps=2, devices=jax.devices()[:1])
+    r = pipe(img, "a box", progress=False)
+    t, h, w = r.xyz.shape[:3]
+    assert r.rgb.shape == (t, h, w, 3) and r.rgb.dtype == np.uint8 and r.valid.shape == (t, h, w)
+    assert r.cameras["cam_to_world"].shape == (t, 4, 4) and r.cameras["K"].shape == (3, 3)
+    assert r.depth.shape == (t, h, w)
+    assert r.summary["settings"]["num_steps"] == 2 and r.summary["overrides"] == {"num_steps": 2}
+    written = r.save(tmp_path / "out", geometry=False)
+    assert set(written["files"]) <= {p.name for p in (tmp_path / "out").iterdir()}

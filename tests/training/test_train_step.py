@@ -1,0 +1,116 @@
+"""Sharded train step on 8 fake CPU devices: shardings follow the logical rules (params and optimizer state),
+output shardings equal the inputs, the NaN/inf policy, a tiny overfit, and a small-config AOT compile."""
+
+import jax
+import numpy as np
+import pytest
+
+from fourdnex_jax import sharding as mesh_lib
+from fourdnex_jax.config import load_config_file
+from fourdnex_jax.sharding import partition_spec
+from fourdnex_jax.utils.tree import flatten
+from fourdnex_jax.training.trainer import NonFiniteError, Trainer
+from fourdnex_jax.testing.training import ROOT, TINY, random_dataset
+
+
+def tiny(**train):
+    c = load_config_file(TINY)
+    for k, v in train.items():
+        section, key = k.split("__")
+        setattr(getattr(c, section), key, v)
+    return c
+
+
+def test_state_shardings_follow_rules_and_step_keeps_them(tmp_path):
+    data = random_dataset(tmp_path / "data", n=4)
+    c = tiny(data__dir=str(data), train__global_batch_size=4, train__num_steps=2, train__log_every=1)
+    c.sharding.mesh_shape = (2, 2, 1, 2)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    mesh, rules = tr.mesh, tr.rules
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "context": 1, "tensor": 2}
+    want = {p: partition_spec(v.get_metadata()["out_sharding"], v.shape, mesh, rules)
+            for p, v in tr.parts.trainable_vars.items()}
+    got = {p: a.sharding.spec for p, a in flatten(tr.state["trainable"]).items()}
+    assert got == want
+    assert want["blocks/attn1/to_q/lora_a"] == jax.sharding.PartitionSpec(None, "fsdp", None)
+    assert want["blocks/attn1/to_q/lora_b"] == jax.sharding.PartitionSpec(None, None, "tensor")
+    frozen = {p: a.sharding.spec for p, a in flatten(tr.frozen).items()}
+    assert frozen["blocks/attn1/to_q/kernel"] == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    mu = flatten(tr.state["opt_state"][1][0].mu)  # chain(clip, adamw): adamw's ScaleByAdamState
+    assert {p: a.sharding.spec for p, a in mu.items()} == want
+    assert tr.state["opt_state"][1][0].count.sharding.is_fully_replicated
+    before = jax.tree.map(lambda a: a.sharding, tr.state)
+    tr.run()
+    same = lambda arrays, shardings: jax.tree.map(
+        lambda a, sh: None if a.sharding.is_equivalent_to(sh, a.ndim) else pytest.fail(f"{a.sharding} != {sh}"),
+        arrays, shardings)
+    same(tr.state, before)  # the donated state comes back with the same shardings
+    compiled = tr.step_fn.lower(tr.state, tr.frozen, {k: jax.ShapeDtypeStruct(s, np.float32, sharding=tr.batch_sh[k])
+                                                      for k, s in tr.batch_shapes.items()}).compile()
+    same(tr.state, compiled.output_shardings[0])
+    same(tr.state, compiled.input_shardings[0][0])
+    tr.close()
+
+
+def test_nan_policy_skip_then_stop(tmp_path):
+    data = random_dataset(tmp_path / "data", n=2, nan_example=0)  # every batch holds the NaN example
+    c = tiny(data__dir=str(data), train__global_batch_size=2, train__num_steps=2, train__checkpoint_every=1,
+             train__max_nan_skips=5)
+    c.sharding.mesh_shape = (1, 2, 1, 4)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    init = jax.tree.map(np.asarray, tr.state["trainable"])
+    tr.run()
+    assert int(tr.state["skipped"]) == 2 and int(tr.state["step"]) == 2
+    jax.tree.map(np.testing.assert_array_equal, init, jax.tree.map(np.asarray, tr.state["trainable"]))
+    assert tr.checkpointer.latest_step() == 2  # skip: training (and saving) goes on
+    tr.config.train.nan_policy = "stop"
+    with pytest.raises(NonFiniteError):
+        tr.run(num_steps=4)
+    tr.checkpointer.wait()
+    assert tr.checkpointer.latest_step() == 2  # stop: the offending step is never saved
+    tr.close()
+
+
+def test_loss_falls_on_tiny_overfit(tmp_path):
+    data = random_dataset(tmp_path / "data", n=2)
+    c = tiny(data__dir=str(data), train__global_batch_size=4, train__num_steps=40, train__log_every=40,
+             train__checkpoint_every=1000, data__sample_posterior=False, optim__warmup_steps=5)
+    c.sharding.mesh_shape = (1, 4, 1, 2)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    losses = [h["loss"] for h in tr.run()["history"]]
+    tr.close()
+    first, last = np.mean(losses[:5]), np.mean(losses[-10:])
+    print(f"overfit: loss {first:.4f} -> {last:.4f}")
+    assert last < 0.8 * first
+
+
+def test_small_config_aot_compile_has_memory_analysis():
+    from fourdnex_jax.training.plan import compile_train_step
+
+    c = load_config_file(ROOT / "configs" / "small.py")
+    c.train.global_batch_size = 4
+    r = compile_train_step(c, jax.devices(), mesh_shape=(1, 2, 2, 2), latent_thw=(3, 8, 12), text_len=16)
+    assert r["mesh"] == {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}
+    assert r["temp_bytes"] > 0 and r["arguments_bytes"] > 0 and r["peak_bytes"] > r["temp_bytes"]
+    assert 0 < r["optimizer_bytes"] < r["params_bytes"]
+
+
+def test_ring_attention_matches_xla_forward_and_grad():
+    import jax.numpy as jnp
+
+    from fourdnex_jax.ops.attention import dot_product_attention
+
+    mesh = mesh_lib.make_mesh(load_config_file(TINY).sharding, shape=(1, 2, 4, 1))
+    ks = jax.random.split(jax.random.key(0), 4)
+    q, k, v = (jax.random.normal(ks[i], (2, 64, 2, 16)) for i in range(3))
+    txt = jax.random.normal(ks[3], (2, 10, 2, 16))
+    loss = lambda impl: (lambda q, k, v: jnp.sum(jnp.sin(dot_product_attention(q, k, v, implementation=impl,
+                                                                                chunk_size=8))))
+    with jax.set_mesh(mesh):
+        ring = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, implementation="ring", chunk_size=8))
+        np.testing.assert_allclose(ring(q, k, v), dot_product_attention(q, k, v), atol=2e-6)
+        np.testing.assert_allclose(ring(q, txt, txt), dot_product_attention(q, txt, txt), atol=2e-6)
+        g = jax.jit(jax.grad(loss("ring"), argnums=(0, 1, 2)))(q, k, v)
+    g_ref = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(a, b, atol=3e-6)
