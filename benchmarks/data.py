@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     for workers in (0, args.workers):
         raw = work / f"raw_w{workers}"
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(ROOT / "tools/synth_data.py"), "--out", str(raw), "--num-clips",
+        subprocess.run([sys.executable, "-m", "fourdnex_jax", "synth-data", "--out", str(raw), "--num-clips",
                         str(args.num_clips), "--workers", str(workers), *dims], check=True, capture_output=True)
         res[f"synth_clips_per_min_workers{workers}"] = args.num_clips / (time.perf_counter() - t0) * 60
         print(f"synthetic generation, {workers} worker processes: "

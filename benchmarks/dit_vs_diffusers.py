@@ -371,7 +371,8 @@ def cpu_main(args) -> dict:
     if loads and max(loads) > threads:
         print(f"warning: load average up to {max(loads):.1f} on {threads} core(s) in use: the threads waited for "
               "other processes, so these ratios are noisy (PyTorch's multi-threaded eager ops most of all); "
-              "compare the (cpu) ratios, pin with taskset -c 0, or re-run on a quiet machine")
+              "compare the (cpu) ratios" + (", pin with taskset -c 0" if threads > 1 else "")
+              + ", or re-run on a quiet machine")
     return report
 
 

@@ -18,7 +18,7 @@ alone), full / cached DiT evaluations, and the quality cost: relative L2 ``||a -
 decoded XYZ and of the decoded RGB (float, [-1, 1]) against the reference run. With a ground truth
 (``IMG_gt.npz`` next to the image, or ``--gt``: ``depth`` (T, H, W) z-depth and ``valid`` (T, H, W)), the
 first-frame depth AbsRel and delta<1.25 of the predicted z after a least-squares scale-and-shift fit
-(:func:`fourdnex_jax.geometry.metrics.depth_metrics`, as tools/eval_quality.py reports them).
+(:func:`fourdnex_jax.geometry.metrics.depth_metrics`, as ``fourdnex eval-quality`` reports them).
 
 ``--startup``: time to first sample of a fresh process (imports, model load, compilation, one sample) cold, with
 JAX's persistent compilation cache (empty, then warm) and with serialized executables (empty, then warm).

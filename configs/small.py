@@ -32,7 +32,6 @@ def get_config(arg=None):
     config.optim.warmup_steps = 20
 
     config.data.text_len = 64
-    config.data.synthetic_dir = "out/data/synthetic_small"
     config.data.synthetic_clips = 32
     config.data.synthetic_frames = 17  # latent 5 x 16 x 24 per modality
     config.data.synthetic_height = 128

@@ -34,7 +34,6 @@ def get_config(arg=None):
     config.optim.weight_decay = 0.0
 
     config.data.text_len = 16  # = the tiny sampling preset's text_len
-    config.data.synthetic_dir = "out/data/synthetic_tiny"
     config.data.synthetic_clips = 32
     config.data.synthetic_frames = 9  # latent 3 x 8 x 12 per modality
     config.data.synthetic_height = 64

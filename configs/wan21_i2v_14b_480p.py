@@ -2,7 +2,7 @@
 
 49 frames at 480x720 per modality -> latent 13 x 60 x 90 per modality, 13 x 60 x 180 fused (width layout),
 35,100 tokens after 1x2x2 patches. Frozen base in bf16, adapter in fp32, full remat and chunked attention.
-Base weights from the tools/convert.py torch-to-jax output, data from the encode step (set both on the command line).
+Base weights from the ``fourdnex convert`` output, data from the encode step (set both on the command line).
 
 Variants (``--config configs/wan21_i2v_14b_480p.py:optim=reference_declared``): ``optim`` names the optimizer
 preset (default ``reference_effective``, see ``fourdnex_jax.recipe``).

@@ -19,7 +19,10 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from fourdnex_jax.models.transformer import WanTransformerConfig
+from fourdnex_jax.recipe import OPTIMIZER_PRESETS, SCHEDULES
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, MESH_AXES
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.schema import check_choices, check_dataclass_values
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -35,7 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sharding.mesh_shape = (1, -1, 1, 1)  # data, fsdp, context, tensor (-1: all remaining devices)
     config.sharding.mesh_axes = MESH_AXES
     config.sharding.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
-    # Sampling (tools/generate.py, ImageTo4D). None = the bundle's preset (manifest.json: sampling_preset, one of
+    # Sampling (fourdnex generate, ImageTo4D). None = the bundle's preset (manifest.json: sampling_preset, one of
     # fourdnex_jax.recipe.SAMPLING_PRESETS).
     config.sample = ml_collections.ConfigDict()
     config.sample.num_frames = placeholder(int)  # 1 + 4k (Wan's temporal factor)
@@ -52,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.weight_quant = "none"  # 'none' | 'int8' (weight-only DiT block linears)
     config.sample.step_cache_interval = 0  # 0 off; k: transformer blocks in full every k steps
     config.sample.release_after_use = False  # free each model's weights once the call is past its stage
-    # --- sharded LoRA training (fourdnex_jax.training, tools/train.py, tools/plan.py) ---------------------------
+    # --- sharded LoRA training (fourdnex_jax.training, fourdnex train, fourdnex plan) ---------------------------
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 5000
     config.train.global_batch_size = 8  # samples per optimizer step (all hosts, all micro-batches)
@@ -62,8 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.max_to_keep = 2
     config.train.async_checkpoint = True
     config.train.nan_policy = "skip"  # skip: drop the update of a non-finite step; stop: raise, never save it
+    # Resume refuses a config change that breaks exactness (fourdnex_jax/training/resume.py); list the dotted keys
+    # whose change you accept (comma-separated, fnmatch patterns, "*" for all).
+    config.train.resume_allow_changes = ""
     config.train.max_nan_skips = 20  # consecutive skipped steps before stopping anyway
-    config.train.base_checkpoint = ""  # converted folder (tools/convert.py); "" = random base from config.seed
+    config.train.base_checkpoint = ""  # converted folder (fourdnex convert); "" = random base from config.seed
     config.train.peak_tflops_per_device = 0.0  # 0: from the device kind (MFU omitted where unknown)
     config.train.profile_steps = 0
     config.train.distributed = False  # jax.distributed.initialize (multi-host); coordinator from env when ""
@@ -93,8 +99,10 @@ def base_config() -> ml_collections.ConfigDict:
     config.data.sample_posterior = True  # latent = mean + std * eps (a fresh VAE sample each time)
     config.data.num_threads = 2
     config.data.num_workers = 0
-    # The synthetic encoded dataset (tools/train.py --synthetic builds it here if missing and trains on it).
-    config.data.synthetic_dir = "out/data/synthetic"
+    # The synthetic encoded dataset (`fourdnex train --synthetic` builds it here if missing and trains on it): an
+    # absolute folder, or one relative to the cache folder ($FOURDNEX_CACHE, default ~/.cache/fourdnex_jax), never
+    # to the working directory; "" = synthetic/<config name> there.
+    config.data.synthetic_dir = ""
     config.data.synthetic_clips = 32
     config.data.synthetic_frames = 49
     config.data.synthetic_height = 64
@@ -118,6 +126,15 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     return out
 
 
+#: Enumerated config values (None: left to a preset). The sampling enumerations are checked by
+#: :class:`fourdnex_jax.pipelines.settings.SampleSettings` against the bundle, before any weights load.
+CHOICES = {
+    "train.nan_policy": ("skip", "stop"),
+    "optim.preset": tuple(sorted(OPTIMIZER_PRESETS)),
+    "optim.schedule": (None, *SCHEDULES),
+}
+
+
 def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Validates the model section and locks the config against new keys."""
     model_config(config)
@@ -125,9 +142,24 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return config
 
 
-def model_config(config: ml_collections.ConfigDict) -> WanTransformerConfig:
-    """The typed transformer config of ``config.model`` (unknown keys or invalid values raise)."""
-    return WanTransformerConfig.from_dict(config.model.to_dict())
+def validate(config: ml_collections.ConfigDict, where: str = "config") -> ml_collections.ConfigDict:
+    """Checks every enumerated value (:data:`CHOICES`) and the model section (keys, types, values) after the
+    overrides: a wrong value raises :class:`~fourdnex_jax.utils.errors.InputError` naming the key and the choices
+    (a typo such as ``nan_policy=ignore`` would otherwise act as the default)."""
+    check_choices(config, CHOICES, where)
+    model_config(config, where)
+    return config
+
+
+def model_config(config: ml_collections.ConfigDict, where: str = "config") -> WanTransformerConfig:
+    """The typed transformer config of ``config.model`` (unknown keys, wrong types or invalid values raise
+    :class:`~fourdnex_jax.utils.errors.InputError` naming ``where.model.KEY``)."""
+    values = config.model.to_dict()
+    check_dataclass_values(WanTransformerConfig, values, f"{where}.model")
+    try:
+        return WanTransformerConfig.from_dict(values)
+    except ValueError as e:
+        raise InputError(f"{where}.model: {e}") from e
 
 
 def load_config_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -36,6 +36,15 @@ LIBRARY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "grain", "tensorflow", "t
 USER_ERRORS = (InputError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line. ml_collections raises an unknown ``--config.KEY`` as a KeyError whose
+    text is the repr of a two-line message (quotes and ``\\n`` escaped): unwrapped here."""
+    text = str(e)
+    if isinstance(e, (KeyError, AttributeError)) and text[:1] in "'\"" and text[-1:] == text[:1]:
+        text = text[1:-1].replace("\\n", " ").replace("\\'", "'")
+    return " ".join(text.split())
+
+
 def set_log_level(verbose: bool) -> None:
     """Library logs at WARNING (INFO with ``verbose``), set before the libraries are imported."""
     level = logging.INFO if verbose else logging.WARNING
@@ -87,7 +96,9 @@ def _default_text(flag: flags.Flag) -> str:
         return ""
     if isinstance(flag.default, bool):
         return f" (default: {'on' if flag.default else 'off'})"
-    return f" (default: {flag.default_as_str or flag.default})"
+    shown = repr(flag.default) if isinstance(flag.default, str) else ",".join(map(str, flag.default)) if isinstance(
+        flag.default, list) else flag.default
+    return f" (default: {shown})"
 
 
 def _config_default_name(flag: flags.Flag) -> str:
@@ -123,7 +134,7 @@ def config_help(config: Any, prefix: str = "config") -> list[str]:
             rows += config_help(value, f"{prefix}.{key}")
         else:
             kind = config.get_type(key).__name__ if hasattr(config, "get_type") else type(value).__name__
-            shown = "None (set by the bundle's preset / the optimizer preset)" if value is None else repr(value)
+            shown = "None (taken from the bundle's or the optimizer's preset)" if value is None else repr(value)
             rows.append(f"  --{prefix}.{key}={shown}  ({kind})")
     return rows
 
@@ -138,8 +149,9 @@ def run(command: str, module: ModuleType, argv: list[str]) -> int:
         return 0
     try:
         rest = FLAGS([f"fourdnex {command}", *_resolve_config_args(argv)])
-    except (flags.Error, ValueError) as e:
-        print(f"fourdnex {command}: usage error: {e}\n(see `fourdnex {command} --help`)", file=sys.stderr)
+    except (flags.Error, ValueError, AttributeError, KeyError, TypeError) as e:
+        print(f"fourdnex {command}: usage error: {one_line(e)} (see `fourdnex {command} --help`, "
+              "`--config-help`)", file=sys.stderr)
         return 2
     if _CONFIG_HELP.value:
         config = getattr(module, "CONFIG", None)
@@ -151,9 +163,13 @@ def run(command: str, module: ModuleType, argv: list[str]) -> int:
         print("\n".join(config_help(config.value)))
         return 0
     try:
+        if hasattr(module, "CONFIG"):  # enumerated values and the model section, after the overrides
+            from fourdnex_jax.config import validate
+
+            validate(module.CONFIG.value, "--config")
         return int(module.main(rest[1:]) or 0)
     except UsageError as e:
-        print(f"fourdnex {command}: usage error: {e}\n(see `fourdnex {command} --help`)", file=sys.stderr)
+        print(f"fourdnex {command}: usage error: {e} (see `fourdnex {command} --help`)", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
         if verbose:

@@ -13,7 +13,8 @@ names its own in ``summary.json: xyz_normalization``). Each row
 (:func:`fourdnex_jax.geometry.metrics.registration_metrics`): cameras and depth by closed-form registration, then
 video depth AbsRel / delta<1.25 with a per-sequence scale, and scale+shift (closed-form least squares and exact
 L1), and ATE / RPE-trans / RPE-rot (deg) after Sim(3) Umeyama alignment (ATE/RPE-trans in units of the true
-trajectory's length, i.e. divided by its total path length, plus raw values). Held-out synthetic scenes: heldout 0..num-1.
+trajectory's length, i.e. divided by its total path length, plus raw values). Held-out synthetic scenes: heldout
+0..num-1.
 """
 
 from __future__ import annotations
@@ -58,15 +59,16 @@ def main(argv) -> int:
     rows: dict[str, list] = {"ground_truth": [], "baseline_plane": []}
     if _NOISE.value > 0:
         rows["gt_noisy"] = []
+    norm = _NORMALIZATION.value
     plane = xyz_init_pointmap(h, w)
     for i in range(_NUM.value):
-        inp, tr = scenes.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=_NORMALIZATION.value)
+        inp, tr = scenes.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=norm)
         gt = (tr["depth"], tr["c2w"], inp["valid"])
         rows["ground_truth"].append(registration_metrics(inp["xyz"], inp["valid"], _NORMALIZATION.value, *gt))
         rows["baseline_plane"].append(registration_metrics(np.broadcast_to(plane, inp["xyz"].shape), None,
                                                            "reference", *gt))
         if _NOISE.value > 0:
-            nz, _ = scenes.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=_NORMALIZATION.value,
+            nz, _ = scenes.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=norm,
                                              noise=_NOISE.value, dynamic_offset=0.1, outliers=0.01, seed=i)
             rows["gt_noisy"].append(registration_metrics(nz["xyz"], nz["valid"], _NORMALIZATION.value, *gt))
     if _RESULTS.value:
@@ -86,8 +88,8 @@ def main(argv) -> int:
                 gt = (tr["depth"], tr["c2w"], inp["valid"])
             row = registration_metrics(arrays["xyz"], arrays.get("valid"), _NORMALIZATION.value, *gt)
             rows["results"].append(dict(row, name=npz.parent.name))
-    report = {"settings": {k: FLAGS[k].value for k in FLAG_NAMES}, "summary": {k: mean_metrics([{kk: vv for kk, vv in r.items() if kk != "name"}
-                                                               for r in v]) for k, v in rows.items()}, "rows": rows}
+    summary = {k: mean_metrics([{kk: vv for kk, vv in r.items() if kk != "name"} for r in v]) for k, v in rows.items()}
+    report = {"settings": {k: FLAGS[k].value for k in FLAG_NAMES}, "summary": summary, "rows": rows}
     print(f"{'row':16s} {'n':>3s} {'fail':>4s} {'AbsRel(s)':>9s} {'d1(s)':>6s} {'AbsRel(ss)':>10s} {'d1(ss)':>6s} "
           f"{'ATE_rel':>8s} {'RPEt_rel':>8s} {'RPEr_deg':>8s}")
     for k, s in report["summary"].items():

@@ -95,7 +95,8 @@ def main(argv) -> int:
         for name, (xyz, rgb) in cands.items():
             m = first_frame_depth(xyz[0, ..., 2], depth0, valid[0])
             err = pointmap_error(xyz, gt, valid)
-            row = {"clip": c.clip_id, **m, "pointmap_err_mean": float(err.mean()), "pointmap_err_per_frame": err.tolist()}
+            row = {"clip": c.clip_id, **m, "pointmap_err_mean": float(err.mean()),
+                   "pointmap_err_per_frame": err.tolist()}
             if rgb is not None:
                 row["rgb_psnr"] = psnr(rgb, c.rgb, peak=255.0)
             rows[name].append(row)
@@ -106,7 +107,8 @@ def main(argv) -> int:
         if "rgb_psnr" in rs[0]:
             s["rgb_psnr"] = float(np.mean([r["rgb_psnr"] for r in rs]))
         summary[name] = s
-    report = {"clips": _CLIPS.value, "split": _SPLIT.value, "num_clips": len(clips), "checkpoint": str(bundle.directory),
+    report = {"clips": _CLIPS.value, "split": _SPLIT.value, "num_clips": len(clips),
+              "checkpoint": str(bundle.directory),
               "settings": settings.to_dict(), "summary": summary, "per_clip": rows, "timings_s": timings,
               "total_s": round(time.perf_counter() - t0, 1)}
     print(json.dumps({"num_clips": len(clips), **{k: {kk: (round(vv, 4) if isinstance(vv, float) else vv)

@@ -142,7 +142,6 @@ def main(argv) -> int:
     from fourdnex_jax.pipelines import bundle as bundle_lib
     from fourdnex_jax.pipelines.aot import enable_compilation_cache
     from fourdnex_jax.pipelines.api import ImageTo4DPipeline
-    from fourdnex_jax.pipelines.settings import SampleSettings
     from fourdnex_jax.utils.resources import default_bundle
 
     ckpt = Path(_CHECKPOINT.value) if _CHECKPOINT.value else default_bundle()
@@ -164,7 +163,6 @@ def main(argv) -> int:
         else:
             settings = bundle_lib.resolve_settings(ckpt, config.sample, transformer_dir=_TRANSFORMER.value)
             bundle = bundle_lib.load_bundle(ckpt, transformer_dir=_TRANSFORMER.value, mesh=mesh, rules=rules)
-    assert isinstance(settings, SampleSettings)
     with Stage("setting up the sampler"):
         pipe = ImageTo4DPipeline.from_bundle(bundle, settings, mesh=mesh, rules=rules, executable_cache=_AOT_CACHE.value,
                                              transformer=_TRANSFORMER.value, timings={"load_models": load.seconds},

@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth-data": ("synth_data", "synthetic 4D clips (raw annotations)"),
     "prepare-data": ("prepare_data", "raw annotations -> the clips6d TFDS dataset"),
     "train": ("train", "sharded LoRA training of the 4DNeX DiT"),
-    "plan": ("plan", "AOT memory plan of the train step on a TPU slice, without the TPU"),
+    "plan": ("plan", "AOT memory plan of the train step or the inference pipeline on a TPU slice / GPU card"),
     "eval-quality": ("eval_quality", "a bundle's quality on held-out synthetic scenes"),
     "eval-geometry": ("eval_geometry", "geometry metrics of pointmap results against ground truth"),
     "train-tiny-vae": ("train_tiny_vae", "trains the tiny Wan VAE of the demo bundle"),
@@ -50,5 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     from fourdnex_jax.cli import common
 
     common.set_log_level(common.verbose_in(argv[1:]))  # before the subcommand imports its libraries
-    module = importlib.import_module(f"fourdnex_jax.cli.{COMMANDS[name][0]}")
+    try:
+        module = importlib.import_module(f"fourdnex_jax.cli.{COMMANDS[name][0]}")
+    except (AttributeError, KeyError, TypeError) as e:  # ml_collections checks --config.KEY=VALUE at flag definition
+        if common.verbose_in(argv[1:]):
+            raise
+        print(f"fourdnex {name}: usage error: --config override: unknown key {common.one_line(e)} (`fourdnex "
+              f"{name} --config-help` lists the keys)", file=sys.stderr)
+        return 2
     return common.run(name, module, argv[1:])

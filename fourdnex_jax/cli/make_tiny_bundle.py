@@ -119,12 +119,12 @@ def cmd_assemble() -> int:
                              "DiT was trained on latents of the staged encoder (use --train-part decoder)")
     step, meta = read_meta(_RUN.value)
     dit = load_trained_model(_RUN.value)
-    missing = [p for p in _VAE.value_report if not Path(p).is_file()]
+    missing = [p for p in _VAE_REPORT.value if not Path(p).is_file()]
     if missing:
         raise InputError(f"--vae-report: no such file(s) {missing}")
     info = {"name": "fourdnex_jax tiny demo model", "dit_run": str(_RUN.value), "dit_step": step,
             "dit_base": meta.get("base"), "command_log": "docs/tiny_model.md",
-            "vae_reports": [json.loads(Path(p).read_text()) for p in _VAE.value_report]}
+            "vae_reports": [json.loads(Path(p).read_text()) for p in _VAE_REPORT.value]}
     save_bundle(_OUT.value, transformer=dit, vae=vae, text_encoder=stage.text_encoder,
                 image_encoder=stage.image_encoder, tokenizer_dir=Path(_STAGE.value) / "tokenizer",
                 clip_preprocess={"size": dict(stage.clip_preprocess.size),

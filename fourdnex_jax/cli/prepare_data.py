@@ -53,14 +53,16 @@ def main(argv) -> int:
     logging.basicConfig(level=logging.WARNING if _LOG_SKIPS.value else logging.ERROR, format="%(message)s")
     t0 = time.perf_counter()
     captions = CaptionTable.from_csvs(*[c for c in _CAPTIONS.value.split(",") if c]) if _CAPTIONS.value else None
-    items = prepare.discover(_LAYOUT.value, _INPUT.value, captions, video_root=_VIDEO_ROOT.value, rgb_root=_RGB_ROOT.value,
+    items = prepare.discover(_LAYOUT.value, _INPUT.value, captions, video_root=_VIDEO_ROOT.value,
+                             rgb_root=_RGB_ROOT.value,
                              limit=_LIMIT.value)
     if not items:
         raise InputError(f"--input {_INPUT.value}: no {_LAYOUT.value} annotations there; check the folder and "
                          "--layout")
-    cfg = ClipConfig(num_frames=_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value, normalization=_NORMALIZATION.value,
+    cfg = ClipConfig(num_frames=_FRAMES.value, height=_HEIGHT.value, width=_WIDTH.value,
+                     normalization=_NORMALIZATION.value,
                      intrinsics=_INTRINSICS.value, min_valid_fraction=_MIN_VALID_FRACTION.value,
-                     normalization_frames=_NORMALIZATION.value_frames)
+                     normalization_frames=_NORMALIZATION_FRAMES.value)
     out = prepare.prepare(items, _OUT.value, cfg, split=_SPLIT.value, shard_size=_SHARD_SIZE.value,
                           num_workers=_WORKERS.value)
     dt = time.perf_counter() - t0

@@ -152,7 +152,7 @@ def encode_dataset(clips_dir: str | os.PathLike, data_dir: str | os.PathLike, en
         items = [(str(i), i) for i in range(len(src))]
         _, todo, _ = staging.plan_shards(items, sdir, shard_size)
         bar = Progress(sum(len(s[2]) for s in todo), f"encode {split}") if progress and todo else None
-        for _, name, chunk in todo:
+        for _, name, chunk, _ in todo:
             examples = []
             for j in range(0, len(chunk), batch_size):
                 recs = [src[i] for _, i in chunk[j:j + batch_size]]

@@ -75,6 +75,26 @@ def convert_item(item: Item, config: ClipConfig) -> dict[str, Any]:
     return to_clip6d(raw, config).to_example()
 
 
+def item_fingerprint(item: Item) -> str:
+    """What a staged shard is keyed on for ``item``: its id, caption and options, and the size and mtime of every
+    file it reads (the annotation file or folder, the video / RGB source), so a clip fixed on disk after it was
+    skipped (or changed) is prepared again instead of reusing the old shard."""
+    parts = [item.layout, item.clip_id, item.caption or "", repr(item.options)]
+    paths = [item.path] + [v for _, v in item.options if isinstance(v, str)]
+    for root in paths:
+        path = Path(root)
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for f in files:
+            try:
+                st = f.stat()
+            except FileNotFoundError:
+                parts.append(f"{f}:missing")
+                continue
+            if f.is_file():
+                parts.append(f"{f}:{st.st_size}:{st.st_mtime_ns}")
+    return "\n".join(parts)
+
+
 def stage_dir_for(data_dir: str | os.PathLike, config: tfds_builders.Clips6DConfig, split: str) -> Path:
     return Path(data_dir) / "_staging" / tfds_builders.Clips6D.name / config.name / split
 
@@ -90,15 +110,16 @@ def prepare(items: list[Item], data_dir: str | os.PathLike, clip_config: ClipCon
     payload = [(it.clip_id, it) for it in items]
     stats, info = staging.stage(payload, functools.partial(convert_item, config=clip_config), sdir,
                                 shard_size=shard_size, num_workers=num_workers, label=f"prepare {split}",
-                                progress=progress)
+                                progress=progress, fingerprint=item_fingerprint)
     out = {"split": split, "config": cfg.name, **info, **stats.to_dict(), "summary": stats.summary()}
     if build:
-        out["dataset_dir"] = os.fspath(build_dataset(data_dir, cfg))
+        out["dataset_dir"] = os.fspath(build_dataset(data_dir, cfg, rebuild=info["written"] > 0))
     return out
 
 
-def build_dataset(data_dir: str | os.PathLike, cfg: tfds_builders.Clips6DConfig) -> Path:
-    """Packs every completely staged split of ``cfg`` into ``{data_dir}/clips6d/{cfg.name}/1.0.0``."""
+def build_dataset(data_dir: str | os.PathLike, cfg: tfds_builders.Clips6DConfig, rebuild: bool = False) -> Path:
+    """Packs every completely staged split of ``cfg`` into ``{data_dir}/clips6d/{cfg.name}/1.0.0`` (again when
+    ``rebuild``: some shard was written since the last packing)."""
     root = Path(data_dir) / "_staging" / tfds_builders.Clips6D.name / cfg.name
     splits = {p.name: p for p in sorted(root.iterdir()) if (p / "plan.json").exists() and staging.is_complete(p)}
     if not splits:
@@ -108,12 +129,13 @@ def build_dataset(data_dir: str | os.PathLike, cfg: tfds_builders.Clips6DConfig)
     if (out / "dataset_info.json").exists():
         have = set(json.loads((out / "dataset_info.json").read_text()).get("splits", []) and
                    [s["name"] for s in json.loads((out / "dataset_info.json").read_text())["splits"]])
-        if have == set(splits):
+        if have == set(splits) and not rebuild:
             return out
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
     tfds.disable_progress_bar()
     builder = tfds_builders.Clips6D(data_dir=os.fspath(data_dir),
                                     config=tfds_builders.config_arg(tfds_builders.Clips6D, cfg), stage_dirs=splits)
+    tfds_builders.remove_stale_incomplete(builder)  # left by a packing killed with -9
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode) if mode else None)
     return out
 

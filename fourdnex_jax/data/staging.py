@@ -5,7 +5,9 @@ Inputs are cut into fixed shards (``shard_size`` items, in input order). Each sh
 field, text fields as numpy unicode arrays: no pickle) and then ``shard-XXXXX-of-NNNNN.json`` (counts and skip
 reasons). Both are written through a temporary file and an atomic rename, and the JSON marks the shard finished,
 so an interrupted run leaves no half-written shard visible and a rerun skips finished shards. The shard plan is
-stored in ``plan.json``; a rerun with different inputs or shard size is refused instead of mixing shards.
+stored in ``plan.json``; a rerun with different inputs or shard size is refused instead of mixing shards. With a
+``fingerprint`` (of each input's files: size and mtime), a finished shard records the digest of its inputs
+(``inputs`` in its JSON) and is processed again when an input changed on disk (a clip fixed after it was skipped).
 
 Fields whose first dimension varies between examples (e.g. text embeddings cut at the prompt length) are padded
 with zeros to the longest in the shard and their lengths stored as ``{field}__len``; :func:`iter_staged` restores
@@ -68,28 +70,33 @@ def _process_shard(fn: Callable[[Any], dict[str, Any]], items: Sequence[tuple[st
     return examples, stats.to_dict()
 
 
-def write_shard(stage_dir: Path, name: str, examples: list[dict[str, Any]], stats: dict[str, Any]) -> None:
+def write_shard(stage_dir: Path, name: str, examples: list[dict[str, Any]], stats: dict[str, Any],
+                inputs: str | None = None) -> None:
     if examples:
         atomic_save_npz(stage_dir / f"{name}.npz", **_stack(examples))
-    atomic_save_json(stage_dir / f"{name}.json", {"num_examples": len(examples), **stats})
+    else:  # a redone shard whose examples are now all skipped: its previous examples must not stay visible
+        (stage_dir / f"{name}.npz").unlink(missing_ok=True)
+    atomic_save_json(stage_dir / f"{name}.json", {"num_examples": len(examples), **stats,
+                                                  **({"inputs": inputs} if inputs else {})})
 
 
-def _run_shard(fn, items, stage_dir, name):  # worker entry point: process and write, return the stats
+def _run_shard(fn, items, stage_dir, name, inputs=None):  # worker entry point: process and write, return the stats
     examples, stats = _process_shard(fn, items)
-    write_shard(Path(stage_dir), name, examples, stats)
+    write_shard(Path(stage_dir), name, examples, stats, inputs)
     return stats
 
 
 def stage(items: Sequence[tuple[str, Any]], fn: Callable[[Any], dict[str, Any]], stage_dir: str | os.PathLike, *,
-          shard_size: int = 64, num_workers: int = 0, label: str = "prepare",
-          progress: bool = True) -> tuple[SkipStats, dict[str, int]]:
+          shard_size: int = 64, num_workers: int = 0, label: str = "prepare", progress: bool = True,
+          fingerprint: Callable[[Any], str] | None = None) -> tuple[SkipStats, dict[str, int]]:
     """Processes ``items`` ((id, payload) pairs) with ``fn(payload) -> example`` into staged shards.
 
     ``fn`` must be picklable (a module-level function or ``functools.partial``) when ``num_workers > 0``
     (spawned worker processes). Returns the merged skip statistics (finished shards of a previous run included)
-    and ``{'shards': n, 'done_before': k, 'written': m}``."""
+    and ``{'shards': n, 'done_before': k, 'written': m}``. ``fingerprint(payload)``: a digest of an input's files;
+    a finished shard is redone when one of its inputs' digests changed (module docstring)."""
     stage_dir = Path(stage_dir)
-    shards, todo, total = plan_shards(items, stage_dir, shard_size)
+    shards, todo, total = plan_shards(items, stage_dir, shard_size, fingerprint)
     n = len(shards)
     bar = Progress(len(items), label) if progress else None
     if bar:
@@ -97,22 +104,24 @@ def stage(items: Sequence[tuple[str, Any]], fn: Callable[[Any], dict[str, Any]],
     if num_workers > 0 and len(todo) > 1:
         ctx = multiprocessing.get_context("spawn")
         with cf.ProcessPoolExecutor(max_workers=num_workers, mp_context=ctx) as pool:
-            futs = {pool.submit(_run_shard, fn, s[2], str(stage_dir), s[1]): s for s in todo}
+            futs = {pool.submit(_run_shard, fn, s[2], str(stage_dir), s[1], s[3]): s for s in todo}
             for fut in cf.as_completed(futs):
                 total.merge(fut.result())
                 if bar:
                     bar.update(len(futs[fut][2]), total.summary())
     else:
-        for _, name, chunk in todo:
-            total.merge(_run_shard(fn, chunk, str(stage_dir), name))
+        for _, name, chunk, inputs in todo:
+            total.merge(_run_shard(fn, chunk, str(stage_dir), name, inputs))
             if bar:
                 bar.update(len(chunk), total.summary())
     return total, {"shards": n, "done_before": n - len(todo), "written": len(todo)}
 
 
-def plan_shards(items: Sequence[tuple[str, Any]], stage_dir: str | os.PathLike, shard_size: int):
+def plan_shards(items: Sequence[tuple[str, Any]], stage_dir: str | os.PathLike, shard_size: int,
+                fingerprint: Callable[[Any], str] | None = None):
     """Cuts ``items`` into shards, records/validates ``plan.json``. Returns (all shards, shards still to do,
-    statistics of the finished ones); a shard is ``(index, name, items)``."""
+    statistics of the finished ones); a shard is ``(index, name, items, inputs digest or None)``; a finished shard
+    whose recorded inputs digest differs from the current one is still to do."""
     stage_dir = Path(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     n = max(1, -(-len(items) // shard_size))
@@ -126,12 +135,23 @@ def plan_shards(items: Sequence[tuple[str, Any]], stage_dir: str | os.PathLike, 
                              "use a fresh staging directory")
     else:
         atomic_save_json(plan_path, plan)
-    shards = [(i, shard_name(i, n), list(items[i * shard_size:(i + 1) * shard_size])) for i in range(n)]
-    todo = [s for s in shards if not (stage_dir / f"{s[1]}.json").exists()]
+    shards = []
+    for i in range(n):
+        chunk = list(items[i * shard_size:(i + 1) * shard_size])
+        digest = (hashlib.sha256("\n".join(fingerprint(p) for _, p in chunk).encode()).hexdigest()
+                  if fingerprint is not None else None)
+        shards.append((i, shard_name(i, n), chunk, digest))
+    done = {}
+    for _, name, _, digest in shards:
+        path = stage_dir / f"{name}.json"
+        if path.exists():
+            record = json.loads(path.read_text())
+            if digest is None or record.get("inputs") == digest:
+                done[name] = record
+    todo = [s for s in shards if s[1] not in done]
     total = SkipStats()
-    for _, name, _ in shards:
-        if (stage_dir / f"{name}.json").exists():
-            total.merge(json.loads((stage_dir / f"{name}.json").read_text()))
+    for record in done.values():
+        total.merge(record)
     return shards, todo, total
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Mapping
 
 import numpy as np
@@ -180,13 +181,27 @@ def config_arg(builder_cls, config: tfds.core.BuilderConfig):
     return config
 
 
+def remove_stale_incomplete(builder: tfds.core.DatasetBuilder) -> list[str]:
+    """Deletes the ``incomplete.XXXXXX_<version>`` folders next to ``builder``'s dataset folder: TFDS removes its own
+    on an exception, but a packing killed with -9 leaves one behind (empty, or half-written). Returns what was
+    removed. One packer per dataset folder at a time (as staging assumes)."""
+    import shutil
+
+    target = Path(builder.data_dir)
+    stale = sorted(target.parent.glob(f"incomplete.*_{target.name}")) if target.parent.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [os.fspath(f) for f in stale]
+
+
 def build(builder_cls, data_dir: str | os.PathLike, config: tfds.core.BuilderConfig,
           stage_dirs: Mapping[str, str | os.PathLike]) -> tfds.core.DatasetBuilder:
-    """Packs finished staged shards into the TFDS dataset (atomic: TFDS renames its ``incomplete.*`` folder).
-    An already built dataset is left as is."""
+    """Packs finished staged shards into the TFDS dataset (atomic: TFDS renames its ``incomplete.*`` folder;
+    one left by a killed packing is removed first). An already built dataset is left as is."""
     tfds.disable_progress_bar()
     builder = builder_cls(data_dir=os.fspath(data_dir), config=config_arg(builder_cls, config),
                           stage_dirs=stage_dirs)
+    remove_stale_incomplete(builder)
     builder.download_and_prepare()
     return builder
 

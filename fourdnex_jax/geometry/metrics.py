@@ -10,7 +10,7 @@ Camera pose: Sim(3) Umeyama alignment of the estimated camera positions to the t
 pairs (delta = 1 frame) of the translation norm / rotation angle (degrees) of
 ``inv(inv(G_i) G_{i+1}) inv(P_i) P_{i+1}`` (evo ``rpe`` defaults, what MonST3R's ``eval_metrics`` prints).
 
-:func:`registration_metrics` is the row of tools/eval_geometry.py: closed-form registration of one pointmap video,
+:func:`registration_metrics` is the row of ``fourdnex eval-geometry``: closed-form registration of one pointmap video,
 then all of the above against its ground truth; :func:`mean_metrics` averages rows.
 """
 

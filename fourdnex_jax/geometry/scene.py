@@ -223,7 +223,7 @@ def render_scene(scene_dir: str | Path, out_path: str | Path, *, trajectory: str
     """A novel-view mp4 of a :func:`load_scene` folder along ``trajectory`` (a kind of
     :data:`trajectories.KINDS` with ``frames`` frames (default T) around frame 0's median depth, or a JSON file,
     :func:`trajectories.load_trajectory`), at ``size`` (H, W) (default: the scene's; K rescaled, pixel centres at
-    integers). Returns the report printed by tools/render.py (frames, size, splatting fps, first-frame seconds,
+    integers). Returns the report printed by ``fourdnex render`` (frames, size, splatting fps, first-frame seconds,
     hole fraction)."""
     sc = load_scene(scene_dir, pointmaps)
     K, depth, valid = sc["K"], sc["depth"], sc["valid"]

@@ -45,7 +45,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
-from jax.experimental import serialize_executable
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from fourdnex_jax.media.io import atomic_save_json, atomic_write
@@ -299,6 +298,8 @@ class ExecutableCache:
         return blob
 
     def _deserialize(self, name: str, path: Path, digest: str) -> jax.stages.Compiled | None:
+        from jax.experimental import serialize_executable  # where used: an experimental module (see save)
+
         t0 = time.perf_counter()
         blob = self._verified_blob(path, digest)  # raises, whatever `strict` says: a tampered entry is not skipped
         try:
@@ -321,6 +322,10 @@ class ExecutableCache:
         return compiled
 
     def save(self, name: str, key: dict[str, Any], compiled: jax.stages.Compiled) -> Path:
+        # Imported where used, not with the module: importing the pipeline (which imports this module) must not
+        # depend on an experimental jax module that a newer jax may move.
+        from jax.experimental import serialize_executable
+
         payload, in_tree, out_tree = serialize_executable.serialize(compiled)
         exe, meta = self.paths(name, key)
         blob = pickle.dumps({"format": FORMAT, "payload": payload, "in_tree": in_tree, "out_tree": out_tree})

@@ -1,4 +1,4 @@
-"""A model bundle: every model the image-to-4D pipeline needs, in the layout of ``tools/convert.py torch-to-jax``.
+"""A model bundle: every model the image-to-4D pipeline needs, in the layout of ``fourdnex convert``.
 
 ::
 
@@ -78,7 +78,7 @@ def read_presets(directory: str | os.PathLike) -> tuple[SamplingPreset, SixDSpec
     missing = [k for k in ("sampling_preset", "recipe") if k not in manifest]
     if missing:
         raise ValueError(f"{Path(directory) / 'manifest.json'} has no {' / '.join(missing)}: the bundle does not "
-                         "say what it is meant to be sampled with; write it again (tools/convert.py torch-to-jax "
+                         "say what it is meant to be sampled with; write it again (fourdnex convert "
                          "--preset NAME, or save_bundle(..., preset=...))")
     try:
         return SamplingPreset.from_dict(manifest["sampling_preset"]), SixDSpec.from_dict(manifest["recipe"])

@@ -54,6 +54,7 @@ Fast paths (each measured by the sampling benchmark):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import os
@@ -82,7 +83,7 @@ from fourdnex_jax.recipe import (MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRS
 from fourdnex_jax.sampling import step_cache
 from fourdnex_jax.sampling.flow_matching import classifier_free_guidance, make_schedule, solver_fns
 from fourdnex_jax.sampling.unipc import UniPCConfig
-from fourdnex_jax.utils.progress import Progress
+from fourdnex_jax.utils.progress import Progress, Stage
 
 #: ``mode`` of :func:`denoise_step`: 'plain' (the DiT's ``__call__``), 'full' (blocks run, their residual returned
 #: for the step cache), 'cached' (blocks skipped, the given residual added to the tokens).
@@ -321,18 +322,19 @@ class ImageTo4D:
             return towers_lib.encode_images(towers, pixels), towers_lib.encode_condition(towers, cond_video)
 
         def step(dit, solver_state, residual, cond, text, neg, clip, row, t, *, mode):
-            out = denoise_step(nnx.merge(gd["transformer"], dit), solver_state, cond, text, neg, clip, row, t,
-                               residual, guidance_scale=s.guidance_scale, solver=s.solver, mode=mode,
-                               cfg_over_data=cfg_over_data)
-            state, residual = out if mode == "full" else (out, None)
-            state = jax.lax.with_sharding_constraint(state, img)  # the solver state stays split by image
-            return (state, residual) if mode == "full" else state
+            return denoise_step(nnx.merge(gd["transformer"], dit), solver_state, cond, text, neg, clip, row, t,
+                                residual, guidance_scale=s.guidance_scale, solver=s.solver, mode=mode,
+                                cfg_over_data=cfg_over_data)
 
         def decode(vae, latents):
             return decode_latents(nnx.merge(gd["vae"], vae), latents, spec)
 
         # one step function, one program per mode ("plain" / "full" / "cached"), named as before in the cache
-        steps = {mode: jax.jit(functools.partial(step, mode=mode)) for mode in STEP_MODES}
+        # the solver state stays split by image (the same shardings every step: one signature per program); the
+        # step cache's residual (2B, L, D) is split over the DiT's batch rows
+        steps = {mode: jax.jit(functools.partial(step, mode=mode),
+                               out_shardings=(img, self.layout.rows_sharding) if mode == "full" else img)
+                 for mode in STEP_MODES}
         fns = {"encode_text": jax.jit(encode_text, out_shardings=img),
                "encode_image": jax.jit(encode_image, out_shardings=img),
                "decode": jax.jit(decode, out_shardings=img), "init": jax.jit(init_fn, out_shardings=img),
@@ -562,30 +564,35 @@ class ImageTo4D:
             by_size.setdefault((sizing["height"], sizing["width"]), []).append(i)
         batches = [(size, idx[k:k + self.batch]) for size, idx in by_size.items()
                    for k in range(0, len(idx), self.batch)]
-        bar = Progress(s.num_steps * len(batches), f"sampling {len(images)} image(s), {s.solver} {s.num_steps} "
-                       "steps", every=1) if progress else None
+        # every stage reports on stderr: a line per encode / decode stage, a step bar per denoised batch
+        stage = Stage if progress else (lambda label: contextlib.nullcontext())
         results: list[ImageTo4DOutput | None] = [None] * len(images)
         # batch by batch; with release_after_use stage by stage over all batches, each model freed after its stage
         groups = [batches] if s.release_after_use else [[b] for b in batches]
         for group in groups:
             pads = [idx + [idx[-1]] * (self.batch - len(idx)) for _, idx in group]  # static shapes: repeat the last
-            # 3. Encode the prompts (+ the cached negative prompt)
-            texts = [self.encode_prompt([prompts[i] for i in pad], timings) for pad in pads]
-            self._done("text_encoder")
-            # 4. Encode the images (CLIP + condition latent)
-            conds = [self.encode_image([prepared[i][0] for i in pad], timings) for pad in pads]
-            self._done("image_encoder")
+            n_img = sum(len(idx) for _, idx in group)
+            with stage(f"encoding {n_img} prompt(s) and image(s)"):
+                # 3. Encode the prompts (+ the cached negative prompt)
+                texts = [self.encode_prompt([prompts[i] for i in pad], timings) for pad in pads]
+                self._done("text_encoder")
+                # 4. Encode the images (CLIP + condition latent)
+                conds = [self.encode_image([prepared[i][0] for i in pad], timings) for pad in pads]
+                self._done("image_encoder")
             # 5. Prepare the latents and denoise
             finals = []
             for ((height, width), _), pad, (text, neg), (clip, cond) in zip(group, pads, texts, conds):
                 state = self.prepare_latents([seeds[i] for i in pad], height, width,
                                              None if noise is None else [noise[i] for i in pad])
+                bar = Progress(s.num_steps, f"sampling {len(pad)} image(s) at {height}x{width}, {s.solver} "
+                               f"{s.num_steps} steps", every=1) if progress else None
                 finals.append(self.denoise(state, cond, text, neg, clip, on_step=on_step, bar=bar, timings=timings))
             del texts, conds
             self._done("transformer")
             # 6. Decode, split [RGB | XYZ]: each process keeps the images it owns
             for (_, idx), latents in zip(group, finals):
-                video = self.owned_rows(self.decode(latents, timings))
+                with stage(f"decoding {len(idx)} video(s)"):
+                    video = self.owned_rows(self.decode(latents, timings))
                 latents = self.owned_rows(latents)
                 for k, i in enumerate(idx):
                     if k in video:

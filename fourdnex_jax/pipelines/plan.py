@@ -15,10 +15,12 @@ through the rules, per-image arrays by :class:`~fourdnex_jax.pipelines.image_to_
   * ``decode``: the fused VAE decode (:func:`~fourdnex_jax.pipelines.image_to_4d.decode_latents`) of the final
     latents -> (images, T, H, 2W, 3).
 
-Per program and device (``compiled.memory_analysis()``): ``arguments`` (its weights' shards + inputs), ``outputs``,
-``alias``, ``temp`` (activations and workspace), ``code`` (generated code) and ``peak = arguments + outputs - alias
-+ temp + code``; ``weights`` is the shard of the program's model weights (exact, from the shardings). A stage of the
-pipeline also holds the weights of the other models that are on the devices at that time (:data:`STAGINGS`):
+Per program and device (``compiled.memory_analysis()``): ``arguments`` (its weights' shards + inputs, without the
+arguments it never reads), ``outputs``, ``alias``, ``temp`` (activations and workspace), ``code`` (generated code)
+and ``peak = arguments + outputs - alias + temp + code``; ``weights`` / ``inputs`` are the shards of the program's
+model weights / other inputs (exact, from the shardings). A stage of the pipeline also holds the weights of the
+other models that are on the devices at that time (:data:`STAGINGS`) and its own models' weights that the
+executable does not read (:func:`stage_peak`):
 
   * ``keep``: all four models placed when the pipeline is built and kept (``release_after_use=False``);
   * ``release``: the same, each model deleted after its last stage (``release_after_use=True``): UMT5 after the
@@ -201,25 +203,34 @@ def compile_program(fn: Callable, args: tuple, mesh, rules) -> dict[str, Any]:
     return out
 
 
+def stage_peak(name: str, program: Mapping[str, float], weights: Mapping[str, float], staging: str,
+               unit: str = "bytes") -> float:
+    """Memory per device while program ``name`` runs under ``staging``: its peak, plus the weights of the other
+    models on the devices then (:data:`STAGINGS`), plus the part of its own models' weights the executable does not
+    take (jit drops unused arguments: the decode takes the VAE decoder only, the encoder stays on the devices):
+    ``weights + inputs - arguments`` when positive. ``unit``: the key suffix, 'bytes' or 'gib'."""
+    own = sum(weights[m] for m in PROGRAMS[name])
+    unused = max(0.0, own + program.get(f"inputs_{unit}", 0.0) - program[f"arguments_{unit}"])
+    return program[f"peak_{unit}"] + unused + sum(weights[m] for m in STAGINGS[staging][name])
+
+
 def stage_peaks(programs: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float], staging: str
                 ) -> dict[str, float]:
-    """``{program: peak bytes per device of its stage}`` = program peak + the weights of the other models on the
-    devices then (:data:`STAGINGS`); programs without a memory analysis are left out."""
-    resident = STAGINGS[staging]
-    return {name: r["peak_bytes"] + sum(weights[m] for m in resident[name])
-            for name, r in programs.items() if "peak_bytes" in r}
+    """``{program: bytes per device of its stage}`` (:func:`stage_peak`); programs without a memory analysis are
+    left out."""
+    return {name: stage_peak(name, r, weights, staging) for name, r in programs.items() if "peak_bytes" in r}
 
 
 def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, devices: Sequence[Any], *,
                   mesh_shape: Sequence[int], rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES,
-                  programs: Sequence[str] = tuple(PROGRAMS), hbm_bytes: float | None = None,
+                  programs: Sequence[str] = tuple(PROGRAMS),
                   on_program: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Compiles the pipeline's ``programs`` (default all of :data:`PROGRAMS`) for ``devices`` on a
     ``(data, fsdp, context, tensor)`` mesh of ``mesh_shape`` and returns the plan (bytes per device).
 
     A program the compiler rejects (e.g. ``RESOURCE_EXHAUSTED`` on a TPU topology) is recorded with ``error``.
-    ``on_program(name, result)`` is called as each program's result exists. With ``hbm_bytes``, each staging gets
-    ``fits``: every program compiled and every stage peak <= ``hbm_bytes``."""
+    ``on_program(name, result)`` is called as each program's result exists. ``stagings``: ``{staging: {program:
+    stage peak bytes}}`` (:func:`stage_peaks`); the verdict against a chip's memory is :func:`restage`'s."""
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise ValueError(f"programs {unknown}: choose from {tuple(PROGRAMS)}")
@@ -235,17 +246,11 @@ def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, 
         except Exception as e:  # a rejected program is a result
             r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
         r["weights_bytes"] = sum(weights[m] for m in PROGRAMS[name])
+        r["inputs_bytes"] = shard_bytes(args[len(PROGRAMS[name]):])
         results[name] = r
         if on_program is not None:
             on_program(name, r)
-    stagings = {}
-    for staging in STAGINGS:
-        peaks = stage_peaks(results, weights, staging)
-        entry: dict[str, Any] = {"stage_peak_bytes": peaks,
-                                 "peak_bytes": max(peaks.values()) if peaks else None}
-        if hbm_bytes is not None:
-            entry["fits"] = bool(len(peaks) == len(results) and max(peaks.values(), default=0.0) <= hbm_bytes)
-        stagings[staging] = entry
+    stagings = {staging: stage_peaks(results, weights, staging) for staging in STAGINGS}
     dit = models.transformer
     tokens = int(np.prod(built["denoise_step"][1][2].shape[1:4])) // int(np.prod(dit.patch_size))
     return {"mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
@@ -309,30 +314,67 @@ def wan14b_models(transformer: WanTransformerConfig, height: int = 480, width: i
 
 def report_row(target: Target, plan: Mapping[str, Any], models: PlanModels, settings: SampleSettings,
                wall_s: float) -> dict[str, Any]:
-    """A JSON-able row of a plan (GiB per device, rounded) with the verdict under ``target.staging``."""
-    gib = lambda b: None if b is None else round(b / GiB, 3)  # noqa: E731
-    progs = {}
-    for name, r in plan["programs"].items():
-        progs[name] = {k.replace("_bytes", "_gib") if k.endswith("_bytes") else k:
-                       gib(v) if k.endswith("_bytes") else (round(v, 1) if isinstance(v, float) else v)
-                       for k, v in r.items()}
-    stagings = {s: {"stage_peak_gib": {k: gib(v) for k, v in e["stage_peak_bytes"].items()},
-                    "peak_gib": gib(e["peak_bytes"]), "fits": e.get("fits")}
-                for s, e in plan["stagings"].items()}
-    return {"target": target.name, "platform": target.platform, "topology": target.topology,
-            "chips": plan["devices"], "device_kind": plan["device_kind"], "hbm_gib": target.hbm_gib,
-            "mesh": list(plan["mesh"].values()), "images_per_call": plan["images_per_call"],
-            "dit_rows": plan["dit_rows"], "cfg_over_data": plan["cfg_over_data"],
-            "tokens_per_row": plan["tokens_per_row"], "attention": plan["attention"],
-            "attention_chunk": models.transformer.attention_chunk_size, "weight_quant": plan["weight_quant"],
-            "dtypes": dict(models.dtypes), "frames": settings.num_frames,
-            "size": [models.height, models.width], "text_len": settings.text_len,
-            "model_weights_gib": {k: gib(v) for k, v in plan["model_weights_bytes"].items()},
-            "programs": progs, "stagings": stagings, "staging": target.staging,
-            "peak_gib": stagings[target.staging]["peak_gib"], "fits": stagings[target.staging]["fits"],
-            "estimate": ("TPU compiler (libtpu deviceless topology)" if target.platform == "tpu"
-                         else "XLA:CPU buffer assignment (compile only), standing for one GPU"),
-            "wall_s": round(wall_s, 1)}
+    """A JSON-able row of a plan (GiB per device, rounded to KiB) with the stage peaks and the verdict
+    (:func:`restage`)."""
+    progs = {name: {k.replace("_bytes", "_gib") if k.endswith("_bytes") else k:
+                    _gib(v) if k.endswith("_bytes") else (round(v, 1) if isinstance(v, float) else v)
+                    for k, v in r.items()} for name, r in plan["programs"].items()}
+    row = {"target": target.name, "platform": target.platform, "topology": target.topology,
+           "chips": plan["devices"], "device_kind": plan["device_kind"], "hbm_gib": target.hbm_gib,
+           "mesh": list(plan["mesh"].values()), "images_per_call": plan["images_per_call"],
+           "dit_rows": plan["dit_rows"], "cfg_over_data": plan["cfg_over_data"],
+           "tokens_per_row": plan["tokens_per_row"], "attention": plan["attention"],
+           "attention_chunk": models.transformer.attention_chunk_size, "weight_quant": plan["weight_quant"],
+           "dtypes": dict(models.dtypes), "frames": settings.num_frames, "size": [models.height, models.width],
+           "text_len": settings.text_len,
+           "model_weights_gib": {k: _gib(v) for k, v in plan["model_weights_bytes"].items()},
+           "programs": progs, "staging": target.staging,
+           "estimate": ("TPU compiler (libtpu deviceless topology)" if target.platform == "tpu"
+                        else "XLA:CPU buffer assignment (compile only), standing for one GPU"),
+           "wall_s": round(wall_s, 1)}
+    return restage(row)
+
+
+def _gib(b: float | None) -> float | None:
+    return None if b is None else round(b / GiB, 6)
+
+
+#: Fields two rows must share to be merged (:func:`merge_rows`): the same target, mesh, model and shape.
+ROW_IDENTITY = ("target", "platform", "topology", "chips", "mesh", "images_per_call", "dit_rows", "attention",
+                "attention_chunk", "weight_quant", "dtypes", "frames", "size", "text_len", "model_weights_gib")
+
+
+def restage(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``stagings`` (per :data:`STAGINGS`: each program's stage peak = its peak + the co-resident
+    weights, and the largest) and the verdict under ``row['staging']``: ``peak_gib``, ``missing`` (programs of
+    :data:`PROGRAMS` without a memory analysis) and ``fits``: False when a stage is over the HBM or the compiler
+    ran out of memory (RESOURCE_EXHAUSTED), None (unknown) while programs are missing, else True."""
+    weights, progs = row["model_weights_gib"], row["programs"]
+    ok = {name: r for name, r in progs.items() if r.get("peak_gib") is not None}
+    missing = [name for name in PROGRAMS if name not in ok]
+    exhausted = any("RESOURCE_EXHAUSTED" in str(r.get("error", "")) for r in progs.values())
+    stagings = {}
+    for staging in STAGINGS:
+        peaks = {name: round(stage_peak(name, r, weights, staging, "gib"), 6) for name, r in ok.items()}
+        top = max(peaks.values()) if peaks else None
+        over = exhausted or (top is not None and top > row["hbm_gib"])
+        stagings[staging] = {"stage_peak_gib": peaks, "peak_gib": top,
+                             "fits": False if over else (None if missing else True)}
+    chosen = stagings[row["staging"]]
+    return {**row, "stagings": stagings, "peak_gib": chosen["peak_gib"], "fits": chosen["fits"],
+            "missing": missing}
+
+
+def merge_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of the programs of ``old`` and ``new`` (``new``'s win) for the same target, mesh and model
+    (:data:`ROW_IDENTITY`; ValueError naming the field otherwise), restaged."""
+    for key in ROW_IDENTITY:
+        if old.get(key) != new.get(key):
+            raise ValueError(f"cannot merge plans: {key} is {old.get(key)!r} in the existing file and "
+                             f"{new.get(key)!r} now; write to another --out file")
+    merged = {**new, "programs": {**old["programs"], **new["programs"]},
+              "wall_s": round(old.get("wall_s", 0.0) + new.get("wall_s", 0.0), 1)}
+    return restage(merged)
 
 
 def run_target(target: Target, models: PlanModels, settings: SampleSettings, spec: SixDSpec = SixDSpec(), *,
@@ -343,5 +385,35 @@ def run_target(target: Target, models: PlanModels, settings: SampleSettings, spe
     :func:`report_row`. ``models.transformer.attention`` is used as given (e.g. 'ring' with a context axis)."""
     t0 = time.perf_counter()
     plan = plan_pipeline(models, settings, spec, target_devices(target), mesh_shape=target.mesh, rules=rules,
-                         programs=programs, hbm_bytes=target.hbm_gib * GiB, on_program=on_program)
+                         programs=programs, on_program=on_program)
     return report_row(target, plan, models, settings, time.perf_counter() - t0)
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The inference plan table (GiB per chip) of report rows, one line per row: mesh, images per call, the DiT's
+    weight shard, each program's peak (``-`` not compiled, ``x`` rejected by the compiler), the pipeline's peak
+    under the row's staging and the verdict."""
+    head = ("| target | chips x HBM GiB | mesh (d,f,c,t) | images / call (DiT rows x tokens) | DiT weights | "
+            "text encode | image encode | denoise step (temp) | decode | peak, staging | fits |")
+    lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for r in rows:
+        p = r["programs"]
+
+        def peak(name: str) -> str:
+            if name not in p:
+                return "-"
+            if "error" in p[name]:
+                return "x"
+            return f"{p[name]['peak_gib']:.2f}"
+
+        step = p.get("denoise_step", {})
+        temp = f" ({step['temp_gib']:.2f})" if "temp_gib" in step else ""
+        verdict = {True: "**yes**", False: "no", None: "unknown"}[r["fits"]]
+        chips = f"{r['chips']} x {r['hbm_gib']}"
+        lines.append(
+            f"| {r['target']} | {chips} | ({', '.join(map(str, r['mesh']))}) | {r['images_per_call']} "
+            f"({r['dit_rows']} x {r['tokens_per_row']}) | {r['model_weights_gib']['transformer']:.2f} "
+            f"{r['weight_quant'] if r['weight_quant'] != 'none' else 'bf16'} | {peak('encode_text')} | "
+            f"{peak('encode_image')} | {peak('denoise_step')}{temp} | {peak('decode')} | "
+            f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.2f')}, {r['staging']} | {verdict} |")
+    return "\n".join(lines)

@@ -34,7 +34,8 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"training", "pipelines"}),
     frozenset({"data", "sampling", "weights"}),
     frozenset({"geometry"}),
-    frozenset({"recipe", "config"}),
+    frozenset({"config"}),  # validates its enumerated values against the recipe's presets
+    frozenset({"recipe"}),
     frozenset({"models"}),
     frozenset({"ops"}),  # reads its mesh axis names from `sharding`
     frozenset({"sharding", "media"}),

@@ -1,4 +1,4 @@
-"""Helpers of the training tests: a small random encoded6d dataset and subprocess runs of tools/train.py."""
+"""Helpers of the training tests: a small random encoded6d dataset and subprocess runs of ``fourdnex train``."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ def random_dataset(root, n=8, nan_example=None) -> Path:
 
 
 def train_cmd(workdir, data_dir, *extra) -> list[str]:
-    """The tools/train.py command line of the tiny config on ``data_dir``, logging every step."""
-    return [sys.executable, str(ROOT / "tools" / "train.py"), "--config", TINY, "--workdir", str(workdir),
+    """The ``fourdnex train`` command line of the tiny config on ``data_dir``, logging every step."""
+    return [sys.executable, "-m", "fourdnex_jax", "train", "--config", TINY, "--out", str(workdir),
             f"--config.data.dir={data_dir}", "--config.train.log_every=1", *extra]
 
 

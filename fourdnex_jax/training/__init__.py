@@ -7,6 +7,6 @@
 * :mod:`metrics`: MFU, TensorBoard / JSON-lines / console writers.
 * :mod:`checkpoint`: orbax CheckpointManager of train state + data iterator state + metadata (frozen base
   referenced, never copied).
-* :mod:`plan`: AOT compile + memory analysis of the train step (``tools/plan.py``).
-* :mod:`trainer`: the loop used by ``tools/train.py``; its input pipeline is :mod:`fourdnex_jax.data.loader`.
+* :mod:`plan`: AOT compile + memory analysis of the train step (``fourdnex plan``).
+* :mod:`trainer`: the loop used by ``fourdnex train``; its input pipeline is :mod:`fourdnex_jax.data.loader`.
 """

@@ -25,7 +25,6 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from fourdnex_jax.utils.tree import flatten
 
 CHECKPOINT_DIR = "checkpoints"
 
@@ -40,6 +39,17 @@ class Checkpointer:
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
+
+    def quarantine(self, step: int) -> Path:
+        """Moves the folder of ``step`` to ``checkpoints/corrupt/<step>`` (kept for inspection, out of orbax's
+        sight, so the step can be written again) and reloads the manager's step list."""
+        dest = self.directory / "corrupt" / str(step)
+        if dest.exists():
+            dest = dest.with_name(f"{step}-{os.getpid()}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.directory / str(step), dest)
+        self.manager.reload()
+        return dest
 
     def save(self, step: int, state: Mapping[str, Any], iterator_state: Mapping[str, Any] | None,
              meta: Mapping[str, Any]) -> None:
@@ -78,9 +88,10 @@ def read_meta(workdir: str | os.PathLike, step: int | None = None) -> tuple[int,
     return step, dict(meta)
 
 
-def load_trainable(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
-    """(step, ``{path: array}``) of the trained adapter (LoRA + domain embeddings) of a run, as numpy on the host
-    (no mesh needed): what inference merges into a model with :func:`fourdnex_jax.models.params.assign`."""
+def load_state_arrays(workdir: str | os.PathLike, step: int | None = None, keys: tuple[str, ...] = ("trainable",)
+                      ) -> tuple[int, dict[str, np.ndarray]]:
+    """(step, ``{key/path: array}``) of the items ``keys`` of a run's saved train state (``trainable``,
+    ``opt_state``: the Adam moments, ``step``, ...), as numpy on the host (no mesh needed)."""
     ckpt = Checkpointer(workdir, async_save=False)
     step = ckpt.latest_step() if step is None else step
     if step is None:
@@ -89,12 +100,29 @@ def load_trainable(workdir: str | os.PathLike, step: int | None = None) -> tuple
     meta = ocp.StandardCheckpointer().metadata(path)
     tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev), tree["trainable"])
+    target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev), tree[k])
+              for k in keys}
     restored = ocp.PyTreeCheckpointer().restore(
-        path, args=ocp.args.PyTreeRestore(item={"trainable": target}, restore_args=jax.tree.map(
-            lambda t: ocp.ArrayRestoreArgs(sharding=dev), {"trainable": target}), partial_restore=True))
+        path, args=ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(
+            lambda t: ocp.ArrayRestoreArgs(sharding=dev), target), partial_restore=True))
     ckpt.close()
-    return step, {p: np.asarray(v) for p, v in flatten(restored["trainable"]).items()}
+    return step, {"/".join(_key_name(k) for k in path): np.asarray(v)
+                  for path, v in jax.tree_util.tree_leaves_with_path(restored)}
+
+
+def _key_name(key) -> str:
+    """One step of a pytree path as text (dict key, list index or attribute: optax states hold all three)."""
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def load_trainable(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict[str, np.ndarray]]:
+    """(step, ``{path: array}``) of the trained adapter (LoRA + domain embeddings) of a run, as numpy on the host
+    (no mesh needed): what inference merges into a model with :func:`fourdnex_jax.models.params.assign`."""
+    step, arrays = load_state_arrays(workdir, step, ("trainable",))
+    return step, {p.split("/", 1)[1]: v for p, v in arrays.items()}
 
 
 def load_trained_model(workdir: str | os.PathLike, step: int | None = None, **overrides):

@@ -14,12 +14,26 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from fourdnex_jax.media.io import atomic_write_bytes
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line (a torn last line of a killed run counts as past every step)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
 
 class MetricsWriter:
     """Writes scalars to ``workdir/metrics.jsonl`` and TensorBoard event files (``workdir/tb``, tensorboardX: no
     TensorFlow), and prints one console line per log step. Only process 0 writes."""
 
-    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True):
+    def __init__(self, workdir: str | os.PathLike, enabled: bool = True, tensorboard: bool = True,
+                 keep_until_step: int | None = None):
+        """``keep_until_step``: a resumed run's start step; the lines of ``metrics.jsonl`` past it (logged by the
+        run that was killed after its last checkpoint, and trained again now) are dropped first, so every step
+        appears once."""
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = None
@@ -27,7 +41,11 @@ class MetricsWriter:
         if not enabled:
             return
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._jsonl = open(self.workdir / "metrics.jsonl", "a", buffering=1)
+        path = self.workdir / "metrics.jsonl"
+        if keep_until_step is not None and path.exists():
+            kept = [ln for ln in path.read_text().splitlines(keepends=True) if _step_of(ln) <= keep_until_step]
+            atomic_write_bytes(path, "".join(kept).encode())
+        self._jsonl = open(path, "a", buffering=1)
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter

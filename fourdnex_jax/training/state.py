@@ -120,7 +120,7 @@ def init_frozen(parts: ModelParts, shardings, seed: int) -> dict:
 
 
 def restore_frozen(directory: str, parts: ModelParts, mesh: Mesh, rules) -> dict:
-    """The frozen base of a converted folder (``tools/convert.py torch-to-jax``), read shard by shard into the
+    """The frozen base of a converted folder (``fourdnex convert``), read shard by shard into the
     mesh. The folder's architecture and parameter dtype must equal the run's."""
     _, values = restore_params(directory, "transformer", mesh, rules, config=parts.cfg, param_filter=FROZEN)
     return nest(values)

@@ -1,6 +1,11 @@
-"""The training loop (``tools/train.py``): builds mesh, state, the input pipeline over ``config.data.dir`` (an
+"""The training loop (``fourdnex train``): builds mesh, state, the input pipeline over ``config.data.dir`` (an
 ``encoded6d`` dataset; the trainer never builds one) and the step from a config, resumes from the latest checkpoint
 of the work directory, trains, logs, checkpoints and applies the NaN/inf policy.
+
+Resume: the newest checkpoint that restores is used (a damaged newer one is moved to ``checkpoints/corrupt/`` with a
+message); its saved config must match the new one wherever a change would break exactness
+(:mod:`fourdnex_jax.training.resume`), and ``metrics.jsonl`` drops the lines past the resumed step (a killed run
+logged steps that are then trained again).
 
 NaN/inf policy (``train.nan_policy``): the step itself drops a non-finite update (state unchanged, batch
 consumed). ``skip``: training goes on (and stops with an error after ``train.max_nan_skips`` consecutive skips);
@@ -20,16 +25,18 @@ from typing import Any
 
 import jax
 
-from fourdnex_jax.config import model_config
+from fourdnex_jax.config import model_config, validate
 from fourdnex_jax.data import loader
 from fourdnex_jax.models.transformer import flops
 from fourdnex_jax.training import checkpoint as ckpt_lib
 from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.training import metrics as metrics_lib
 from fourdnex_jax.training import optimizer as optim_lib
+from fourdnex_jax.training import resume as resume_lib
 from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
 from fourdnex_jax.utils.devices import peak_tflops
+from fourdnex_jax.utils.errors import InputError
 
 #: Test hook: SIGKILL this process right after ``save()`` of this step returned (async write in flight).
 KILL_AFTER_SAVE_ENV = "FOURDNEX_KILL_AFTER_SAVE_STEP"
@@ -41,7 +48,7 @@ class NonFiniteError(FloatingPointError):
 
 class Trainer:
     def __init__(self, config, workdir: str | os.PathLike, *, verbose: bool = True):
-        self.config = config
+        self.config = validate(config)
         self.workdir = Path(workdir)
         self.verbose = verbose and jax.process_index() == 0
         t = config.train
@@ -54,8 +61,12 @@ class Trainer:
         self.frozen_sh = self.parts.frozen_shardings(self.mesh, self.rules)
         if not config.data.dir:
             raise ValueError("config.data.dir is empty: give an encoded6d dataset folder (the encode step's output), "
-                             "or run tools/train.py --synthetic to build and use the synthetic one")
+                             "or run `fourdnex train --synthetic` to build and use the synthetic one")
         self.dataset_dir = Path(config.data.dir)
+        if not (self.dataset_dir / "dataset_info.json").is_file():
+            raise InputError(f"config.data.dir {self.dataset_dir}: no encoded6d dataset there (no dataset_info.json); "
+                             "give the folder the encode step wrote (.../encoded6d/<config>/<version>), or train "
+                             "with --synthetic")
         self.batch_shapes = loader.global_batch_shapes(loader.dataset_spec(self.dataset_dir), t.global_batch_size,
                                                        t.grad_accum_steps, config.data.text_len)
         dp = mesh_lib.data_parallel_size(self.mesh, self.rules)
@@ -81,16 +92,17 @@ class Trainer:
                                        seed=config.seed, text_len=config.data.text_len)
         self.iterator = loader.make_iterator(ds, num_threads=config.data.num_threads,
                                              num_workers=config.data.num_workers)
-        latest = self.checkpointer.latest_step()
-        if latest is None:
+        restored = self._restore_latest()
+        if restored is None:
             self.state = state_lib.init_state(self.parts, self.tx, self.state_sh, config.seed)
             self.start_step = 0
         else:
-            abstract = state_lib.abstract_state(self.parts, self.tx, self.state_sh)
-            self.state, it_state, meta = self.checkpointer.restore(latest, abstract)
+            latest, (self.state, it_state, meta) = restored
             if meta.get("base") != self.base_ref:
-                raise ValueError(f"checkpoint step {latest} was trained on base {meta.get('base')}, this run uses "
-                                 f"{self.base_ref}")
+                raise InputError(f"checkpoint step {latest} of {self.workdir} was trained on base {meta.get('base')}, "
+                                 f"this run uses {self.base_ref}; use a new --out folder or the same "
+                                 "train.base_checkpoint")
+            resume_lib.check_resume(meta.get("config", {}), self.config.to_dict(), latest, str(self.workdir))
             self.iterator.set_state(it_state)
             self.start_step = int(jax.device_get(self.state["step"]))
             self._log(f"resumed from {self.checkpointer.directory / str(latest)} at step {self.start_step}")
@@ -100,7 +112,29 @@ class Trainer:
                                                   image_tokens=self.batch_shapes["image_embeds"][2])
         self.tokens_per_sample = math.prod(grid)
         self.peak = peak_tflops(jax.devices()[0].device_kind, t.peak_tflops_per_device)
-        self.writer = metrics_lib.MetricsWriter(self.workdir, enabled=jax.process_index() == 0)
+        self.writer = metrics_lib.MetricsWriter(self.workdir, enabled=jax.process_index() == 0,
+                                                keep_until_step=self.start_step)
+
+    def _restore_latest(self):
+        """``(step, (state, iterator state, meta))`` of the newest checkpoint that restores, or None when there is
+        none. An unreadable newer one (damaged on disk) is moved aside (``checkpoints/corrupt/<step>``), with a
+        message, and the next older one is tried; when none restores the error says so."""
+        abstract = state_lib.abstract_state(self.parts, self.tx, self.state_sh)
+        failures = []
+        for step in sorted(self.checkpointer.manager.all_steps(), reverse=True):
+            try:
+                return step, self.checkpointer.restore(step, abstract)
+            except Exception as e:  # orbax / tensorstore raise many types for a damaged step; all mean "unreadable"
+                reason = " ".join(str(e).split())[:300]
+                failures.append(f"step {step}: {type(e).__name__}: {reason}")
+                moved = self.checkpointer.quarantine(step)
+                print(f"train: checkpoint step {step} is unreadable ({type(e).__name__}: {reason}); moved to {moved}, "
+                      "falling back to the previous one", flush=True)
+        if failures:
+            raise InputError(f"no checkpoint of {self.checkpointer.directory} restores ({'; '.join(failures)}); "
+                             "they were moved to checkpoints/corrupt/: start a new --out folder, or delete them to "
+                             "train from the start here")
+        return None
 
     def _log(self, msg: str) -> None:
         if self.verbose:

@@ -1,7 +1,7 @@
 """What differs per model on disk: folder and weight-file names, config classes, weight table, abstract model,
 the key renames a checkpoint may need before it meets the table; and the layout of a converted folder / bundle.
 
-Layout (``tools/convert.py torch-to-jax`` output, a bundle, a training run's export)::
+Layout (``fourdnex convert`` output, a bundle, a training run's export)::
 
     <model>/                  orbax checkpoint of each model of :data:`SPECS` (the DiT: its FROZEN base)
     transformer_adapter/      orbax checkpoint of the DiT's TRAINABLE adapter (:data:`ADAPTER_CHECKPOINT`)

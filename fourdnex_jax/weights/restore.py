@@ -5,10 +5,10 @@ from the parameter's logical axis names and the rules (:func:`fourdnex_jax.shard
 :data:`fourdnex_jax.sharding.DEFAULT_LOGICAL_AXIS_RULES`); orbax reads every device's shard straight from disk, so
 nothing is materialised whole on one device. ``mesh=None`` restores onto the first local device. The transformer is
 restored from its base checkpoint plus the adapter checkpoint whenever its config has trainable parameters (LoRA,
-domain embeddings): a missing ``transformer_adapter/`` is an error (it would sample with an untrained adapter) unless
-the caller asks for the initial values (``fresh_adapter=True``: a training start or a caller that assigns trained
-values next; :func:`~fourdnex_jax.weights.registry.initial_trainable`). A missing or damaged checkpoint folder or
-config raises :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and the missing part.
+domain embeddings): a missing ``transformer_adapter/`` is an error (it would sample with an untrained adapter; a
+training start takes its initial values from :func:`~fourdnex_jax.weights.registry.initial_trainable` and restores
+the base only, ``param_filter=FROZEN``). A missing or damaged checkpoint folder or config raises
+:class:`~fourdnex_jax.utils.errors.InputError` naming the folder and the missing part.
 
 Users: :func:`fourdnex_jax.pipelines.bundle.load_bundle` (:func:`restore_model`) and the trainer's frozen base
 (:func:`fourdnex_jax.training.state.restore_frozen`: :func:`restore_params` with the run's config and
@@ -31,7 +31,7 @@ from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, sharded_targets
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.schema import check_dataclass_values
 from fourdnex_jax.weights.orbax import restore_flat
-from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, CONFIGS_DIR, SPECS, initial_trainable
+from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, CONFIGS_DIR, SPECS
 
 #: Config fields that may differ from the converted config at restore time (execution / numerics of compute).
 RESTORE_OVERRIDABLE = frozenset({"compute_dtype", "scan_layers", "remat_policy", "attention", "attention_chunk_size"})
@@ -111,7 +111,7 @@ def _resolve_config(directory: Path, name: str, config: Any, overrides: dict[str
 
 def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
                    rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES, *, config: Any = None,
-                   param_filter: nnx.filterlib.Filter = ..., fresh_adapter: bool = False, **overrides: Any
+                   param_filter: nnx.filterlib.Filter = ..., **overrides: Any
                    ) -> tuple[nnx.Module, dict[str, jax.Array]]:
     """``(abstract model, {path: array})`` of model ``name`` ('transformer', 'vae', 'text_encoder',
     'image_encoder'), every array placed as the rules shard it on ``mesh``.
@@ -120,8 +120,7 @@ def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
     the :data:`RESTORE_OVERRIDABLE` fields, and the model is built from it. Otherwise the stored config is used,
     with ``overrides`` (transformer execution fields only). ``param_filter``: which parameters to return; a
     checkpoint none of whose parameters is selected is not read (``FROZEN``: the DiT base without its adapter).
-    ``fresh_adapter``: the trainable adapter gets its initial values when the folder has no adapter checkpoint
-    (otherwise that is an error: module docstring)."""
+    Selected adapter parameters need the folder's adapter checkpoint (module docstring)."""
     directory = Path(directory)
     spec = SPECS[name]
     config, param_dtype = _resolve_config(directory, name, config, overrides)
@@ -136,23 +135,19 @@ def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
         targets = sharded_targets(trainable, mesh, rules)
         if (directory / ADAPTER_CHECKPOINT).exists():
             values.update(_restore_checked(directory, ADAPTER_CHECKPOINT, targets))
-        elif not fresh_adapter:
+        else:
             raise InputError(
                 f"{directory / ADAPTER_CHECKPOINT}/ missing: the transformer config of {directory} has a trained "
                 f"adapter ({'LoRA rank ' + str(config.lora_rank) if config.lora_rank else ''}"
                 f"{', ' if config.lora_rank and config.domain_embeddings else ''}"
                 f"{'domain embeddings' if config.domain_embeddings else ''}) that would be sampled untrained; copy "
                 "the folder again with transformer_adapter/ (or convert with --adapter)")
-        else:
-            fresh = initial_trainable(config)
-            values.update({p: jax.device_put(v, targets[p].sharding) for p, v in fresh.items()})
     return abstract, {p: v for p, v in values.items() if p in wanted}
 
 
 def restore_model(directory: str | Path, name: str, mesh: Mesh | None = None,
                   rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES, *, config: Any = None,
-                  fresh_adapter: bool = False, **overrides: Any) -> nnx.Module:
+                  **overrides: Any) -> nnx.Module:
     """The model ``name`` of a converted folder with all its parameters (see :func:`restore_params`)."""
-    abstract, values = restore_params(directory, name, mesh, rules, config=config, fresh_adapter=fresh_adapter,
-                                      **overrides)
+    abstract, values = restore_params(directory, name, mesh, rules, config=config, **overrides)
     return params.materialize(abstract, values)

@@ -157,8 +157,10 @@ def load_pt(path: str | os.PathLike) -> Any:
             unpickler = _RestrictedUnpickler(archive.read(pkls[0]), archive, prefix, path)
             try:
                 return unpickler.load()
-            except PtFormatError:
-                raise
+            except PtFormatError as e:
+                if str(path) in str(e):
+                    raise
+                raise PtFormatError(f"{path}: {e}") from e
             except Exception as e:  # malformed pickle: report, never fall back to a permissive loader
                 raise PtFormatError(f"{path}: cannot decode data.pkl: {type(e).__name__}: {e}") from e
     except zipfile.BadZipFile as e:

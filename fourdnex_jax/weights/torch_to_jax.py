@@ -300,7 +300,9 @@ def convert(src: str | Path, out: str | Path, *, adapter: str | Path | None = No
                 problems.append("[adapter] needs the transformer component (do not --skip transformer)")
         except (WeightMappingError, CheckpointFileError, ValueError, FileNotFoundError) as e:
             problems.append(f"[adapter] {e}")
-    if problems:
+    if len(problems) == 1 and "\n" not in problems[0]:
+        raise ConversionError(f"cannot convert {src}: {problems[0]}")
+    if problems:  # one line per problem under a head line naming the source
         raise ConversionError(f"cannot convert {src}; {len(problems)} problem(s):\n" + "\n".join(problems))
     if adapter_values is not None:
         bad = sorted(k for k, v in adapter_values.items() if not np.isfinite(np.asarray(v, np.float32)).all())
@@ -351,7 +353,8 @@ def _write(src: Path, out: Path, prepared: dict[str, PreparedModel], skip: tuple
             "tensors_ignored": p.ignored, "bytes_stored": sum(stored.values()), "bytes_by_dtype": stored,
             "source_bytes": source_bytes, "source_dtypes": p.source_dtypes(), "renamed_keys": p.renames,
             "files": files, "seconds": round(seconds, 3), "source_passes": plan.passes,
-            "accepted_config_keys": p.accepted_config_keys}
+            "accepted_config_keys": p.accepted_config_keys,
+            "files_checked_against_hub_sha256": sum(1 for f in p.source.files if hub_sha256(f) is not None)}
         line = (f"{name}: {plan.converted} tensors converted, {len(p.ignored)} ignored, {source_bytes / 1e9:.2f} GB "
                 f"in {seconds:.1f} s ({source_bytes / 1e9 / max(seconds, 1e-9):.2f} GB/s)")
         summary.append((plan.converted, len(p.ignored), source_bytes, seconds))

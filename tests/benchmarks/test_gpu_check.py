@@ -90,7 +90,7 @@ def test_cpu_run_end_to_end(tmp_path):
                          env=blocked_data_stack(tmp_path), capture_output=True, text=True, timeout=1800)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     r = json.loads(out.read_text())
-    assert r["mode"].startswith("cpu") and list(r["stages"]) == list(STAGES)
+    assert r["mode"].startswith("cpu") and r["stage_order"] == list(STAGES) and set(r["stages"]) == set(STAGES)
     for name, keys in STAGE_KEYS.items():
         e = r["stages"][name]
         assert e["status"] == "ok", (name, e)

@@ -112,3 +112,9 @@ def test_bad_input_is_one_line_and_the_traceback_needs_verbose(tmp_path):
     assert usage.returncode == 2 and "usage error" in usage.stderr
     unknown = _fourdnex("render", "--scene", tmp_path, "--out", tmp_path / "o.mp4", "--bogus")
     assert unknown.returncode == 2 and "bogus" in unknown.stderr
+
+
+def test_an_installation_without_the_tiny_bundle_says_how_to_get_one(monkeypatch):
+    monkeypatch.setattr(resources, "shipped", lambda relative: None)
+    with pytest.raises(FileNotFoundError, match="pass --checkpoint DIR, a bundle converted with `fourdnex convert`"):
+        resources.default_bundle()

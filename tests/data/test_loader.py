@@ -1,4 +1,4 @@
-"""Synthetic clips -> tools/prepare_data.py (resumable, atomic) -> TFDS array_record -> grain: deterministic
+"""Synthetic clips -> `fourdnex prepare-data` (resumable, atomic) -> TFDS array_record -> grain: deterministic
 shuffling, per-host sharding, batching, and an iterator whose JSON state (what training checkpoints store) resumes on
 the exact next batch."""
 
@@ -20,7 +20,7 @@ T, H, W, N = 5, 32, 48, 10
 
 def _tool(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run([sys.executable, "-m", "fourdnex_jax", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
@@ -29,14 +29,14 @@ def _tool(*args):
 def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
     dims = ["--frames", str(T), "--height", str(H), "--width", str(W)]
-    s = _tool("tools/synth_data.py", "--out", str(tmp / "raw"), "--num-clips", str(N), "--workers", "0", *dims)
+    s = _tool("synth-data", "--out", str(tmp / "raw"), "--num-clips", str(N), "--workers", "0", *dims)
     assert f"{N} clips ({N} new" in s.stdout
-    _tool("tools/synth_data.py", "--out", str(tmp / "raw_heldout"), "--num-clips", "2", "--split", "heldout",
+    _tool("synth-data", "--out", str(tmp / "raw_heldout"), "--num-clips", "2", "--split", "heldout",
           "--workers", "0", *dims)
-    p = _tool("tools/prepare_data.py", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
+    p = _tool("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
               str(tmp / "tfds"), "--shard-size", "4", *dims)
     assert "10/10 examples kept, none skipped; shards 3 written, 0 reused" in p.stdout
-    p = _tool("tools/prepare_data.py", "--layout", "synthetic", "--input", str(tmp / "raw_heldout"), "--out",
+    p = _tool("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw_heldout"), "--out",
               str(tmp / "tfds"), "--split", "heldout", "--shard-size", "4", *dims)
     folder = p.stdout.strip().split("-> ")[-1].split(" [")[0]
     return tmp, Path(folder)
@@ -57,7 +57,7 @@ def test_prepared_dataset(dataset):
 def test_prepare_is_resumable(dataset, tmp_path):
     tmp, _ = dataset
     dims = ["--frames", str(T), "--height", str(H), "--width", str(W)]
-    args = ["tools/prepare_data.py", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
+    args = ["prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
             str(tmp_path), "--shard-size", "4", "--limit", "8", *dims]
     _tool(*args)
     stage = tmp_path / "_staging" / "clips6d" / f"f{T}_h{H}_w{W}_reference" / "train"

@@ -171,3 +171,53 @@ def test_too_short_clips_are_skipped_not_padded(tmp_path, r):
     assert clip.frame_index.tolist() == [0, 1, 2, 3, 4, 3, 2, 1, 0]
     with pytest.raises(BadExample, match="too_few_frames"):
         to_clip6d(raw, ClipConfig(num_frames=13, height=H, width=W))  # would need a second reflection
+
+
+def test_fixed_clip_is_prepared_again(tmp_path, r):
+    """A clip skipped as damaged and then fixed on disk is staged again (shards are keyed on their inputs' size and
+    mtime, prepare.item_fingerprint), not served from the old shard."""
+    import functools
+    import os
+
+    mega = tmp_path / "megasam"
+    mega.mkdir()
+    caps = CaptionTable({"good": "fine", "broken": "fine"})
+    scenes.write_megasam(mega / "good.npz", r)
+    scenes.write_megasam(mega / "broken.npz", dict(r, depths=np.full_like(r["depths"], np.nan)))
+
+    def stage():
+        items = prepare.discover("megasam", mega, caps)
+        return staging.stage([(it.clip_id, it) for it in items], functools.partial(prepare.convert_item, config=CFG),
+                             tmp_path / "stage", shard_size=1, progress=False, fingerprint=prepare.item_fingerprint)
+
+    stats, info = stage()
+    assert stats.kept == 1 and info["written"] == 2
+    stats, info = stage()  # nothing changed: both shards reused
+    assert stats.kept == 1 and info["written"] == 0
+    scenes.write_megasam(mega / "broken.npz", r)  # fixed
+    os.utime(mega / "broken.npz", ns=(1, 10**18))  # a distinct mtime even on a coarse clock
+    stats, info = stage()
+    assert stats.kept == 2 and info["written"] == 1 and info["done_before"] == 1
+    assert len(list(staging.iter_staged(tmp_path / "stage"))) == 2
+    scenes.write_megasam(mega / "good.npz", dict(r, depths=np.full_like(r["depths"], np.nan)))  # broken now
+    os.utime(mega / "good.npz", ns=(1, 2 * 10**18))
+    stats, _ = stage()
+    assert stats.kept == 1 and len(list(staging.iter_staged(tmp_path / "stage"))) == 1  # its old examples gone
+
+
+def test_packing_removes_a_killed_packings_incomplete_folder(tmp_path, r):
+    """TFDS packs into ``incomplete.XXXXXX_<version>`` and renames it; a packing killed with -9 leaves that folder
+    behind, and the next packing removes it."""
+    from fourdnex_jax.data import tfds_builders
+
+    mega = tmp_path / "megasam"
+    mega.mkdir()
+    scenes.write_megasam(mega / "good.npz", r)
+    items = prepare.discover("megasam", mega, CaptionTable({"good": "fine"}))
+    cfg = tfds_builders.clips_config(CFG.num_frames, CFG.height, CFG.width, CFG.normalization, CFG.intrinsics)
+    config_dir = tmp_path / "tfds" / tfds_builders.Clips6D.name / cfg.name
+    stale = config_dir / f"incomplete.ABC123_{tfds_builders.Clips6D.VERSION}"
+    stale.mkdir(parents=True)
+    out = prepare.prepare(items, tmp_path / "tfds", CFG, progress=False)
+    assert not stale.exists() and sorted(p.name for p in config_dir.iterdir()) == [str(tfds_builders.Clips6D.VERSION)]
+    assert out["kept"] == 1

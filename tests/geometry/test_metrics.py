@@ -1,5 +1,5 @@
 """Video-depth and camera-pose metrics (fourdnex_jax.geometry.metrics) and the registration row of
-tools/eval_geometry.py."""
+``fourdnex eval-geometry``."""
 
 import numpy as np
 

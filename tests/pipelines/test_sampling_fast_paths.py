@@ -70,9 +70,10 @@ def test_pipeline_step_cache(bundle_dir):
     text, neg = k2.encode_prompt(prompts)
     clip, cond = k2.encode_image(images)
     args = (cond, text, neg, clip, k2.schedule.table[0], np.float32(999))
-    full = k2._steps["full"].lower(k2._state, state, None, *args).compile()
-    _, residual = full(k2._state, state, None, *args)
-    cached = k2._steps["cached"].lower(k2._state, state, residual, *args).compile()
+    dit = k2._state("transformer")
+    full = k2._steps["full"].lower(dit, state, None, *args).compile()
+    _, residual = full(dit, state, None, *args)
+    cached = k2._steps["cached"].lower(dit, state, residual, *args).compile()
     flops = [c.cost_analysis()["flops"] for c in (full, cached)]
     assert flops[1] < 0.5 * flops[0], flops
 
@@ -100,7 +101,7 @@ def test_pipeline_int8_and_negative_prompt_once(bundle_dir):
                   _settings(negative_prompt="floor", weight_quant="int8"), spec=b.spec, scheduler=b.scheduler,
                   devices=dev)
     assert dit.blocks.attn1.to_q.kernel.dtype == jnp.float32  # the caller's model is not quantised
-    assert q._state["transformer"]["blocks"]["attn1"]["to_q"]["kernel"].dtype == jnp.int8  # the pipeline's copy is
+    assert q._state("transformer")["blocks"]["attn1"]["to_q"]["kernel"].dtype == jnp.int8  # the pipeline's copy is
     assert b.transformer.blocks.attn1.to_q.kernel.dtype == jnp.float32
     r_q = q(images, prompts, seeds=[1, 2], progress=False)
     for a, c in zip(r_q, r_fp):

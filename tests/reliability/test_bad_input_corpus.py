@@ -2,7 +2,8 @@
 input the test builds itself, and must get
 
 * exit status != 0,
-* one line ``fourdnex CMD: error: ...`` (or ``usage error``) naming the file / key and the fix,
+* one line ``fourdnex CMD: error: ...`` (or ``usage error``) naming the file / key and the fix (a conversion
+  with several problems lists one per line under that line),
 * no traceback (a traceback only with ``--verbose``: checked once),
 * nothing that was already on disk lost or changed (every file under the case's folder before the run is
   byte-identical after it), and no model loaded first where the input could be checked before.
@@ -264,6 +265,19 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["{tmp}/bundle/transformer/_METADATA missing"]),
     "export/out-has-result": (lambda t: ["export", "--src", str(TINY), "--out", str(previous_result(t))],
                               ["--out {tmp}/prev", "--overwrite"]),
+    # train
+    "train/nan-policy-typo": (lambda t: ["train", "--config", "tiny", "--out", str(t / "run"),
+                                         f"--config.data.dir={t}", "--config.train.nan_policy=ignore"],
+                              ["train.nan_policy='ignore'", "'skip', 'stop'"]),
+    "train/optim-preset-typo": (lambda t: ["train", "--config", "tiny", "--out", str(t / "run"),
+                                           f"--config.data.dir={t}", "--config.optim.preset=reference"],
+                                ["optim.preset='reference'", "reference_effective"]),
+    "train/model-bad-choice": (lambda t: ["train", "--config", "tiny", "--out", str(t / "run"),
+                                          f"--config.data.dir={t}", "--config.model.attention=fastest"],
+                               ["--config.model", "attention"]),
+    "train/data-dir-missing": (lambda t: ["train", "--config", "tiny", "--out", str(t / "run"),
+                                          f"--config.data.dir={t / 'nods'}"],
+                               ["config.data.dir {tmp}/nods", "no encoded6d dataset"]),
     # convert (torch-to-jax)
     "convert/src-incomplete": (lambda t: ["convert", "--src", str(_mkdir(t / "empty")), "--out", str(t / "o")],
                                ["component transformer/ missing", "--skip transformer"]),
@@ -363,9 +377,12 @@ def check_case(case: str, tmp: Path, verbose: bool = False) -> tuple[subprocess.
     assert res.returncode != 0, f"{case}: exit status 0\n{out[-3000:]}"
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     cmd = argv[0]
-    errors = [ln for ln in lines if ln.startswith((f"fourdnex {cmd}: error: ", f"fourdnex {cmd}: usage error: "))]
-    assert errors, f"{case}: no one-line error\n{out[-3000:]}"
-    line = errors[-1]
+    starts = [i for i, ln in enumerate(lines)
+              if ln.startswith((f"fourdnex {cmd}: error: ", f"fourdnex {cmd}: usage error: "))]
+    assert starts, f"{case}: no one-line error\n{out[-3000:]}"
+    # the error line; a converter error with several problems lists one per line under it
+    line = "\n".join(lines[starts[-1]:])
+    assert "\n" not in line or cmd == "convert", f"{case}: message over several lines:\n{line}"
     for needle in needles:
         assert needle.format(tmp=tmp) in line, f"{case}: {needle.format(tmp=tmp)!r} not in: {line}"
     if not verbose:
@@ -377,10 +394,7 @@ def check_case(case: str, tmp: Path, verbose: bool = False) -> tuple[subprocess.
     return res, line
 
 
-SLOW = {"generate/bundle-chunk-missing"}  # loads the other models first (orbax reads the chunks lazily)
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case, tmp_path):
     check_case(case, tmp_path)
 

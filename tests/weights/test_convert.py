@@ -1,4 +1,4 @@
-"""Checkpoint conversion (fourdnex_jax.weights, tools/convert.py): torch -> orbax -> torch bit-exact for the four
+"""Checkpoint conversion (fourdnex_jax.weights, `fourdnex convert`): torch -> orbax -> torch bit-exact for the four
 models, the exported 4DNeX adapter against diffusers + peft, strict errors, sharded restore on 8 fake devices,
 the torch-free .pt reader/writer and the manifest.
 

@@ -22,7 +22,7 @@ from fourdnex_jax.weights import torch_pickle as tp
 from fourdnex_jax.weights.jax_to_torch import export, library_config
 from fourdnex_jax.weights.registry import SPECS
 from fourdnex_jax.weights.torch_to_jax import ConversionError, convert
-from tests.weights.test_convert import SKIP_ENCODERS, _copied_components, _write_st, numpy_transformer
+from tests.weights.test_convert import SKIP_ENCODERS, _write_st, numpy_transformer
 
 ROOT = Path(__file__).resolve().parents[2]
 ONLY_TEXT = ("transformer", "vae", "image_encoder", "tokenizer", "scheduler", "image_processor")

@@ -1,4 +1,4 @@
-"""Reader of the synthetic generator's clips (``tools/synth_data.py``): one ``.npz`` per clip with ``images``
+"""Reader of the synthetic generator's clips (``fourdnex synth-data``): one ``.npz`` per clip with ``images``
 (T, H, W, 3) uint8, ``depths`` (T, H, W) float32 z-depth, ``intrinsics`` (T, 3, 3), ``cam_c2w`` (T, 4, 4) and
 ``dynamic_mask`` (T, H, W) bool; captions in ``captions.csv`` next to them (``number, caption``)."""
 

@@ -30,7 +30,6 @@ import numbers
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu import splash_attention as sa
 from jax.sharding import PartitionSpec as P
 
 from fourdnex_jax.ops.attention.reference import CONTEXT_AXIS, batch_head_axes, pad_to_blocks, round_up
@@ -57,6 +56,10 @@ def _kernel(num_heads: int, lq: int, lk: int, block_q: int, block_kv: int, inter
     the block grid in numpy (mask info for the forward, dq and dkv kernels) at trace time. Built under
     ``ensure_compile_time_eval`` so its mask-info arrays are concrete constants, not tracers of the first trace
     that asked for it (a cached tracer would leak into every later trace)."""
+    # Imported where used: the kernel's module path has moved between jax releases, and importing the attention
+    # package (every backend, e.g. cuDNN on a GPU with a newer jax) must not depend on it.
+    from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
     mask = sa.MultiHeadMask([sa.FullMask((lq, lk)) for _ in range(num_heads)])
     blocks = sa.BlockSizes(block_q=block_q, block_kv=block_kv, block_kv_compute=block_kv,
                            block_q_dkv=block_q, block_kv_dkv=block_kv, block_kv_dkv_compute=block_kv,
@@ -72,6 +75,8 @@ def _local_splash(q, k, v, *, block_q: int, block_kv: int, interpret: bool):
     qp = (padded.q.astype(jnp.float32) * d ** -0.5).astype(q.dtype)
     segment_ids = None
     if padded.kv_valid is not None:
+        from jax.experimental.pallas.ops.tpu import splash_attention as sa
+
         segment_ids = sa.SegmentIds(q=jnp.zeros((padded.q.shape[1],), jnp.int32),
                                     kv=jnp.asarray(~padded.kv_valid, jnp.int32))
     kernel = _kernel(q.shape[2], padded.q.shape[1], padded.k.shape[1], block_q, block_kv, interpret)
