@@ -149,14 +149,16 @@ def test_pipeline_matches_diffusers(parts, solver):
     steps = 4
     settings = SampleSettings(num_frames=T, max_area=H * W, num_steps=steps, solver=solver, flow_shift=3.0,
                               guidance_scale=5.0, negative_prompt="", text_len=512, batch_size=1)
-    pipe = ImageTo4D(*jax_parts, settings, spec=SixDSpec(), devices=jax.devices()[:2])  # 2 devices: batch padded to 2
+    # 2 devices on a data mesh: with CFG the two branches go over `data`, so a call takes pipe.batch (= 1) image
+    pipe = ImageTo4D(*jax_parts, settings, spec=SixDSpec(), devices=jax.devices()[:2])
+    assert pipe.layout.cfg_over_data and pipe.batch == 1
     assert pipe.sample_size(image) == (H, W)  # the aspect rule keeps the H x W image as it is (diffusers: resized)
     noise = np.random.default_rng(1).standard_normal((1, *pipe.latent_shape(H, W))).astype(np.float32)
     theirs = run_torch(torch_parts, image, noise, solver, steps)
     np.testing.assert_array_equal(pipe.schedule.timesteps.astype(theirs["timesteps"].dtype), theirs["timesteps"])
     np.testing.assert_array_equal(pipe.schedule.sigmas, theirs["sigmas"])
-    text, neg = (np.asarray(a) for a in pipe.encode_prompt([PROMPT, PROMPT]))
-    clip, cond = (np.asarray(a) for a in pipe.encode_image([image, image]))
+    text, neg = (np.asarray(a) for a in pipe.encode_prompt([PROMPT] * pipe.batch))
+    clip, cond = (np.asarray(a) for a in pipe.encode_image([image] * pipe.batch))
     errs = {"text": rel_l2(text[:1], theirs["text"]), "negative": rel_l2(neg[:1], theirs["neg"]),
             "clip": rel_l2(clip[:1], theirs["clip"]), "condition": rel_l2(cond[:1], theirs["cond"])}
     mine = []
