@@ -30,7 +30,7 @@ from fourdnex_jax.models.transformer import TRAINABLE
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, sharded_targets
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.schema import check_dataclass_values
-from fourdnex_jax.weights.orbax import restore_flat
+from fourdnex_jax.weights.orbax import file_index_problems, restore_flat
 from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, CONFIGS_DIR, SPECS
 
 #: Config fields that may differ from the converted config at restore time (execution / numerics of compute).
@@ -46,7 +46,8 @@ def checkpoint_problems(directory: str | Path, name: str) -> list[str]:
     folder = Path(directory) / name
     if not folder.is_dir():
         return [f"{folder}/ missing"]
-    return [f"{folder / f} missing" for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+    missing = [f"{folder / f} missing" for f in CHECKPOINT_FILES if not (folder / f).is_file()]
+    return missing or file_index_problems(folder)
 
 
 def read_config(directory: str | Path, name: str) -> tuple[Any, str]:
@@ -81,7 +82,9 @@ def _restore_checked(directory: Path, name: str, targets: dict) -> dict:
     except InputError:
         raise
     except Exception as e:  # orbax / tensorstore raise many types for a damaged folder; all mean the same here
-        msg = str(e).strip().splitlines()
+        # the first line, without tensorstore's spec dump
+        msg = str(e).strip().splitlines()[:1] or [""]
+        msg = [msg[0].split(" See full TensorStore details")[0]]
         raise InputError(f"cannot read checkpoint {directory / name} ({type(e).__name__}: "
                          f"{' '.join(msg)[:400]}); the folder is damaged or from another model: copy or convert it "
                          "again") from e

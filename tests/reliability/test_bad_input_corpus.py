@@ -193,7 +193,10 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
         ["{tmp}/bundle/configs/vae.json"]),
     "generate/bundle-chunk-missing": (lambda t: GEN + ["--image", str(png(t / "i.png")), "--checkpoint", str(
         bundle_copy(t, lambda b: shutil.rmtree(b / "vae" / "ocdbt.process_0"))), "--out", str(t / "o")],
-        ["{tmp}/bundle", "vae"]),
+        ["{tmp}/bundle/vae", "files missing or truncated", "ocdbt.process_0/"]),
+    "generate/bundle-chunk-truncated": (lambda t: GEN + ["--image", str(png(t / "i.png")), "--checkpoint", str(
+        bundle_copy(t, lambda b: _truncate(max((b / "transformer").rglob("d/*"), key=lambda p: p.stat().st_size)))),
+        "--out", str(t / "o")], ["{tmp}/bundle/transformer", "missing or truncated", "bytes"]),
     # generate: settings
     "generate/setting-bad-choice": (lambda t: GEN + ["--image", str(png(t / "i.png")), "--out", str(t / "o"),
                                                      "--config.sample.solver=bogus"], ["solver", "bogus"]),

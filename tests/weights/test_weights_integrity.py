@@ -199,3 +199,27 @@ def test_export_of_the_shipped_bundle_round_trips_and_is_published_as_a_unit(tmp
     assert back["adapter"]["domain_embeddings"] is True
     with pytest.raises(InputError, match="no such folder"):
         export(tmp_path / "nope", tmp_path / "x", progress=False)
+
+
+def test_checkpoint_file_index_names_a_missing_or_truncated_file(tmp_path):
+    """save_flat lists its files; a removed or cut data file is reported by name before orbax reads anything, and
+    the intact checkpoint restores unchanged (orbax ignores the index)."""
+    import jax
+
+    from fourdnex_jax.weights.orbax import FILE_INDEX, file_index_problems, restore_flat, save_flat
+
+    values = {"a/kernel": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones((4,), np.float32)}
+    ckpt = save_flat(tmp_path / "ckpt", values)
+    index = json.loads((ckpt / FILE_INDEX).read_text())["files"]
+    assert "_METADATA" in index and any(k.endswith("manifest.ocdbt") for k in index)
+    assert file_index_problems(ckpt) == []
+    restored = restore_flat(ckpt, {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in values.items()})
+    for k, v in values.items():
+        np.testing.assert_array_equal(np.asarray(restored[k]), v)
+    data = max((p for p in ckpt.rglob("*") if p.is_file() and "/d/" in p.as_posix()), key=lambda p: p.stat().st_size)
+    data.write_bytes(data.read_bytes()[:-1])
+    (problem,) = file_index_problems(ckpt)
+    assert str(ckpt) in problem and data.relative_to(ckpt).as_posix() in problem and "bytes" in problem
+    data.unlink()
+    (problem,) = file_index_problems(ckpt)
+    assert f"{data.relative_to(ckpt).as_posix()} missing" in problem
