@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
     # whose change you accept (comma-separated, fnmatch patterns, "*" for all).
     config.train.resume_allow_changes = ""
     config.train.max_nan_skips = 20  # consecutive skipped steps before stopping anyway
+    # adapter: LoRA + domain embeddings over a frozen base (4DNeX); full: every DiT weight (the reference's
+    # --training_type sft, model.lora_rank must be 0), initialised from base_checkpoint or config.seed
+    config.train.trainable = "adapter"
     config.train.base_checkpoint = ""  # converted folder (fourdnex convert); "" = random base from config.seed
     config.train.peak_tflops_per_device = 0.0  # 0: from the device kind (MFU omitted where unknown)
     config.train.profile_steps = 0
@@ -130,6 +133,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 #: :class:`fourdnex_jax.pipelines.settings.SampleSettings` against the bundle, before any weights load.
 CHOICES = {
     "train.nan_policy": ("skip", "stop"),
+    "train.trainable": ("adapter", "full"),
     "optim.preset": tuple(sorted(OPTIMIZER_PRESETS)),
     "optim.schedule": (None, *SCHEDULES),
 }
@@ -147,7 +151,10 @@ def validate(config: ml_collections.ConfigDict, where: str = "config") -> ml_col
     overrides: a wrong value raises :class:`~fourdnex_jax.utils.errors.InputError` naming the key and the choices
     (a typo such as ``nan_policy=ignore`` would otherwise act as the default)."""
     check_choices(config, CHOICES, where)
-    model_config(config, where)
+    model = model_config(config, where)
+    if config.train.trainable == "full" and model.lora_rank:
+        raise InputError(f"{where}.train.trainable='full' trains every DiT weight, so LoRA adds nothing: set "
+                         f"{where}.model.lora_rank=0 (it is {model.lora_rank}), or train.trainable='adapter'")
     return config
 
 

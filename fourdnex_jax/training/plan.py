@@ -45,7 +45,7 @@ def compile_train_step(config, devices: Sequence[Any], *, mesh_shape: Sequence[i
     rules = mesh_lib.rules_of(config.sharding)
     text_len = text_len or config.data.text_len
     t0 = time.perf_counter()
-    parts = state_lib.ModelParts.build(cfg, config.seed)
+    parts = state_lib.ModelParts.build(cfg, config.seed, config.train.trainable)
     tx, schedule = optim_lib.make_optimizer(config.optim, t.num_steps)
     state_sh = state_lib.state_shardings(parts, tx, mesh, rules)
     frozen_sh = parts.frozen_shardings(mesh, rules)

@@ -1,12 +1,13 @@
 """The train state and the frozen base, as plain pytrees placed on the mesh by the logical axis rules.
 
 * ``TrainState`` (a dict, donated to every step and saved in every checkpoint): ``step`` (int32, batches
-  consumed), ``trainable`` (nested dict of the LoRA + domain-embedding tensors, fp32), ``opt_state`` (optax state;
+  consumed), ``trainable`` (nested dict of what ``config.train.trainable`` trains: ``adapter``, the LoRA +
+  domain-embedding tensors, fp32; ``full``, every DiT parameter in its ``param_dtype``), ``opt_state`` (optax state;
   Adam moments get the trainable tensors' shardings, counters are replicated), ``rng`` (uint32 key data of the
   run's base key; step keys are ``fold_in(key, step)``, so a resumed run draws the same noise), ``nan_skips``
   (consecutive skipped steps) and ``skipped`` (all skipped steps).
-* frozen base (nested dict, bf16 in the 14B preset, sharded like the trainable tensors by the same rules): never
-  donated, never differentiated, never saved by training. Built from ``config.seed`` (tiny/test runs) or restored
+* frozen base (nested dict, bf16 in the 14B preset, sharded like the trainable tensors by the same rules; empty
+  with ``trainable='full'``): never donated, never differentiated, never saved by training. Built from ``config.seed`` (tiny/test runs) or restored
   from a converted checkpoint straight into its sharding (``train.base_checkpoint``, see
   :func:`fourdnex_jax.weights.restore.restore_params`).
 
@@ -28,28 +29,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from fourdnex_jax.utils.tree import flatten, nest
 from fourdnex_jax.models import params
-from fourdnex_jax.models.transformer import FROZEN, TRAINABLE, WanTransformer3D, WanTransformerConfig
+from fourdnex_jax.models.transformer import FROZEN, TRAINABLE_MODES, WanTransformer3D, WanTransformerConfig
 from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.weights.restore import restore_params
 
 
 @dataclasses.dataclass
 class ModelParts:
-    """The abstract model split into trainable / frozen / other variables (all ``{path: Variable}``)."""
+    """The abstract model split into trainable / frozen / other variables (all ``{path: Variable}``) by the
+    filters of ``mode`` (:data:`~fourdnex_jax.models.transformer.TRAINABLE_MODES`: 'adapter' or 'full')."""
 
     cfg: WanTransformerConfig
     graphdef: Any
     trainable_vars: dict[str, nnx.Variable]
     frozen_vars: dict[str, nnx.Variable]
     rest: Any
+    mode: str = "adapter"
 
     @classmethod
-    def build(cls, cfg: WanTransformerConfig, seed: int = 0) -> "ModelParts":
+    def build(cls, cfg: WanTransformerConfig, seed: int = 0, mode: str = "adapter") -> "ModelParts":
+        if mode not in TRAINABLE_MODES:
+            raise ValueError(f"trainable mode {mode!r}: one of {sorted(TRAINABLE_MODES)}")
         abstract = nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(seed)))
-        graphdef, trainable, frozen, rest = nnx.split(abstract, TRAINABLE, FROZEN, ...)
+        graphdef, trainable, frozen, rest = nnx.split(abstract, *TRAINABLE_MODES[mode], ...)
         if params.flat_variables(rest):
             raise ValueError(f"unexpected non-parameter state {sorted(params.flat_variables(rest))}")
-        return cls(cfg, graphdef, params.flat_variables(trainable), params.flat_variables(frozen), rest)
+        return cls(cfg, graphdef, params.flat_variables(trainable), params.flat_variables(frozen), rest, mode)
+
+    @property
+    def trainable_filter(self) -> nnx.filterlib.Filter:
+        return TRAINABLE_MODES[self.mode][0]
+
+    @property
+    def frozen_filter(self) -> nnx.filterlib.Filter:
+        return TRAINABLE_MODES[self.mode][1]
 
     def _state(self, variables: Mapping[str, nnx.Variable], values: Mapping[str, Any]) -> nnx.State:
         return nnx.from_flat_state([(tuple(p.split("/")), v.replace(values[p])) for p, v in variables.items()])
@@ -96,17 +109,26 @@ def abstract_state(parts: ModelParts, tx, shardings: Mapping[str, Any]) -> dict:
     return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, dict(shardings))
 
 
-def init_state(parts: ModelParts, tx, shardings: Mapping[str, Any], seed: int) -> dict:
-    """A fresh train state (adapter initialised as the model does: LoRA-B = 0, domain embeddings 0)."""
+def init_state(parts: ModelParts, tx, shardings: Mapping[str, Any], seed: int,
+               initial: Mapping[str, Any] | None = None) -> dict:
+    """A fresh train state: the trainable tensors as the model of ``seed`` initialises them (the adapter: LoRA-B = 0,
+    domain embeddings 0), except the ``initial`` ones (nested dict, e.g. a converted base for ``trainable='full'``;
+    donated)."""
+    initial_flat = flatten(initial or {})
+    unknown = sorted(set(initial_flat) - set(parts.trainable_vars))
+    if unknown:
+        raise ValueError(f"initial values for tensors that are not trained: {unknown[:5]}")
 
-    def init():
+    def init(initial_flat):
         model = WanTransformer3D(parts.cfg, rngs=nnx.Rngs(seed))
-        trainable = nest({p: v[...] for p, v in params.flat_variables(model, TRAINABLE).items()})
+        values = {p: v[...] for p, v in params.flat_variables(model, parts.trainable_filter).items()}
+        values.update({p: v.astype(values[p].dtype) for p, v in initial_flat.items()})
+        trainable = nest(values)
         return {"step": jnp.zeros((), jnp.int32), "trainable": trainable, "opt_state": tx.init(trainable),
                 "rng": jax.random.key_data(jax.random.key(seed + 1)).astype(jnp.uint32),
                 "nan_skips": jnp.zeros((), jnp.int32), "skipped": jnp.zeros((), jnp.int32)}
 
-    return jax.jit(init, out_shardings=dict(shardings))()
+    return jax.jit(init, out_shardings=dict(shardings), donate_argnums=0)(initial_flat)
 
 
 def init_frozen(parts: ModelParts, shardings, seed: int) -> dict:
@@ -114,14 +136,15 @@ def init_frozen(parts: ModelParts, shardings, seed: int) -> dict:
 
     def init():
         model = WanTransformer3D(parts.cfg, rngs=nnx.Rngs(seed))
-        return nest({p: v[...] for p, v in params.flat_variables(model, FROZEN).items()})
+        return nest({p: v[...] for p, v in params.flat_variables(model, parts.frozen_filter).items()})
 
     return jax.jit(init, out_shardings=shardings)()
 
 
-def restore_frozen(directory: str, parts: ModelParts, mesh: Mesh, rules) -> dict:
-    """The frozen base of a converted folder (``fourdnex convert``), read shard by shard into the
-    mesh. The folder's architecture and parameter dtype must equal the run's."""
+def restore_base(directory: str, parts: ModelParts, mesh: Mesh, rules) -> dict:
+    """The base (every parameter but the adapter) of a converted folder (``fourdnex convert``), read shard by shard
+    into the mesh: the frozen tensors of an 'adapter' run, the initial values of a 'full' one. The folder's
+    architecture and parameter dtype must equal the run's."""
     _, values = restore_params(directory, "transformer", mesh, rules, config=parts.cfg, param_filter=FROZEN)
     return nest(values)
 

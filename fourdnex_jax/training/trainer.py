@@ -55,7 +55,7 @@ class Trainer:
         self.cfg = model_config(config)
         self.mesh = mesh_lib.make_mesh(config.sharding)
         self.rules = mesh_lib.rules_of(config.sharding)
-        self.parts = state_lib.ModelParts.build(self.cfg, config.seed)
+        self.parts = state_lib.ModelParts.build(self.cfg, config.seed, t.trainable)
         self.tx, self.schedule = optim_lib.make_optimizer(config.optim, t.num_steps)
         self.state_sh = state_lib.state_shardings(self.parts, self.tx, self.mesh, self.rules)
         self.frozen_sh = self.parts.frozen_shardings(self.mesh, self.rules)
@@ -80,10 +80,15 @@ class Trainer:
         self.step_fn = step_lib.jit_train_step(step_fn, self.state_sh, self.frozen_sh, self.batch_sh, self.mesh)
         self.checkpointer = ckpt_lib.Checkpointer(self.workdir, max_to_keep=t.max_to_keep,
                                                   async_save=t.async_checkpoint)
-        # frozen base: referenced, never copied into training checkpoints
+        # the base: referenced, never copied into training checkpoints; frozen ('adapter') or the initial values of
+        # the trained tensors ('full', read only when the run starts fresh)
+        self.frozen, initial_base = {}, None
         if t.base_checkpoint:
             self.base_ref = {"kind": "checkpoint", "path": os.path.abspath(t.base_checkpoint)}
-            self.frozen = state_lib.restore_frozen(t.base_checkpoint, self.parts, self.mesh, self.rules)
+            if t.trainable == "adapter":
+                self.frozen = state_lib.restore_base(t.base_checkpoint, self.parts, self.mesh, self.rules)
+            else:
+                initial_base = lambda: state_lib.restore_base(t.base_checkpoint, self.parts, self.mesh, self.rules)
         else:
             self.base_ref = {"kind": "random", "seed": int(config.seed)}
             self.frozen = state_lib.init_frozen(self.parts, self.frozen_sh, config.seed)
@@ -94,7 +99,8 @@ class Trainer:
                                              num_workers=config.data.num_workers)
         restored = self._restore_latest()
         if restored is None:
-            self.state = state_lib.init_state(self.parts, self.tx, self.state_sh, config.seed)
+            self.state = state_lib.init_state(self.parts, self.tx, self.state_sh, config.seed,
+                                              initial_base() if initial_base else None)
             self.start_step = 0
         else:
             latest, (self.state, it_state, meta) = restored

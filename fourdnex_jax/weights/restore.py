@@ -11,7 +11,7 @@ the base only, ``param_filter=FROZEN``). A missing or damaged checkpoint folder 
 :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and the missing part.
 
 Users: :func:`fourdnex_jax.pipelines.bundle.load_bundle` (:func:`restore_model`) and the trainer's frozen base
-(:func:`fourdnex_jax.training.state.restore_frozen`: :func:`restore_params` with the run's config and
+(:func:`fourdnex_jax.training.state.restore_base`: :func:`restore_params` with the run's config and
 ``param_filter=FROZEN``).
 """
 

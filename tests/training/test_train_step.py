@@ -84,6 +84,42 @@ def test_loss_falls_on_tiny_overfit(tmp_path):
     assert last < 0.8 * first
 
 
+def test_full_mode_trains_every_weight_and_exports_them(tmp_path):
+    """train.trainable='full' (the reference's sft): every DiT parameter is in the train state (nothing frozen),
+    every one moves, and the run's export carries the trained values; LoRA together with it is refused."""
+    from flax import nnx
+
+    from fourdnex_jax.config import validate
+    from fourdnex_jax.models import params
+    from fourdnex_jax.models.transformer import WanTransformer3D
+    from fourdnex_jax.training.checkpoint import load_trained_model
+    from fourdnex_jax.utils.errors import InputError
+
+    data = random_dataset(tmp_path / "data", n=4)
+    c = tiny(data__dir=str(data), train__global_batch_size=4, train__num_steps=3, train__log_every=1,
+             train__checkpoint_every=3, train__trainable="full", model__lora_rank=0, optim__warmup_steps=1)
+    c.sharding.mesh_shape = (1, 4, 1, 2)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    everything = params.flat_variables(nnx.eval_shape(lambda: WanTransformer3D(tr.cfg, rngs=nnx.Rngs(0))),
+                                       nnx.Param)
+    assert set(tr.parts.trainable_vars) == set(everything) and tr.frozen == {}
+    assert flatten(tr.state["trainable"])["blocks/attn1/to_q/kernel"].sharding.spec == \
+        jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    init = {p: np.asarray(v) for p, v in flatten(tr.state["trainable"]).items()}
+    tr.run()
+    tr.checkpointer.wait()
+    final = {p: np.asarray(v) for p, v in flatten(tr.state["trainable"]).items()}
+    tr.close()
+    still = sorted(p for p in init if np.array_equal(init[p], final[p]))
+    assert not still, f"not updated: {still}"
+    exported = params.flat_variables(load_trained_model(tmp_path / "run"), nnx.Param)
+    for p, value in final.items():
+        np.testing.assert_array_equal(np.asarray(exported[p][...]), value, err_msg=p)
+    bad = tiny(train__trainable="full")  # lora_rank 4 in the tiny config
+    with pytest.raises(InputError, match=r"config.model.lora_rank=0 \(it is 4\)"):
+        validate(bad)
+
+
 def test_small_config_aot_compile_has_memory_analysis():
     from fourdnex_jax.training.plan import compile_train_step
 

@@ -259,10 +259,10 @@ def _all_tensors(directory: Path, name: str) -> dict[str, np.ndarray]:
 
 
 def test_training_base_restores_through_the_one_restore_path(tmp_path):
-    """``training.state.restore_frozen`` = ``restore_params(config=run's, param_filter=FROZEN)``: the frozen base
+    """``training.state.restore_base`` = ``restore_params(config=run's, param_filter=FROZEN)``: the frozen base
     only (the adapter checkpoint is not read), sharded like the run's variables, and a config that differs from
     the converted one in an architecture field is refused."""
-    from fourdnex_jax.training.state import ModelParts, restore_frozen
+    from fourdnex_jax.training.state import ModelParts, restore_base
     from fourdnex_jax.utils.tree import flatten
     from fourdnex_jax.weights.restore import read_config, restore_params
 
@@ -273,7 +273,7 @@ def test_training_base_restores_through_the_one_restore_path(tmp_path):
     stored, _ = read_config(out, "transformer")
     mesh = jax.make_mesh((1, 4, 1, 2), ("data", "fsdp", "context", "tensor"))
     parts = ModelParts.build(stored.replace(attention="chunked"))  # execution fields may differ
-    frozen = flatten(restore_frozen(str(out), parts, mesh, DEFAULT_LOGICAL_AXIS_RULES))
+    frozen = flatten(restore_base(str(out), parts, mesh, DEFAULT_LOGICAL_AXIS_RULES))
     assert set(frozen) == set(parts.frozen_vars)
     want = {p: np.asarray(v[...]) for p, v in params.flat_variables(restore_model(out, "transformer"), FROZEN).items()}
     for p, value in frozen.items():
@@ -283,9 +283,25 @@ def test_training_base_restores_through_the_one_restore_path(tmp_path):
     _, trainable = restore_params(out, "transformer", param_filter=lambda path, var: False)
     assert trainable == {}
     with pytest.raises(ValueError, match=r"differs from the config in \['ffn_dim'\]"):
-        restore_frozen(str(out), ModelParts.build(stored.replace(ffn_dim=96)), mesh, DEFAULT_LOGICAL_AXIS_RULES)
+        restore_base(str(out), ModelParts.build(stored.replace(ffn_dim=96)), mesh, DEFAULT_LOGICAL_AXIS_RULES)
     with pytest.raises(ValueError, match="either config= or overrides"):
         restore_params(out, "transformer", config=stored, attention="xla")
+    # trainable='full': the same base becomes the initial value of every trained tensor, in the run's sharding
+    import optax
+
+    from fourdnex_jax.training.state import init_state, state_shardings
+
+    full = ModelParts.build(stored.replace(attention="chunked"), mode="full")
+    assert full.frozen_vars == {} and set(want) <= set(full.trainable_vars)
+    tx = optax.adam(1e-3)
+    state = init_state(full, tx, state_shardings(full, tx, mesh, DEFAULT_LOGICAL_AXIS_RULES), 0,
+                       restore_base(str(out), full, mesh, DEFAULT_LOGICAL_AXIS_RULES))
+    trained = flatten(state["trainable"])
+    for p, value in want.items():
+        assert np.asarray(trained[p]).tobytes() == value.tobytes(), p
+    assert trained["blocks/attn1/to_q/kernel"].sharding.spec == P(None, "fsdp", "tensor")
+    for p in set(trained) - set(want):  # not in the base (LoRA, domain embeddings): the model's own init
+        assert p.endswith(("lora_a", "lora_b", "domain_embeddings")), p
 
 
 @pytest.mark.oracle

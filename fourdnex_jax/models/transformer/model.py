@@ -39,6 +39,11 @@ class DomainEmbedding(nnx.Param):
 TRAINABLE = nnx.Any(nnx.LoRAParam, DomainEmbedding)
 FROZEN = nnx.All(nnx.Param, nnx.Not(TRAINABLE))
 
+#: What training updates (``config.train.trainable``) -> (trainable filter, frozen filter). ``adapter``: LoRA +
+#: domain embeddings over the frozen base (4DNeX's recipe); ``full``: every parameter (the reference's
+#: ``--training_type sft``; also what training a small model from scratch needs), nothing frozen.
+TRAINABLE_MODES = {"adapter": (TRAINABLE, FROZEN), "full": (nnx.Param, nnx.Nothing)}
+
 
 class PatchEmbedding(nnx.Module):
     """Non-overlapping 3D patches -> tokens: diffusers' ``Conv3d(kernel=stride=patch)`` as one matmul.
