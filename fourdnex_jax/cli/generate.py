@@ -159,7 +159,7 @@ def main(argv) -> int:
                 raise UsageError("--transformer does not combine with a training run as --checkpoint")
             base_dir, _, _ = runs.base_bundle_of(ckpt, _BASE.value)
             settings = bundle_lib.resolve_settings(base_dir, config.sample)  # checked against the base's configs
-            bundle = runs.load_run_bundle(ckpt, _BASE.value)
+            bundle = runs.load_run_bundle(ckpt, _BASE.value, mesh=mesh, rules=rules)
         else:
             settings = bundle_lib.resolve_settings(ckpt, config.sample, transformer_dir=_TRANSFORMER.value)
             bundle = bundle_lib.load_bundle(ckpt, transformer_dir=_TRANSFORMER.value, mesh=mesh, rules=rules)

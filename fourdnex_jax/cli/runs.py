@@ -38,15 +38,18 @@ def base_bundle_of(run: str | Path, base: str | Path | None) -> tuple[Path, int,
                      "with, e.g. checkpoints/tiny for runs of the tiny config)")
 
 
-def load_run_bundle(run: str | Path, base: str | Path | None = None):
+def load_run_bundle(run: str | Path, base: str | Path | None = None, mesh=None, rules=None):
     """The bundle ``base`` (or the run's own base folder) with its DiT replaced by the run's trained DiT (the base
-    it was trained on + the latest adapter); ``bundle.info`` records the run and step."""
+    it was trained on + the latest trained tensors); ``bundle.info`` records the run and step. With ``mesh``,
+    every model is restored straight into the shards ``rules`` give it (as :func:`load_bundle` does)."""
     from fourdnex_jax.pipelines.bundle import load_bundle
+    from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
     from fourdnex_jax.training.checkpoint import load_trained_model
 
+    rules = DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules
     base_dir, step, meta = base_bundle_of(run, base)
-    bundle = load_bundle(base_dir)
-    dit = load_trained_model(run)
+    bundle = load_bundle(base_dir, mesh=mesh, rules=rules)
+    dit = load_trained_model(run, mesh=mesh, rules=rules)
     if dit.config.in_channels != bundle.transformer.config.in_channels or (
             dit.config.text_dim, dit.config.image_dim) != (bundle.transformer.config.text_dim,
                                                            bundle.transformer.config.image_dim):

@@ -135,3 +135,24 @@ def mean_metrics(rows: list[dict]) -> dict:
         else:
             out[k] = float(np.mean(have))
     return out
+
+
+def camera_recovery(xyz: np.ndarray, valid: np.ndarray | None, normalization: str, gt_c2w: np.ndarray,
+                    gt_focal_px: float) -> dict:
+    """Whether the cameras of a pointmap video xyz (T, H, W, 3) can be recovered, scored against the truth.
+
+    Registration (:func:`register.register`) gives the cameras in the first camera's frame, as the truth
+    ``gt_c2w`` (T, 4, 4) is, so rotations compare without alignment: ``rot_err_deg`` (T,) is the angle of
+    ``R_gt^T R_est`` per frame (0 at frame 0), ``focal_rel_err`` = |f - f*| / f* of the shared focal length
+    (``gt_focal_px``), ``frames_registered`` the registration's own verdict and ``all_registered`` whether it
+    accepted every frame. A rejected frame keeps its error (the solver's last estimate, or the identity)."""
+    with np.errstate(all="ignore"):
+        reg = register.register(xyz, valid, normalization=normalization)
+    rel = np.swapaxes(np.asarray(gt_c2w, np.float64)[:, :3, :3], -1, -2) @ reg.c2w[:, :3, :3]
+    rot = rotation_angle_deg(rel)
+    focal = float(reg.K[0, 0])
+    return {"frames_registered": int(reg.status.num_registered), "frames": int(len(rot)),
+            "all_registered": bool(reg.status.num_registered == len(rot)),
+            "rot_err_deg": rot.round(3).tolist(), "rot_err_median_deg": float(np.median(rot[1:])) if len(rot) > 1
+            else 0.0, "focal_px": focal, "focal_rel_err": abs(focal - gt_focal_px) / gt_focal_px,
+            "status": reg.status.message()}

@@ -125,27 +125,64 @@ def load_trainable(workdir: str | os.PathLike, step: int | None = None) -> tuple
     return step, {p.split("/", 1)[1]: v for p, v in arrays.items()}
 
 
-def load_trained_model(workdir: str | os.PathLike, step: int | None = None, **overrides):
-    """The trained :class:`WanTransformer3D` of a run on one device: the frozen base as referenced by the
-    checkpoint (random from the config seed, or the converted folder) plus the trained adapter.
-    ``overrides``: execution fields of the model config (e.g. ``attention='xla'``)."""
+def load_trained_model(workdir: str | os.PathLike, step: int | None = None, mesh: jax.sharding.Mesh | None = None,
+                       rules=None, **overrides):
+    """The trained :class:`WanTransformer3D` of a run: the base as referenced by the checkpoint (random from the
+    config seed, or the converted folder) plus the trained tensors (the adapter, or every weight of a
+    ``trainable='full'`` run). With ``mesh``, every parameter is placed as ``rules`` (default
+    :data:`fourdnex_jax.sharding.DEFAULT_LOGICAL_AXIS_RULES`) shard it, read (or, for a random base, initialised)
+    straight into its shards; otherwise on the first local device. ``overrides``: execution fields of the model
+    config (e.g. ``attention='xla'``)."""
     from flax import nnx
 
+    from fourdnex_jax import sharding as mesh_lib
     from fourdnex_jax.models import params
     from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
+    from fourdnex_jax.utils.tree import flatten, nest
 
+    rules = mesh_lib.DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules
     step, meta = read_meta(workdir, step)
     cfg = WanTransformerConfig.from_dict(_model_dict(meta["config"]["model"])).replace(**overrides)
     base = meta["base"]
-    if base["kind"] == "random":
-        model = WanTransformer3D(cfg, rngs=nnx.Rngs(int(base["seed"])))
+    seed = int(base.get("seed", 0))
+    abstract = nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(seed)))
+    variables = params.flat_variables(abstract)
+    targets = mesh_lib.sharded_targets(variables, mesh, rules)
+    trained = _restore_trainable(workdir, step, targets)
+    rest = {p: t for p, t in targets.items() if p not in trained}
+    if base["kind"] == "random":  # the seed's initial values, computed straight into their shards
+        shardings = {p: t.sharding for p, t in rest.items()}
+        values = jax.jit(lambda: {p: v[...] for p, v in params.flat_variables(
+            WanTransformer3D(cfg, rngs=nnx.Rngs(seed))).items() if p in rest}, out_shardings=shardings)()
     else:
-        from fourdnex_jax.weights.restore import restore_model
+        from fourdnex_jax.weights.restore import restore_params
 
-        model = restore_model(base["path"], "transformer", **{k: v for k, v in overrides.items()})
-    _, trainable = load_trainable(workdir, step)
-    params.assign(model, trainable)
-    return model
+        _, values = restore_params(base["path"], "transformer", mesh, rules, config=cfg,
+                                   param_filter=lambda path, var: "/".join(map(str, path)) in rest)
+        missing = sorted(set(rest) - set(values))
+        if missing:
+            raise ValueError(f"{workdir}: the base {base['path']} lacks {missing[:5]}")
+    return params.materialize(abstract, {**values, **trained})
+
+
+def _restore_trainable(workdir, step: int, targets: Mapping[str, jax.ShapeDtypeStruct]) -> dict[str, jax.Array]:
+    """The ``trainable`` item of a run's checkpoint ``step``, each array restored into ``targets[path]``'s
+    sharding (its paths must be model paths)."""
+    from fourdnex_jax.utils.tree import flatten, nest
+
+    path = Checkpointer(workdir, async_save=False).directory / str(step) / "state"
+    meta = ocp.StandardCheckpointer().metadata(path)
+    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    stored = flatten(tree["trainable"])
+    unknown = sorted(set(stored) - set(targets))
+    if unknown:
+        raise ValueError(f"{workdir}: checkpoint step {step} trains tensors the model does not have: {unknown[:5]}")
+    want = nest({p: targets[p] for p in stored})
+    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item={"trainable": want},
+        restore_args={"trainable": jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), want)},
+        partial_restore=True))
+    return flatten(restored["trainable"])
 
 
 def _model_dict(d: Mapping[str, Any]) -> dict:

@@ -90,9 +90,18 @@ def _restore_checked(directory: Path, name: str, targets: dict) -> dict:
                          "again") from e
 
 
-def _resolve_config(directory: Path, name: str, config: Any, overrides: dict[str, Any]) -> tuple[Any, str]:
-    """The config to build: the stored one with ``overrides``, or the caller's ``config`` after checking that only
-    :data:`RESTORE_OVERRIDABLE` fields differ from the stored one."""
+#: Transformer config fields that define the adapter and how the DiT lays out its tokens, not the base's
+#: parameters: a training run restoring the frozen base only (``param_filter=FROZEN``) may set them differently
+#: from the converted folder (e.g. 4DNeX's LoRA r64 + domain embeddings + width layout on a plain Wan2.1 base). The
+#: base's parameter paths, shapes and dtypes are still checked against the checkpoint.
+ADAPTER_FIELDS = frozenset({"lora_rank", "lora_alpha", "lora_targets", "domain_embeddings", "modality_layout"})
+
+
+def _resolve_config(directory: Path, name: str, config: Any, overrides: dict[str, Any]
+                    ) -> tuple[Any, str, list[str]]:
+    """The config to build, its parameter dtype and the :data:`ADAPTER_FIELDS` where the caller's ``config``
+    differs from the stored one: the stored config with ``overrides``, or the caller's ``config`` after checking
+    that only :data:`RESTORE_OVERRIDABLE` and adapter fields differ from the stored one."""
     stored, param_dtype = read_config(directory, name)
     if config is not None:
         if overrides:
@@ -100,16 +109,18 @@ def _resolve_config(directory: Path, name: str, config: Any, overrides: dict[str
         ours = {k: v for k, v in config.to_dict().items() if k not in RESTORE_OVERRIDABLE}
         theirs = {k: v for k, v in stored.to_dict().items() if k not in RESTORE_OVERRIDABLE}
         diff = sorted(k for k in ours if ours[k] != theirs.get(k))
-        if diff:
-            raise ValueError(f"base checkpoint {directory} differs from the config in {diff}")
-        return config, param_dtype
+        architecture = sorted(set(diff) - ADAPTER_FIELDS)
+        if architecture:
+            raise ValueError(f"base checkpoint {directory} differs from the config in {architecture} (its "
+                             "architecture; convert the matching model or change the config)")
+        return config, param_dtype, diff
     if overrides:
         bad = sorted(set(overrides) - RESTORE_OVERRIDABLE) if name == "transformer" else sorted(overrides)
         if bad:
             raise ValueError(f"cannot override {bad} at restore; allowed for the transformer: "
                              f"{sorted(RESTORE_OVERRIDABLE)}")
         stored = stored.replace(**overrides)
-    return stored, param_dtype
+    return stored, param_dtype, []
 
 
 def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
@@ -126,14 +137,17 @@ def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
     Selected adapter parameters need the folder's adapter checkpoint (module docstring)."""
     directory = Path(directory)
     spec = SPECS[name]
-    config, param_dtype = _resolve_config(directory, name, config, overrides)
+    config, param_dtype, adapter_diff = _resolve_config(directory, name, config, overrides)
     abstract = spec.abstract(config, param_dtype)
     wanted = set(params.flat_variables(abstract, param_filter))
     values: dict[str, Any] = {}
     base = params.flat_variables(abstract, spec.param_filter)
+    trainable = params.flat_variables(abstract, TRAINABLE) if name == "transformer" else {}
+    if adapter_diff and wanted & set(trainable):  # the stored adapter was made for the stored config
+        raise ValueError(f"base checkpoint {directory} differs from the config in {adapter_diff}: its adapter "
+                         "cannot be restored into this config (restore the base only: param_filter=FROZEN)")
     if wanted & set(base):
         values.update(_restore_checked(directory, name, sharded_targets(base, mesh, rules)))
-    trainable = params.flat_variables(abstract, TRAINABLE) if name == "transformer" else {}
     if wanted & set(trainable):
         targets = sharded_targets(trainable, mesh, rules)
         if (directory / ADAPTER_CHECKPOINT).exists():

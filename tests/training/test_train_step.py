@@ -115,9 +115,47 @@ def test_full_mode_trains_every_weight_and_exports_them(tmp_path):
     exported = params.flat_variables(load_trained_model(tmp_path / "run"), nnx.Param)
     for p, value in final.items():
         np.testing.assert_array_equal(np.asarray(exported[p][...]), value, err_msg=p)
+    _check_sharded_export(tmp_path / "run", exported)
     bad = tiny(train__trainable="full")  # lora_rank 4 in the tiny config
     with pytest.raises(InputError, match=r"config.model.lora_rank=0 \(it is 4\)"):
         validate(bad)
+
+
+def _check_sharded_export(run, single):
+    """load_trained_model onto a (1, 4, 1, 2) mesh: the one-device values, each in the rules' sharding."""
+    from flax import nnx
+
+    from fourdnex_jax.models import params
+    from fourdnex_jax.training.checkpoint import load_trained_model
+
+    mesh = jax.make_mesh((1, 4, 1, 2), ("data", "fsdp", "context", "tensor"))
+    sharded = params.flat_variables(load_trained_model(run, mesh=mesh), nnx.Param)
+    assert sharded.keys() == single.keys()
+    for p, var in sharded.items():
+        want = partition_spec(var.get_metadata()["out_sharding"], var.shape, mesh, mesh_lib.DEFAULT_LOGICAL_AXIS_RULES)
+        assert var[...].sharding.spec == want, p
+        np.testing.assert_array_equal(np.asarray(var[...]), np.asarray(single[p][...]), err_msg=p)
+    assert sharded["blocks/attn1/to_q/kernel"][...].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+
+
+def test_trained_adapter_run_loads_sharded(tmp_path):
+    """A run on a random base, restored for inference on a mesh (fourdnex generate --checkpoint RUN): the random
+    base initialised and the adapter read straight into their shards, equal to the one-device model."""
+    from flax import nnx
+
+    from fourdnex_jax.models import params
+    from fourdnex_jax.training.checkpoint import load_trained_model
+
+    data = random_dataset(tmp_path / "data", n=2)
+    c = tiny(data__dir=str(data), train__global_batch_size=2, train__num_steps=2, train__checkpoint_every=2,
+             optim__warmup_steps=1)
+    c.sharding.mesh_shape = (1, 2, 1, 4)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    tr.run()
+    tr.close()
+    single = params.flat_variables(load_trained_model(tmp_path / "run"), nnx.Param)
+    assert np.any(np.asarray(single["blocks/attn1/to_q/lora_b"][...]))  # trained (LoRA-B starts at 0)
+    _check_sharded_export(tmp_path / "run", single)
 
 
 def test_small_config_aot_compile_has_memory_analysis():
@@ -150,3 +188,44 @@ def test_ring_attention_matches_xla_forward_and_grad():
     g_ref = jax.grad(loss("xla"), argnums=(0, 1, 2))(q, k, v)
     for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, atol=3e-6)
+
+
+def test_lora_on_a_converted_base_trains_resumes_and_loads(tmp_path):
+    """4DNeX's case: LoRA + domain embeddings + the width layout trained over a converted plain Wan base (no
+    adapter, layout 'none' in its config). The base is read, frozen, referenced by the checkpoint; the trained
+    model loads on one device and on a mesh with the converted base values; an architecture change is refused."""
+    from flax import nnx
+
+    from fourdnex_jax.models import params
+    from fourdnex_jax.models.transformer import FROZEN
+    from fourdnex_jax.training.checkpoint import load_trained_model, read_meta
+    from fourdnex_jax.weights.restore import read_config, restore_model
+    from tests.weights.test_convert import SKIP_ENCODERS, convert, numpy_transformer
+
+    numpy_transformer(tmp_path / "src" / "transformer")
+    base = tmp_path / "base"
+    convert(tmp_path / "src", base, skip=SKIP_ENCODERS + ("tokenizer", "scheduler", "image_processor"),
+            progress=False)
+    stored, _ = read_config(base, "transformer")
+    assert (stored.lora_rank, stored.domain_embeddings, stored.modality_layout) == (0, False, "none")
+    data = random_dataset(tmp_path / "data", n=2)
+    c = tiny(data__dir=str(data), train__global_batch_size=2, train__num_steps=2, train__checkpoint_every=2,
+             train__base_checkpoint=str(base), optim__warmup_steps=1)
+    c.sharding.mesh_shape = (1, 2, 1, 4)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    want = {p: np.asarray(v[...]) for p, v in params.flat_variables(restore_model(base, "transformer"),
+                                                                      nnx.Param).items()}
+    frozen = {p: np.asarray(v) for p, v in flatten(tr.frozen).items()}
+    assert frozen.keys() == want.keys() and all(np.array_equal(frozen[p], want[p]) for p in want)
+    tr.run()
+    tr.close()
+    assert read_meta(tmp_path / "run")[1]["base"] == {"kind": "checkpoint", "path": str(base.absolute())}
+    single = params.flat_variables(load_trained_model(tmp_path / "run"), nnx.Param)
+    for p in want:
+        np.testing.assert_array_equal(np.asarray(single[p][...]), want[p], err_msg=p)
+    assert np.any(np.asarray(single["blocks/attn1/to_q/lora_b"][...]))
+    _check_sharded_export(tmp_path / "run", single)
+    assert set(params.flat_variables(load_trained_model(tmp_path / "run"), FROZEN)) == set(want)
+    wider = tiny(data__dir=str(data), train__base_checkpoint=str(base), model__ffn_dim=96)
+    with pytest.raises(ValueError, match=r"differs from the config in \['ffn_dim'\]"):
+        Trainer(wider, tmp_path / "run2", verbose=False)
