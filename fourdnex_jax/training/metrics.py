@@ -33,7 +33,9 @@ class MetricsWriter:
                  keep_until_step: int | None = None):
         """``keep_until_step``: a resumed run's start step; the lines of ``metrics.jsonl`` past it (logged by the
         run that was killed after its last checkpoint, and trained again now) are dropped first, so every step
-        appears once."""
+        appears once. TensorBoard gets the same through its purge marker (a ``SessionLog.START`` event at
+        ``keep_until_step + 1`` opening the new event file: TensorBoard discards the earlier files' events from that
+        step on)."""
         self.enabled = enabled
         self.workdir = Path(workdir)
         self._tb = None
@@ -52,7 +54,10 @@ class MetricsWriter:
             except ImportError:  # optional: JSON lines are always written
                 print("metrics: tensorboardX not installed, no TensorBoard event files", file=sys.stderr)
             else:
-                self._tb = SummaryWriter(os.fspath(self.workdir / "tb"))
+                purge = None if keep_until_step is None else int(keep_until_step) + 1
+                # the default file name has a 1 s timestamp: a resume within the same second would reuse it
+                self._tb = SummaryWriter(os.fspath(self.workdir / "tb"), purge_step=purge,
+                                         filename_suffix=f".{os.getpid()}.{time.time_ns()}")
 
     def write(self, step: int, scalars: Mapping[str, Any]) -> None:
         if not self.enabled:

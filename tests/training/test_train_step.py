@@ -229,3 +229,43 @@ def test_lora_on_a_converted_base_trains_resumes_and_loads(tmp_path):
     wider = tiny(data__dir=str(data), train__base_checkpoint=str(base), model__ffn_dim=96)
     with pytest.raises(ValueError, match=r"differs from the config in \['ffn_dim'\]"):
         Trainer(wider, tmp_path / "run2", verbose=False)
+
+
+def test_resumed_metrics_purge_the_steps_trained_again(tmp_path):
+    """A run resumed at step 3 after logging up to 5: metrics.jsonl keeps steps <= 3 and the new TensorBoard event
+    file opens with the purge marker at step 4 (SessionLog.START), so TensorBoard drops the old 4 and 5."""
+    import json
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    from fourdnex_jax.training.metrics import MetricsWriter
+
+    row = {"loss": 1.0}
+    w = MetricsWriter(tmp_path, keep_until_step=0)
+    for step in range(1, 6):
+        w.write(step, row)
+    w.close()
+    w = MetricsWriter(tmp_path, keep_until_step=3)
+    w.write(4, {"loss": 0.5})
+    w.close()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+    def events(path):
+        data, out, i = path.read_bytes(), [], 0
+        while i < len(data):  # TFRecord: length (8), crc (4), payload, crc (4)
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = event_pb2.Event()
+            ev.ParseFromString(data[i + 12:i + 12 + n])
+            out.append(ev)
+            i += 16 + n
+        return out
+
+    files = sorted((tmp_path / "tb").iterdir(), key=lambda p: p.stat().st_mtime_ns)
+    assert len(files) == 2
+    first, second = events(files[0]), events(files[1])
+    starts = [e.step for e in second if e.HasField("session_log") and e.session_log.status == e.session_log.START]
+    assert starts == [4]
+    assert [e.step for e in second if e.HasField("summary")] == [4]
+    assert [e.step for e in first if e.HasField("summary")] == [1, 2, 3, 4, 5]
