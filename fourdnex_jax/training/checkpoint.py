@@ -88,24 +88,40 @@ def read_meta(workdir: str | os.PathLike, step: int | None = None) -> tuple[int,
     return step, dict(meta)
 
 
+def _state_dir(workdir: str | os.PathLike, step: int | None) -> tuple[int, Path]:
+    """(step, the ``state`` item folder of that step; default the latest)."""
+    if step is None:
+        ckpt = Checkpointer(workdir, async_save=False)
+        step = ckpt.latest_step()
+        ckpt.close()
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint under {Path(workdir).absolute() / CHECKPOINT_DIR}")
+    return step, Path(workdir).absolute() / CHECKPOINT_DIR / str(step) / "state"
+
+
+def _restore_items(path: Path, target: Mapping[str, Any]) -> dict:
+    """The items of ``target`` (``{key: pytree of ShapeDtypeStruct with shardings}``) of a saved train state
+    folder, each array read straight into its target's sharding; the other items are not read."""
+    return ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+        item=dict(target), restore_args=jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding),
+                                                     dict(target)), partial_restore=True))
+
+
+def _stored_tree(path: Path) -> dict:
+    meta = ocp.StandardCheckpointer().metadata(path)
+    return meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+
+
 def load_state_arrays(workdir: str | os.PathLike, step: int | None = None, keys: tuple[str, ...] = ("trainable",)
                       ) -> tuple[int, dict[str, np.ndarray]]:
     """(step, ``{key/path: array}``) of the items ``keys`` of a run's saved train state (``trainable``,
     ``opt_state``: the Adam moments, ``step``, ...), as numpy on the host (no mesh needed)."""
-    ckpt = Checkpointer(workdir, async_save=False)
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint under {ckpt.directory}")
-    path = ckpt.directory / str(step) / "state"
-    meta = ocp.StandardCheckpointer().metadata(path)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    step, path = _state_dir(workdir, step)
+    tree = _stored_tree(path)
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev), tree[k])
               for k in keys}
-    restored = ocp.PyTreeCheckpointer().restore(
-        path, args=ocp.args.PyTreeRestore(item=target, restore_args=jax.tree.map(
-            lambda t: ocp.ArrayRestoreArgs(sharding=dev), target), partial_restore=True))
-    ckpt.close()
+    restored = _restore_items(path, target)
     return step, {"/".join(_key_name(k) for k in path): np.asarray(v)
                   for path, v in jax.tree_util.tree_leaves_with_path(restored)}
 
@@ -138,7 +154,6 @@ def load_trained_model(workdir: str | os.PathLike, step: int | None = None, mesh
     from fourdnex_jax import sharding as mesh_lib
     from fourdnex_jax.models import params
     from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
-    from fourdnex_jax.utils.tree import flatten, nest
 
     rules = mesh_lib.DEFAULT_LOGICAL_AXIS_RULES if rules is None else rules
     step, meta = read_meta(workdir, step)
@@ -158,7 +173,7 @@ def load_trained_model(workdir: str | os.PathLike, step: int | None = None, mesh
         from fourdnex_jax.weights.restore import restore_params
 
         _, values = restore_params(base["path"], "transformer", mesh, rules, config=cfg,
-                                   param_filter=lambda path, var: "/".join(map(str, path)) in rest)
+                                   param_filter=lambda path, var: params.path_str(path) in rest)
         missing = sorted(set(rest) - set(values))
         if missing:
             raise ValueError(f"{workdir}: the base {base['path']} lacks {missing[:5]}")
@@ -170,18 +185,12 @@ def _restore_trainable(workdir, step: int, targets: Mapping[str, jax.ShapeDtypeS
     sharding (its paths must be model paths)."""
     from fourdnex_jax.utils.tree import flatten, nest
 
-    path = Checkpointer(workdir, async_save=False).directory / str(step) / "state"
-    meta = ocp.StandardCheckpointer().metadata(path)
-    tree = meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
-    stored = flatten(tree["trainable"])
+    _, path = _state_dir(workdir, step)
+    stored = flatten(_stored_tree(path)["trainable"])
     unknown = sorted(set(stored) - set(targets))
     if unknown:
         raise ValueError(f"{workdir}: checkpoint step {step} trains tensors the model does not have: {unknown[:5]}")
-    want = nest({p: targets[p] for p in stored})
-    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-        item={"trainable": want},
-        restore_args={"trainable": jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding), want)},
-        partial_restore=True))
+    restored = _restore_items(path, {"trainable": nest({p: targets[p] for p in stored})})
     return flatten(restored["trainable"])
 
 
