@@ -176,9 +176,10 @@ def main(argv) -> int:
     with Stage(("geometry + exports" if _POSTPROCESS.value else "writing outputs") + f" of {len(results)} result(s)"):
         for (path, _), out, res in zip(items, outs, results):
             written = res.save(out, geometry=_POSTPROCESS.value, fps=_FPS.value, overwrite=_OVERWRITE.value)
-            if _POSTPROCESS.value:
-                camera_lines.append(written["geometry"]["message"] if len(results) == 1
-                                    else f"{path.name}: {written['geometry']['message']}")
+            if _POSTPROCESS.value:  # the cameras, then whether the frames form one 4D scene
+                geo = written["geometry"]
+                for msg in (geo["message"], geo["scene_4d"]["message"]):
+                    camera_lines.append(msg if len(results) == 1 else f"{path.name}: {msg}")
     run, n = pipe.last_run, len(results)
     timings, s = run["timings"], settings
     sizes = sorted({f"{r.output.sizing['height']}x{r.output.sizing['width']}" for r in results})
@@ -194,7 +195,7 @@ def main(argv) -> int:
     note = pipe.domain_notice()
     if note:  # once per run, however many inputs
         print(note)
-    for line in camera_lines:  # the geometry's verdict last (fourdnex_jax/geometry/status.py)
+    for line in camera_lines:  # the geometry's verdicts last (geometry/status.py, geometry/consistency.py)
         print(line)
     if failed:
         print(f"fourdnex generate: {len(failed)} of {len(failed) + n} image(s) skipped (listed above)",

@@ -258,7 +258,8 @@ def _c2w_or_none(c2w: np.ndarray, ok: bool):
 def cameras_dict(reg, image_size) -> dict:
     """cameras.json of a :class:`~fourdnex_jax.geometry.register.Registration`: the verdict
     (:meth:`~fourdnex_jax.geometry.status.CameraStatus.to_dict`: state, message, intrinsics with their source,
-    per frame status / reason / numbers), ``K`` (what exports use), ``cam_to_world`` per frame (``null`` where
+    per frame status / reason / numbers), ``scene_4d`` (whether the frames form one 4D scene,
+    :meth:`~fourdnex_jax.geometry.consistency.ClipVerdict.to_dict`), ``K`` (what exports use), ``cam_to_world`` per frame (``null`` where
     rejected). Strict JSON."""
     h, w = image_size
     st = reg.status
@@ -272,7 +273,7 @@ def cameras_dict(reg, image_size) -> dict:
     verdict = st.to_dict(reg.frame_stats)
     out.update(status=verdict["state"], message=verdict["message"], intrinsics=verdict["intrinsics"],
                thresholds=verdict["thresholds"], frames=verdict["per_frame"],
-               frames_registered=verdict["frames_registered"])
+               frames_registered=verdict["frames_registered"], scene_4d=reg.clip.to_dict())
     if reg.K_per_frame is not None:
         out["K_per_frame"] = [np.asarray(k).tolist() if ok else None for k, ok in zip(reg.K_per_frame, st.registered)]
     return out

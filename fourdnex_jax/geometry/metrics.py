@@ -145,7 +145,9 @@ def camera_recovery(xyz: np.ndarray, valid: np.ndarray | None, normalization: st
     ``gt_c2w`` (T, 4, 4) is, so rotations compare without alignment: ``rot_err_deg`` (T,) is the angle of
     ``R_gt^T R_est`` per frame (0 at frame 0), ``focal_rel_err`` = |f - f*| / f* of the shared focal length
     (``gt_focal_px``), ``frames_registered`` the registration's own verdict and ``all_registered`` whether it
-    accepted every frame. A rejected frame keeps its error (the solver's last estimate, or the identity)."""
+    accepted every frame, ``consistent`` / ``scene_reason`` the clip verdict (one 4D scene or not,
+    :mod:`fourdnex_jax.geometry.consistency`). A rejected frame keeps its error (the solver's last estimate, or the
+    identity)."""
     with np.errstate(all="ignore"):
         reg = register.register(xyz, valid, normalization=normalization)
     rel = np.swapaxes(np.asarray(gt_c2w, np.float64)[:, :3, :3], -1, -2) @ reg.c2w[:, :3, :3]
@@ -153,6 +155,28 @@ def camera_recovery(xyz: np.ndarray, valid: np.ndarray | None, normalization: st
     focal = float(reg.K[0, 0])
     return {"frames_registered": int(reg.status.num_registered), "frames": int(len(rot)),
             "all_registered": bool(reg.status.num_registered == len(rot)),
+            "consistent": bool(reg.clip.consistent), "scene_reason": reg.clip.reason,
             "rot_err_deg": rot.round(3).tolist(), "rot_err_median_deg": float(np.median(rot[1:])) if len(rot) > 1
             else 0.0, "focal_px": focal, "focal_rel_err": abs(focal - gt_focal_px) / gt_focal_px,
-            "status": reg.status.message()}
+            "status": reg.status.message(), "scene_4d": reg.clip.message()}
+
+
+def reprojection_error_px(xyz_metric: np.ndarray, gt_c2w: np.ndarray, gt_K: np.ndarray, mask: np.ndarray
+                          ) -> np.ndarray:
+    """Pixel distance (N,) between each masked pixel and where its point lands through the TRUE camera of its
+    frame: ``xyz_metric`` (T, H, W, 3) in the first camera's frame (a prediction de-normalised with the true
+    centres and scale), ``gt_c2w`` (T, 4, 4), ``gt_K`` (T, 3, 3), ``mask`` (T, H, W). Registration needs a few
+    pixels of this (docs/tiny_model.md); a point behind its camera counts as infinitely far."""
+    t, h, w, _ = xyz_metric.shape
+    v, u = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
+    w2c = np.linalg.inv(np.asarray(gt_c2w, np.float64))
+    out = []
+    for k in range(t):
+        pc = np.asarray(xyz_metric[k], np.float64)[mask[k]] @ w2c[k, :3, :3].T + w2c[k, :3, 3]
+        z = pc[:, 2]
+        with np.errstate(all="ignore"):
+            pu = gt_K[k, 0, 0] * pc[:, 0] / z + gt_K[k, 0, 2]
+            pv = gt_K[k, 1, 1] * pc[:, 1] / z + gt_K[k, 1, 2]
+            err = np.hypot(pu - u[mask[k]], pv - v[mask[k]])
+        out.append(np.where(z > 1e-9, err, np.inf))
+    return np.concatenate(out) if out else np.zeros(0)

@@ -21,11 +21,12 @@ X_t(u, v)) on a sample grid; a frame whose neighbour's pose fits it better is re
 extra hypothesis (:func:`_neighbour_fallback`). Then, densely and for all frames at once, depth = z of
 ``w2c_t X_t``, the reprojection residual (pixels) and masks: ``inconsistent`` (residual above a robust threshold:
 the point is off its pixel's ray) and ``moving`` (the point disagrees with the previous frame's point seen at the
-same place). ``timings`` (seconds): intrinsics (including input checks), poses, dense, motion, outputs (the
-float32 result arrays) and total.
+same place). ``timings`` (seconds): intrinsics (including input checks), poses, dense, motion (with the clip
+verdict), outputs (the float32 result arrays) and total.
 
 Failure is a result, not an exception: ``Registration.status`` (:mod:`fourdnex_jax.geometry.status`) says which
-frames' cameras are estimates and which are rejected (and why); implausible intrinsics are replaced by a stated
+frames' cameras are estimates and which are rejected (and why), ``Registration.clip``
+(:mod:`fourdnex_jax.geometry.consistency`) whether the registered frames agree with each other as one 4D scene; implausible intrinsics are replaced by a stated
 field-of-view prior and then no pose is solved. The points (``points_world``, ``point_valid``) never depend on the
 poses: pointmaps are already in the first camera's frame, so a frame whose pose fails still has its points.
 """
@@ -37,7 +38,7 @@ import time
 
 import numpy as np
 
-from fourdnex_jax.geometry import pose, robust, se3, status as status_lib
+from fourdnex_jax.geometry import consistency, pose, robust, se3, status as status_lib
 from fourdnex_jax.geometry.intrinsics import (decompose_projection, fit_intrinsics_camera_frame, fit_intrinsics_shifted,
                                               robust_projection)
 from fourdnex_jax.geometry.normalize import denormalize
@@ -64,6 +65,7 @@ class Registration:
     offsets: np.ndarray           # (T, 3) anchoring offsets added to each frame's points (reference mode)
     timings: dict
     status: status_lib.CameraStatus  # which cameras are results (module docstring)
+    clip: consistency.ClipVerdict  # whether the registered frames form one 4D scene
 
     @property
     def dynamic(self) -> np.ndarray:
@@ -266,12 +268,16 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
     # the camera) and the fraction within the threshold
     n_used = np.maximum(vflat.sum(1), 1)
     dense_median = np.array([np.median(residual[t][vflat[t]]) if vflat[t].any() else np.inf for t in range(tt)])
-    ratio = (vflat & np.isfinite(residual) & (residual <= thr[:, None])).sum(1) / n_used
-    for t, (s, th, med, inl) in enumerate(zip(stats, thr, dense_median, ratio)):
+    # the verdict's inlier ratio counts a point within a few pixels as explained even when the adaptive threshold
+    # collapsed (an exact sky makes the robust level ~0 and would call a 1-px-noisy foreground outliers)
+    thr_inlier = np.maximum(thr, status_lib.inlier_floor_px(h, w))
+    ratio = (vflat & np.isfinite(residual) & (residual <= thr_inlier[:, None])).sum(1) / n_used
+    for t, (s, th, th_in, med, inl) in enumerate(zip(stats, thr, thr_inlier, dense_median, ratio)):
         if t == 0 or t in solve:
-            s.update(threshold_px=float(th), median_residual_px=float(med), inlier_ratio=float(inl))
+            s.update(threshold_px=float(th), inlier_threshold_px=float(th_in), median_residual_px=float(med),
+                     inlier_ratio=float(inl))
         else:  # no pose was solved: no numbers to report
-            s.update(threshold_px=None, median_residual_px=None, inlier_ratio=None)
+            s.update(threshold_px=None, inlier_threshold_px=None, median_residual_px=None, inlier_ratio=None)
     inconsistent = valid_d & (residual > thr[:, None])
 
     # world = camera 0: re-express the frames' coordinates in camera 0 (identity for unshifted maps)
@@ -296,6 +302,7 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
         # decided only between two frames whose cameras are both results
         src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
         moving &= (status.registered & status.registered[src])[:, None]
+    clip = consistency.clip_verdict(points, valid_d, c2w, Ks, status.registered, h, w, solve_offsets=shifted)
     t_motion = time.perf_counter()
 
     depth = np.where(valid_d, z, 0.0).astype(np.float32).reshape(tt, h, w)
@@ -311,7 +318,7 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
         offsets=offsets,
         timings={"intrinsics_s": t_k - t0, "poses_s": t_pose - t_k, "dense_s": t_dense - t_pose,
                  "motion_s": t_motion - t_dense, "outputs_s": t_end - t_motion, "total_s": t_end - t0},
-        status=status)
+        status=status, clip=clip)
 
 
 def _judge(stats: list, problem: str | None, K: np.ndarray, K_est: np.ndarray | None, c2w: np.ndarray,

@@ -100,7 +100,9 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
     ``rgb=None`` colours the points by depth. ``drop_dynamic`` / ``min_confidence`` filter exported points
     (residual-based confidence in [0, 1]); the other keywords go to :func:`register.register`. Returns the
     summary (strict-JSON-ready): ``status`` / ``message`` / ``frames_registered`` / ``intrinsics`` /
-    ``per_frame`` (:meth:`status.CameraStatus.to_dict`) plus figures of the exports."""
+    ``per_frame`` (:meth:`status.CameraStatus.to_dict`), ``scene_4d`` (the clip verdict,
+    :meth:`consistency.ClipVerdict.to_dict`: ``consistent``, ``reason``, ``message``, per frame pair) plus figures of
+    the exports."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     reg = register_pointmaps(xyz, valid, normalization, centers=centers, scale=scale, **register_kw)
@@ -161,7 +163,7 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
     atomic_write_bytes(out / "viewer.html", html.encode())
     used = reg.valid & reg_t
     meds = [s["median_residual_px"] for s, ok in zip(verdict["per_frame"], st.registered) if ok]
-    summary = dict(verdict, height=h, width=w, normalization=reg.normalization,
+    summary = dict(verdict, scene_4d=reg.clip.to_dict(), height=h, width=w, normalization=reg.normalization,
                    focal_px=float(st.K[0, 0]) if st.intrinsics_source == "estimated" else None,
                    median_residual_px=float(np.median(meds)) if meds else None,
                    inconsistent_fraction=float(reg.inconsistent[used].mean()) if used.any() else None,

@@ -97,9 +97,10 @@ class Result:
     @property
     def cameras(self) -> dict[str, Any]:
         """``K`` (3, 3) pixels, ``cam_to_world`` (T, 4, 4) OpenCV, world = camera 0, ``status`` (which cameras are
-        results: ``registered`` / ``partial`` / ``failed``, with a one-line message)."""
+        results: ``registered`` / ``partial`` / ``failed``, with a one-line message), ``scene_4d`` (whether the
+        frames form one 4D scene: ``.consistent``, ``.message()``, :mod:`fourdnex_jax.geometry.consistency`)."""
         reg = self.registration
-        return {"K": reg.K, "cam_to_world": reg.c2w, "status": reg.status}
+        return {"K": reg.K, "cam_to_world": reg.c2w, "status": reg.status, "scene_4d": reg.clip}
 
     @property
     def depth(self) -> np.ndarray:

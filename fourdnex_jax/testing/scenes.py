@@ -29,16 +29,19 @@ from fourdnex_jax.media import io as media_io
 # -- pointmap videos with ground truth --------------------------------------------------------------------------
 def pointmap_sequence(index: int = 0, split: str = "heldout", frames: int = 13, height: int = 48, width: int = 64,
                       normalization: str = "sequence", noise: float = 0.0, dynamic_offset: float = 0.0,
-                      outliers: float = 0.0, seed: int = 0) -> tuple[dict, dict]:
-    """Returns (inputs, truth). inputs: ``xyz`` float32 (T,H,W,3), ``valid``, ``rgb`` uint8. truth: ``K`` (3,3),
+                      outliers: float = 0.0, seed: int = 0, dome_radius: float = synthetic.DOME_RADIUS,
+                      sky_valid: bool = False) -> tuple[dict, dict]:
+    """Returns (inputs, truth). ``sky_valid``: keep the sky dome's points (a model output has them); else they are
+    invalid. inputs: ``xyz`` float32 (T,H,W,3), ``valid``, ``rgb`` uint8. truth: ``K`` (3,3),
     ``c2w`` (T,4,4) relative to camera 0 in *normalised* units (translation / scale), ``depth`` (T,H,W) metric,
     ``scale``, ``centers`` (T,3), ``dynamic`` (T,H,W), ``xyz_metric`` (T,H,W,3) in camera-0 frame,
     ``object_id`` (T,H,W)."""
-    _, r, _ = synthetic.generate_clip(split, index, frames, height, width)
+    _, r, _ = synthetic.generate_clip(split, index, frames, height, width, dome_radius)
     c2w = se3.relative_to_first(r["cam_c2w"])
     w2c0 = np.linalg.inv(r["cam_c2w"][0])
     xyz = se3.transform_points(w2c0, r["xyz_world"].astype(np.float64).reshape(-1, 3)).reshape(r["xyz_world"].shape)
-    valid = r["object_id"] != -2  # the sky dome is far and uninformative; a model would not place it reliably
+    # the sky dome is far and uninformative; a model would not place it reliably (unless asked to keep it)
+    valid = np.ones(r["object_id"].shape, bool) if sky_valid else r["object_id"] != -2
     rng = np.random.default_rng(seed)
     noisy = xyz.copy()
     depth = r["depths"].astype(np.float64)

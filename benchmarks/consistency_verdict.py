@@ -1,0 +1,110 @@
+"""What the two verdicts say on true, noisy and adversarial pointmap videos (the evidence for their thresholds).
+
+    python -m benchmarks.consistency_verdict --clips CLIPS6D_DIR [--split heldout] [--num 16] [--dome-radius 12]
+        [--cases truth,noise_0.01,...] [--out verdict.json]
+
+Each held-out synthetic clip's true normalised pointmap (the model's output space, the clips' normalisation) is
+registered as a model output is (:func:`fourdnex_jax.geometry.register.register`) under these cases:
+
+* ``truth``; ``noise_0.01`` / ``noise_0.03``: i.i.d. Gaussian noise of that sigma per coordinate on every pixel;
+  ``noise_0.01_foreground``: the same on the floor and objects only, the sky exact (the pixels are found by
+  rendering the clip's scene again: ``--dome-radius`` must be the one the clips were made with, checked against the
+  clip's RGB: :func:`fourdnex_jax.pipelines.evaluate.foreground_masks`);
+* ``other_scenes``: frame t taken from clip (i + t) mod N (every frame a real, registrable pointmap);
+* ``frozen``: frame 0 repeated.
+
+Per case: frames registered (per-frame verdict, :mod:`fourdnex_jax.geometry.status`), clips the clip verdict calls
+consistent (:mod:`fourdnex_jax.geometry.consistency`), the lowest pair agreement per clip, the reasons, and the
+median rotation error against the true cameras over frames 1..T-1. The first three cases must pass, the last two
+must not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+
+CASES = ("truth", "noise_0.01", "noise_0.01_foreground", "noise_0.03", "other_scenes", "frozen")
+
+
+def perturb(case: str, i: int, clips: list, fg: list, rng: np.random.Generator) -> np.ndarray | None:
+    x = clips[i].xyz.astype(np.float64)
+    t = x.shape[0]
+    if case == "truth":
+        return x
+    if case.startswith("noise_"):
+        sigma = float(case.split("_")[1])
+        noise = sigma * rng.standard_normal(x.shape)
+        if case.endswith("_foreground"):
+            if fg[i] is None:
+                return None
+            noise *= fg[i][..., None]
+        return x + noise
+    if case == "other_scenes":
+        return np.stack([clips[(i + k) % len(clips)].xyz[k] for k in range(t)]).astype(np.float64)
+    if case == "frozen":
+        return np.repeat(x[:1], t, 0)
+    raise ValueError(case)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clips", required=True)
+    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--num", type=int, default=16)
+    ap.add_argument("--dome-radius", type=float, default=12.0)
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    from fourdnex_jax.geometry import register
+    from fourdnex_jax.geometry.metrics import rotation_angle_deg
+    from fourdnex_jax.pipelines.evaluate import foreground_masks, load_clips
+
+    clips = load_clips(args.clips, args.split, args.num)
+    fg = foreground_masks(clips, args.dome_radius)
+    rng = np.random.default_rng(0)
+    rows = {}
+    for case in args.cases.split(","):
+        per_clip = []
+        for i, c in enumerate(clips):
+            x = perturb(case, i, clips, fg, rng)
+            if x is None:
+                continue
+            with np.errstate(all="ignore"):
+                reg = register.register(x, c.valid.astype(bool), normalization=c.normalization)
+            rel = np.swapaxes(c.c2w[:, :3, :3].astype(np.float64), -1, -2) @ reg.c2w[:, :3, :3]
+            agree = [a for a in reg.clip.agreement if a is not None]
+            per_clip.append({"clip": c.clip_id, "frames_registered": reg.status.num_registered,
+                             "consistent": reg.clip.consistent, "reason": reg.clip.reason,
+                             "min_agreement": min(agree) if agree else None,
+                             "rot_err_deg": rotation_angle_deg(rel)[1:].round(3).tolist()})
+        if not per_clip:
+            print(f"{case}: skipped (no clip has the pixels it needs)")
+            continue
+        reasons = collections.Counter((r["reason"] or "consistent").split(":")[0] for r in per_clip)
+        rows[case] = {
+            "clips": len(per_clip), "frames": int(sum(len(r["rot_err_deg"]) + 1 for r in per_clip)),
+            "frames_registered": int(sum(r["frames_registered"] for r in per_clip)),
+            "consistent": int(sum(r["consistent"] for r in per_clip)),
+            "min_agreement": [None if r["min_agreement"] is None else round(r["min_agreement"], 3) for r in per_clip],
+            "rot_err_median_deg": float(np.median(np.concatenate([r["rot_err_deg"] for r in per_clip]))),
+            "reasons": dict(reasons), "per_clip": per_clip}
+        r = rows[case]
+        print(f"{case}: frames registered {r['frames_registered']}/{r['frames']}, consistent {r['consistent']}/"
+              f"{r['clips']}, rotation error median {r['rot_err_median_deg']:.2f} deg, lowest pair agreement "
+              f"per clip {r['min_agreement']}, {r['reasons']}", flush=True)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"clips": args.clips, "split": args.split, "dome_radius": args.dome_radius, "cases": rows}, f,
+                      indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
