@@ -1,7 +1,7 @@
 """What the two verdicts say on true, noisy and adversarial pointmap videos (the evidence for their thresholds).
 
     python -m benchmarks.consistency_verdict --clips CLIPS6D_DIR [--split heldout] [--num 16] [--dome-radius 12]
-        [--cases truth,noise_0.01,...] [--out verdict.json]
+        [--cases truth,noise_0.01,...] [--geometry-only] [--out verdict.json]
 
 Each held-out synthetic clip's true normalised pointmap (the model's output space, the clips' normalisation) is
 registered as a model output is (:func:`fourdnex_jax.geometry.register.register`) under these cases:
@@ -10,8 +10,11 @@ registered as a model output is (:func:`fourdnex_jax.geometry.register.register`
   ``noise_0.01_foreground``: the same on the floor and objects only, the sky exact (the pixels are found by
   rendering the clip's scene again: ``--dome-radius`` must be the one the clips were made with, checked against the
   clip's RGB: :func:`fourdnex_jax.pipelines.evaluate.foreground_masks`);
-* ``other_scenes``: frame t taken from clip (i + t) mod N (every frame a real, registrable pointmap);
+* ``other_scenes``: frame t (pointmap and colours) taken from clip (i + t) mod N (every frame a real, registrable
+  pointmap); ``scene_cut``: frame 0 of clip i + 1, then frames 1.. of clip i (one cut);
 * ``frozen``: frame 0 repeated.
+
+The clip verdict sees the frames' colours, as in ``fourdnex generate``, unless ``--geometry-only``.
 
 Per case: frames registered (per-frame verdict, :mod:`fourdnex_jax.geometry.status`), clips the clip verdict calls
 consistent (:mod:`fourdnex_jax.geometry.consistency`), the lowest pair agreement per clip, the reasons, and the
@@ -30,26 +33,39 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
-CASES = ("truth", "noise_0.01", "noise_0.01_foreground", "noise_0.03", "other_scenes", "frozen")
+CASES = ("truth", "noise_0.01", "noise_0.01_foreground", "noise_0.03", "other_scenes", "scene_cut", "frozen")
 
 
-def perturb(case: str, i: int, clips: list, fg: list, rng: np.random.Generator) -> np.ndarray | None:
+def perturb(case: str, i: int, clips: list, fg: list, rng: np.random.Generator
+            ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(xyz, rgb) of clip ``i`` under ``case`` (module docstring), None where the case needs a missing mask."""
     x = clips[i].xyz.astype(np.float64)
     t = x.shape[0]
+    if case == "other_scenes":
+        k = [(i + j) % len(clips) for j in range(t)]
+        return (np.stack([clips[c].xyz[j] for j, c in enumerate(k)]).astype(np.float64),
+                np.stack([clips[c].rgb[j] for j, c in enumerate(k)]))
+    if case == "scene_cut":
+        j = (i + 1) % len(clips)
+        return (np.concatenate([clips[j].xyz[:1], clips[i].xyz[1:]]).astype(np.float64),
+                np.concatenate([clips[j].rgb[:1], clips[i].rgb[1:]]))
+    if case == "frozen":
+        return np.repeat(x[:1], t, 0), np.repeat(clips[i].rgb[:1], t, 0)
+    xyz = _perturb_xyz(case, x, fg[i], rng)
+    return None if xyz is None else (xyz, clips[i].rgb)
+
+
+def _perturb_xyz(case: str, x: np.ndarray, fg: np.ndarray | None, rng: np.random.Generator) -> np.ndarray | None:
     if case == "truth":
         return x
     if case.startswith("noise_"):
         sigma = float(case.split("_")[1])
         noise = sigma * rng.standard_normal(x.shape)
         if case.endswith("_foreground"):
-            if fg[i] is None:
+            if fg is None:
                 return None
-            noise *= fg[i][..., None]
+            noise *= fg[..., None]
         return x + noise
-    if case == "other_scenes":
-        return np.stack([clips[(i + k) % len(clips)].xyz[k] for k in range(t)]).astype(np.float64)
-    if case == "frozen":
-        return np.repeat(x[:1], t, 0)
     raise ValueError(case)
 
 
@@ -60,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num", type=int, default=16)
     ap.add_argument("--dome-radius", type=float, default=12.0)
     ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--geometry-only", action="store_true", help="judge the pointmaps without their colours")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
     from fourdnex_jax.geometry import register
@@ -73,11 +90,13 @@ def main(argv=None) -> int:
     for case in args.cases.split(","):
         per_clip = []
         for i, c in enumerate(clips):
-            x = perturb(case, i, clips, fg, rng)
-            if x is None:
+            case_input = perturb(case, i, clips, fg, rng)
+            if case_input is None:
                 continue
+            x, rgb = case_input
             with np.errstate(all="ignore"):
-                reg = register.register(x, c.valid.astype(bool), normalization=c.normalization)
+                reg = register.register(x, c.valid.astype(bool), rgb=None if args.geometry_only else rgb,
+                                        normalization=c.normalization)
             rel = np.swapaxes(c.c2w[:, :3, :3].astype(np.float64), -1, -2) @ reg.c2w[:, :3, :3]
             agree = [a for a in reg.clip.agreement if a is not None]
             per_clip.append({"clip": c.clip_id, "frames_registered": reg.status.num_registered,

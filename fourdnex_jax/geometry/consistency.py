@@ -8,7 +8,8 @@ scene must also satisfy, from the registration's own numbers (no ground truth):
   cameras, land on frame t's geometry. For every valid point of frame s that projects inside frame t onto a valid
   pixel q, compare its depth z in camera t with the depth z_q that frame t shows at q: *agree* if
   |z - z_q| <= :data:`DEPTH_TOL` z_q, *occluded* if it lies behind (z > z_q), *contradicting* if it lies in front
-  (camera t should have seen it). ``agreement`` = agreeing / all compared points (occluded ones count against: a
+  (camera t should have seen it); given the frames' colours (a 6D video has them), an agreeing point must also keep
+  its colour (:data:`COLOUR_TOL`): scenes of floor and sky are alike in geometry, not in colour. ``agreement`` = agreeing / all compared points (occluded ones count against: a
   different scene leaves about as many points behind as in front); moving objects contradict a little, so the
   bound :data:`MIN_AGREEMENT` is below 1.
   With the 4DNeX ``reference`` normalisation every frame is centred on its own bounding box, so frame s's points
@@ -33,6 +34,7 @@ import numpy as np
 from fourdnex_jax.geometry import se3
 
 DEPTH_TOL = 0.05              # relative depth difference of an agreeing point
+COLOUR_TOL = 0.1              # mean absolute RGB difference (range 1) of an agreeing point, when colours are given
 MIN_AGREEMENT = 0.6           # per consecutive pair (truth + noise 0.01: >= 0.76; frames of other scenes: <= 0.47)
 MAX_STEP_ROTATION_DEG = 30.0  # per frame step
 STILL_ROTATION_DEG = 0.2      # a step under both of these is no camera motion
@@ -114,12 +116,14 @@ def _window_gap(z: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 
 def compare_pair(src_cam: np.ndarray, src_ok: np.ndarray, dst_depth: np.ndarray, dst_ok: np.ndarray, K: np.ndarray,
-                 offset: np.ndarray) -> dict:
+                 offset: np.ndarray, src_rgb: np.ndarray | None = None, dst_rgb: np.ndarray | None = None) -> dict:
     """Frame s's points in camera t's coordinates ``src_cam`` (N, 3) moved by ``-offset`` (3,), against the depth
     frame t shows, ``dst_depth`` (H, W) (valid where ``dst_ok`` (H, W)). A point is compared when it projects inside
     frame t onto a valid pixel; it agrees when its depth lies within :data:`DEPTH_TOL` of the depths of that pixel's
-    3 x 3 window (:func:`window_depth_range`); otherwise it is in front / behind by its own pixel. Returns the counts
-    ``compared``, ``agree``, ``front``, ``behind``."""
+    3 x 3 window (:func:`window_depth_range`) and, with colours (``src_rgb`` (N, 3), ``dst_rgb`` (H, W, 3) in
+    [0, 1]), one pixel of that window shows its colour within :data:`COLOUR_TOL` (mean absolute difference over the
+    channels); otherwise it is in front / behind by its own pixel. Returns the counts ``compared``, ``agree``,
+    ``front``, ``behind``."""
     h, w = dst_depth.shape
     lo, hi = window_depth_range(dst_depth, dst_ok)
     pc = src_cam - offset
@@ -127,6 +131,14 @@ def compare_pair(src_cam: np.ndarray, src_ok: np.ndarray, dst_depth: np.ndarray,
     inside &= src_ok & dst_ok[qv, qu]
     z, qv, qu = pc[inside, 2], qv[inside], qu[inside]
     agree = _window_gap(z, lo[qv, qu], hi[qv, qu]) <= DEPTH_TOL
+    if src_rgb is not None and dst_rgb is not None:
+        col = np.asarray(src_rgb, np.float64)[inside]
+        best = np.full(len(z), np.inf)
+        for dv in (-1, 0, 1):
+            for du in (-1, 0, 1):
+                v2, u2 = np.clip(qv + dv, 0, h - 1), np.clip(qu + du, 0, w - 1)
+                best = np.minimum(best, np.abs(dst_rgb[v2, u2] - col).mean(-1))
+        agree &= best <= COLOUR_TOL
     front = z < dst_depth[qv, qu]
     return {"compared": int(inside.sum()), "agree": int(agree.sum()), "front": int((~agree & front).sum()),
             "behind": int((~agree & ~front).sum())}
@@ -166,11 +178,15 @@ def search_offset(src_cam: np.ndarray, src_ok: np.ndarray, dst_depth: np.ndarray
 
 
 def clip_verdict(points: np.ndarray, point_ok: np.ndarray, c2w: np.ndarray, Ks: np.ndarray, registered: np.ndarray,
-                 h: int, w: int, solve_offsets: bool) -> ClipVerdict:
+                 h: int, w: int, solve_offsets: bool, rgb: np.ndarray | None = None) -> ClipVerdict:
     """The verdict of one registration: ``points`` (T, N, 3) each frame's points in the world frame (as the
     registration solved their cameras), ``point_ok`` (T, N) the usable ones (in front of their camera), ``c2w``
     (T, 4, 4), ``Ks`` (T, 3, 3), ``registered`` (T,) the per-frame verdict; ``solve_offsets``: frames carry unknown
-    per-frame translations (the reference normalisation)."""
+    per-frame translations (the reference normalisation); ``rgb`` (T, N, 3) the frames' colours (uint8, or floats in
+    [0, 1]) or None: agreeing points must then also keep their colour."""
+    if rgb is not None:
+        rgb = np.asarray(rgb)
+        rgb = rgb / 255.0 if rgb.dtype == np.uint8 else np.asarray(rgb, np.float64)
     tt = points.shape[0]
     registered = np.asarray(registered, bool)
     w2c = se3.invert_se3(c2w)
@@ -191,7 +207,8 @@ def clip_verdict(points: np.ndarray, point_ok: np.ndarray, c2w: np.ndarray, Ks: 
         ok_t = point_ok[t].reshape(h, w)
         off_cam = search_offset(src_cam, point_ok[t - 1], depth, ok_t, Ks[t]) if solve_offsets else np.zeros(3)
         offset = off_cam @ w2c[t, :3, :3]  # camera t -> world (rotation only)
-        c = compare_pair(src_cam, point_ok[t - 1], depth, ok_t, Ks[t], off_cam)
+        c = compare_pair(src_cam, point_ok[t - 1], depth, ok_t, Ks[t], off_cam,
+                         *((rgb[t - 1], rgb[t].reshape(h, w, 3)) if rgb is not None else ()))
         n = max(c["compared"], 1)
         agreement.append(c["agree"] / n)
         contra.append(c["front"] / n)

@@ -138,7 +138,7 @@ def mean_metrics(rows: list[dict]) -> dict:
 
 
 def camera_recovery(xyz: np.ndarray, valid: np.ndarray | None, normalization: str, gt_c2w: np.ndarray,
-                    gt_focal_px: float) -> dict:
+                    gt_focal_px: float, rgb: np.ndarray | None = None) -> dict:
     """Whether the cameras of a pointmap video xyz (T, H, W, 3) can be recovered, scored against the truth.
 
     Registration (:func:`register.register`) gives the cameras in the first camera's frame, as the truth
@@ -146,10 +146,10 @@ def camera_recovery(xyz: np.ndarray, valid: np.ndarray | None, normalization: st
     ``R_gt^T R_est`` per frame (0 at frame 0), ``focal_rel_err`` = |f - f*| / f* of the shared focal length
     (``gt_focal_px``), ``frames_registered`` the registration's own verdict and ``all_registered`` whether it
     accepted every frame, ``consistent`` / ``scene_reason`` the clip verdict (one 4D scene or not,
-    :mod:`fourdnex_jax.geometry.consistency`). A rejected frame keeps its error (the solver's last estimate, or the
-    identity)."""
+    :mod:`fourdnex_jax.geometry.consistency`, given the frames' colours ``rgb`` when known). A rejected frame keeps
+    its error (the solver's last estimate, or the identity)."""
     with np.errstate(all="ignore"):
-        reg = register.register(xyz, valid, normalization=normalization)
+        reg = register.register(xyz, valid, rgb=rgb, normalization=normalization)
     rel = np.swapaxes(np.asarray(gt_c2w, np.float64)[:, :3, :3], -1, -2) @ reg.c2w[:, :3, :3]
     rot = rotation_angle_deg(rel)
     focal = float(reg.K[0, 0])

@@ -137,13 +137,14 @@ def anchor_offsets_icp(points: np.ndarray, keep: np.ndarray, iters: int = 15, sa
     return offs
 
 
-def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization: str = "sequence",
-             centers: np.ndarray | None = None, scale: float | None = None, sample_points: int = 4800,
+def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarray | None = None,
+             normalization: str = "sequence", centers: np.ndarray | None = None, scale: float | None = None, sample_points: int = 4800,
              method: str = "lmeds", hypotheses: int = 64, gn_steps: int = 3, principal_point: str = "fit",
              intrinsics: str = "auto", square_pixels: bool = True,
              per_frame_intrinsics: bool = False, anchor: str = "auto", min_residual_px: float = 0.75,
              motion_tol: float = 0.05, seed: int = 0) -> Registration:
-    """Closed-form registration of a pointmap video (see module docstring). ``principal_point``: 'fit', or
+    """Closed-form registration of a pointmap video (see module docstring); ``rgb`` (T, H, W, 3), the frames'
+    colours, if known, for the clip verdict (:mod:`consistency`). ``principal_point``: 'fit', or
     'center' ((W-1)/2, (H-1)/2, the exact image centre with pixel centres at integers; used for unshifted maps
     only, the DLT always estimates it)."""
     t0 = time.perf_counter()
@@ -302,7 +303,8 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, normalization:
         # decided only between two frames whose cameras are both results
         src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
         moving &= (status.registered & status.registered[src])[:, None]
-    clip = consistency.clip_verdict(points, valid_d, c2w, Ks, status.registered, h, w, solve_offsets=shifted)
+    clip = consistency.clip_verdict(points, valid_d, c2w, Ks, status.registered, h, w, solve_offsets=shifted,
+                                    rgb=None if rgb is None else np.asarray(rgb).reshape(tt, -1, 3))
     t_motion = time.perf_counter()
 
     depth = np.where(valid_d, z, 0.0).astype(np.float32).reshape(tt, h, w)

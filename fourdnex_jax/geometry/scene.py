@@ -105,7 +105,7 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
     the exports."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reg = register_pointmaps(xyz, valid, normalization, centers=centers, scale=scale, **register_kw)
+    reg = register_pointmaps(xyz, valid, normalization, centers=centers, scale=scale, rgb=rgb, **register_kw)
     st = reg.status
     t, h, w = reg.depth.shape
     reg_t = st.registered[:, None, None]

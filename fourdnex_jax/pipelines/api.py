@@ -91,7 +91,8 @@ class Result:
         if self._registration is None:
             from fourdnex_jax.geometry.scene import register_pointmaps
 
-            self._registration = register_pointmaps(self.xyz, self.valid, self.output.xyz_normalization)
+            self._registration = register_pointmaps(self.xyz, self.valid, self.output.xyz_normalization,
+                                                    rgb=self.rgb)
         return self._registration
 
     @property

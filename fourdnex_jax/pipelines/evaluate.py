@@ -78,7 +78,8 @@ def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
 
 def score(clip, xyz: np.ndarray, rgb: np.ndarray | None, foreground: np.ndarray | None) -> dict[str, Any]:
     """The metrics of one candidate (module docstring): ``xyz`` (T, H, W, 3) normalised like the clip, ``rgb``
-    (T, H, W, 3) in [0, 255] or None, ``foreground`` (T, H, W) bool or None."""
+    (T, H, W, 3) in [0, 255] or None (then the clip verdict judges geometry alone), ``foreground`` (T, H, W) bool
+    or None."""
     valid = clip.valid.astype(bool)
     gt = clip.xyz.astype(np.float32)
     m = metrics.depth_metrics(xyz[0, ..., 2][None], clip.metric_xyz()[0, ..., 2][None], valid[0][None],
@@ -97,7 +98,7 @@ def score(clip, xyz: np.ndarray, rgb: np.ndarray | None, foreground: np.ndarray 
                                            clip.c2w, clip.intrinsics, valid & foreground)
         row["fg_reproj_px"] = float(np.median(px)) if len(px) else None
     row["cameras"] = metrics.camera_recovery(xyz, None, clip.normalization, clip.c2w,
-                                             float(clip.intrinsics[0, 0, 0]))
+                                             float(clip.intrinsics[0, 0, 0]), rgb=rgb)
     return row
 
 
@@ -144,7 +145,7 @@ def evaluate_vae(vae, clips: Sequence, dome_radius: float, *, log: Callable[[str
     for i, (c, f) in enumerate(zip(clips, fg)):
         xyz, rgb = _vae_reconstruction(vae, c)
         rows["vae_reconstruction"].append(score(c, xyz, rgb, f))
-        rows["ground_truth"].append(score(c, c.xyz.astype(np.float32), None, f))
+        rows["ground_truth"].append(score(c, c.xyz.astype(np.float32), c.rgb, f))
         log(f"eval: clip {i + 1}/{len(clips)}")
     summary = {k: summarize(v) for k, v in rows.items()}
     return {"summary": summary, "targets": check_targets(summary["vae_reconstruction"], VAE_TARGETS),
@@ -175,7 +176,7 @@ def evaluate_bundle(bundle, settings, clips: Sequence, dome_radius: float, *, lo
     for i, (c, r, f) in enumerate(zip(clips, results, fg)):
         rec_xyz, rec_rgb = _vae_reconstruction(bundle.vae, c)
         cands = {"model": (r.xyz, r.rgb), "baseline_plane": (np.broadcast_to(plane, c.xyz.shape), None),
-                 "vae_reconstruction": (rec_xyz, rec_rgb), "ground_truth": (c.xyz.astype(np.float32), None)}
+                 "vae_reconstruction": (rec_xyz, rec_rgb), "ground_truth": (c.xyz.astype(np.float32), c.rgb)}
         for name, (xyz, rgb) in cands.items():
             rows[name].append(score(c, xyz, rgb, f))
         log(f"eval: clip {i + 1}/{len(clips)} scored")
