@@ -6,9 +6,9 @@ Every stage function takes ``(shapes, rec, deadline)``: the :class:`Shapes` it r
 ``time.time()`` past which no further timed call starts. Each stage runs alone in its own process, so its peak
 device memory (``peak_bytes``: the allocator's ``peak_bytes_in_use``; None where the backend keeps none, e.g.
 CPU) is that stage's. Random weights and inputs are created on the device by jitted constructors, never on the
-host. The guided step is the pipeline's own
-(:func:`fourdnex_jax.pipelines.image_to_4d.denoise_step`: one batch-2 DiT forward for classifier-free guidance +
-the UniPC update), so what is timed is what sampling runs.
+host. The guided step and the VAE decode are the pipeline's own programs (:mod:`fourdnex_jax.pipelines.programs`:
+``step``, one batch-2 DiT forward for classifier-free guidance + the UniPC update; ``decode``, the XYZ half
+un-normalised, then the fused VAE decode), so what is timed is what sampling runs.
 """
 
 from __future__ import annotations
@@ -70,6 +70,26 @@ def compiled(fn: Callable, *args) -> tuple[Any, dict[str, float]]:
     return exe, {"lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
 
 
+def pipeline_programs(shapes: Shapes, graphdefs: dict[str, Any]) -> dict[str, Callable]:
+    """The pipeline's programs (:func:`fourdnex_jax.pipelines.programs.build`) for one image sampled at ``shapes``
+    on the first device (CFG ``shapes.guidance``, UniPC, ``shapes.steps`` steps, the default recipe);
+    ``graphdefs``: the models they run (``{model: graphdef}``, only those of the programs called)."""
+    import jax
+
+    from fourdnex_jax import sharding
+    from fourdnex_jax.pipelines import programs
+    from fourdnex_jax.pipelines.settings import SampleSettings
+    from fourdnex_jax.recipe import SixDSpec
+
+    t, h, w = shapes.latent
+    settings = SampleSettings(num_frames=1 + 4 * (t - 1), max_area=64 * h * w, num_steps=shapes.steps,
+                              guidance_scale=shapes.guidance, negative_prompt="", text_len=TEXT_LEN, flow_shift=3.0,
+                              solver="unipc")
+    layout = programs.Layout.of(sharding.data_mesh(jax.devices()[:1]), sharding.DEFAULT_LOGICAL_AXIS_RULES,
+                                settings.guidance_scale, 1)
+    return programs.build(graphdefs, settings, SixDSpec(), layout)
+
+
 def rel_l2(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
@@ -78,7 +98,8 @@ def rel_l2(a, b) -> float:
 def stage_model_config(shapes: Shapes, attention: str, *, train: bool = False):
     """The stage's DiT config: the inference form (LoRA fused: rank 0, no remat) or, ``train``, the config's
     adapter with remat 'full'; ``attention`` replaces the config's ('auto': cuDNN on a GPU in bf16)."""
-    from fourdnex_jax.config import load_config_file, model_config as to_model
+    from fourdnex_jax.config import load_config_file
+    from fourdnex_jax.config import model_config as to_model
 
     config = load_config_file(ROOT / shapes.config)
     config.model.attention = attention
@@ -168,8 +189,7 @@ def stage_dit(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
     from flax import nnx
 
     from fourdnex_jax.models.transformer import WanTransformer3D, flops
-    from fourdnex_jax.pipelines.image_to_4d import denoise_step
-    from fourdnex_jax.sampling.flow_matching import make_schedule, solver_fns
+    from fourdnex_jax.sampling.flow_matching import make_schedule
 
     _, cfg = stage_model_config(shapes, attention)
     if cfg.modality_layout != "width":
@@ -193,35 +213,32 @@ def stage_dit(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
         k = jax.random.split(key, 5)
         lat = (1, t, h, 2 * w, cfg.out_channels)
         return (jax.random.normal(k[0], lat), jax.random.normal(k[1], lat),
-                jax.random.normal(k[2], (1, TEXT_LEN, cfg.text_dim)), jax.random.normal(k[3], (1, TEXT_LEN, cfg.text_dim)),
+                jax.random.normal(k[2], (1, TEXT_LEN, cfg.text_dim)),
+                jax.random.normal(k[3], (1, TEXT_LEN, cfg.text_dim)),
                 jax.random.normal(k[4], (1, IMAGE_TOKENS, cfg.image_dim)))
 
     x, cond, text, neg, clip = inputs(jax.random.key(3))
+    # the schedule's rows and timesteps on the device before timing (the pipeline puts one per step)
     schedule = make_schedule("unipc", shapes.steps, 3.0)
-    init_fn, _ = solver_fns("unipc")
-    table, timesteps = jnp.asarray(schedule.table), jnp.asarray(schedule.timesteps, jnp.float32)
-
-    def step_fn(graphdef):
-        def step(state, solver_state, i, cond, text, neg, clip):
-            return denoise_step(nnx.merge(graphdef, state), solver_state, cond, text, neg, clip, table[i],
-                                timesteps[i], guidance_scale=shapes.guidance, solver="unipc")
-        return step
-
-    holder = {"s": jax.jit(init_fn)(x), "i": 0}
-    args = (holder["s"], jnp.int32(0), cond, text, neg, clip)
+    rows = [jnp.asarray(r) for r in schedule.table]
+    timesteps = [jnp.asarray(ts, jnp.float32) for ts in schedule.timesteps]
+    fns = pipeline_programs(shapes, {"transformer": graphdef})
+    holder = {"s": fns["init"](x), "i": 0}
+    args = (holder["s"], None, cond, text, neg, clip, rows[0], timesteps[0])
     try:
-        exe, comp = compiled(step_fn(graphdef), state, *args)
+        exe, comp = compiled(fns["step"], state, *args)
     except Exception as e:  # e.g. cuDNN attention refused by this jax: measure the chunked path rather than nothing
         if cfg.attention not in ("auto", "cudnn") or "RESOURCE_EXHAUSTED" in str(e):
             raise
         cfg = cfg.replace(attention="chunked")
         rec(attention_error=f"{type(e).__name__}: {str(e)[:400]}", attention="chunked (fallback)")
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
-        exe, comp = compiled(step_fn(graphdef), state, *args)
+        exe, comp = compiled(pipeline_programs(shapes, {"transformer": graphdef})["step"], state, *args)
     rec(guided_step_compile=comp)
 
     def one_step():
-        holder["s"] = exe(state, holder["s"], jnp.int32(holder["i"] % shapes.steps), cond, text, neg, clip)
+        i = holder["i"] % shapes.steps
+        holder["s"] = exe(state, holder["s"], None, cond, text, neg, clip, rows[i], timesteps[i])
         holder["i"] += 1
         jax.block_until_ready(holder["s"])
 
@@ -236,7 +253,8 @@ def stage_dit(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
 
 
 def stage_vae(shapes: Shapes, rec: Recorder, deadline: float, attention: str) -> None:
-    """The VAE decode (chunked, as the pipeline runs it) of a random fused latent (1, T, H, 2W, z) in bf16."""
+    """The pipeline's ``decode`` program (the XYZ half un-normalised, then the fused VAE decode, chunked as the
+    pipeline runs it) of a random fp32 latent (1, T, H, 2W, z), with the VAE in bf16."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -247,16 +265,19 @@ def stage_vae(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
     dev = jax.devices()[0]
     t, h, w = shapes.latent
     shape = (1, t, h, 2 * w, cfg.z_dim)
-    rec(vae=shapes.vae, latent=list(shape), dtype="bfloat16",
+    rec(vae=shapes.vae, latent=list(shape), dtype="bfloat16", latent_dtype="float32",
         video=[1, 1 + cfg.temporal_factor * (t - 1), h * cfg.spatial_factor, 2 * w * cfg.spatial_factor, 3])
-    make = lambda: WanVAE(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)  # noqa: E731
+
+    def make():
+        return WanVAE(cfg, rngs=nnx.Rngs(0), param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
+
     t0 = time.perf_counter()
     graphdef = nnx.graphdef(nnx.eval_shape(make))
     state = jax.jit(lambda: nnx.state(make()))()
-    z = jax.jit(lambda k: jax.random.normal(k, shape, jnp.bfloat16))(jax.random.key(4))
+    z = jax.jit(lambda k: jax.random.normal(k, shape, jnp.float32))(jax.random.key(4))
     jax.block_until_ready((state, z))
     rec(weights_init_s=time.perf_counter() - t0)
-    exe, comp = compiled(lambda s, z: nnx.merge(graphdef, s).decode(z), state, z)
+    exe, comp = compiled(pipeline_programs(shapes, {"vae": graphdef})["decode"], state, z)
     rec(decode_compile=comp)
     tm = timed_within(lambda: exe(state, z).block_until_ready(), repeats=shapes.repeats, warmup=0, deadline=deadline)
     rec(decode=tm, peak_bytes=peak_bytes(dev))

@@ -34,23 +34,23 @@ from ml_collections import config_flags
 
 from fourdnex_jax.utils.resources import config_path
 
-# name: (deviceless topology, HBM GiB per chip, default mesh (data, fsdp, context, tensor))
-TOPOLOGIES = {
-    "v5p-8": ("v5p:2x2x1", 95.74, (1, 2, 2, 1)),
-    "v5p-64": ("v5p:2x4x4", 95.74, (1, 8, 4, 1)),
-    "v5p-128": ("v5p:4x4x4", 95.74, (1, 16, 4, 1)),
-    "v5p-256": ("v5p:4x4x8", 95.74, (1, 32, 4, 1)),
-    "v6e-16": ("v6e:4x4", 31.25, (1, 4, 4, 1)),
-    "v6e-64": ("v6e:8x8", 31.25, (1, 16, 4, 1)),
-    "v6e-256": ("v6e:16x16", 31.25, (1, 64, 4, 1)),
-    "v5e-64": ("v5e:8x8", 15.75, (1, 16, 4, 1)),
+#: Train plans: slice (one of fourdnex_jax.utils.memory_plan.TPU_SLICES) -> default mesh (data, fsdp, context, tensor)
+TRAIN_MESHES = {
+    "v5p-8": (1, 2, 2, 1),
+    "v5p-64": (1, 8, 4, 1),
+    "v5p-128": (1, 16, 4, 1),
+    "v5p-256": (1, 32, 4, 1),
+    "v6e-16": (1, 4, 4, 1),
+    "v6e-64": (1, 16, 4, 1),
+    "v6e-256": (1, 64, 4, 1),
+    "v5e-64": (1, 16, 4, 1),
 }
 
 CONFIG = config_flags.DEFINE_config_file("config", str(config_path("wan21_i2v_14b_480p")), "Experiment config.",
                                          lock_config=True)
 _JOB = flags.DEFINE_enum("job", "train", ["train", "inference"], "What to plan: the train step or the inference "
                          "pipeline's programs.")
-_TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "TPU slice (train: one of the TOPOLOGIES; inference: one of "
+_TOPOLOGY = flags.DEFINE_string("topology", "v5p-8", "TPU slice (train: one of the TRAIN_MESHES; inference: one of "
                                 "fourdnex_jax.pipelines.plan.TARGETS, GPU cards included).")
 _MESH = flags.DEFINE_string("mesh", "", "data,fsdp,context,tensor (default: per topology).")
 _BATCH = flags.DEFINE_integer("global-batch", 0, "Global batch (default: data x fsdp, one sample per group).")
@@ -67,16 +67,15 @@ _OUT = flags.DEFINE_string("out", "", "Train: append the result as one JSON line
 
 def main(argv) -> int:
     del argv
-    from jax.experimental import topologies
-
-    from fourdnex_jax.training.plan import GiB, compile_train_step
+    from fourdnex_jax.training.plan import compile_train_step
+    from fourdnex_jax.utils.memory_plan import TPU_SLICES, GiB, tpu_devices
 
     if _JOB.value == "inference":
         return _plan_inference(CONFIG.value)
     name = _TOPOLOGY.value
-    if name not in TOPOLOGIES:
-        raise ValueError(f"--topology {name}: train plans know {sorted(TOPOLOGIES)}")
-    topo, hbm, mesh = TOPOLOGIES[name]
+    if name not in TRAIN_MESHES:
+        raise ValueError(f"--topology {name}: train plans know {sorted(TRAIN_MESHES)}")
+    (topo, hbm), mesh = TPU_SLICES[name], TRAIN_MESHES[name]
     mesh = tuple(int(x) for x in _MESH.value.split(",")) if _MESH.value else mesh
     config = CONFIG.value
     with config.unlocked():
@@ -84,7 +83,7 @@ def main(argv) -> int:
         config.train.grad_accum_steps = 1
         config.model.attention = _ATTENTION.value or ("ring" if mesh[2] > 1 else config.model.attention)
     t0 = time.perf_counter()
-    devices = topologies.get_topology_desc(topology_name=topo, platform="tpu").devices
+    devices = tpu_devices(topo)
     row = {"topology": name, "tpu": topo, "chips": len(devices), "hbm_gib": hbm,
            "attention": config.model.attention, "remat": config.model.remat_policy}
     try:

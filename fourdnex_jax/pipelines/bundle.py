@@ -43,13 +43,13 @@ from fourdnex_jax.models import params
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig
 from fourdnex_jax.models.text_encoder import UMT5Tokenizer
 from fourdnex_jax.models.transformer import FROZEN, TRAINABLE
+from fourdnex_jax.pipelines.programs import MODELS
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model
 from fourdnex_jax.recipe import SamplingPreset, SixDSpec
 from fourdnex_jax.sampling.unipc import UniPCConfig
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import shipped
 
-MODELS = ("transformer", "vae", "text_encoder", "image_encoder")
 #: The bundled tiny model: ``checkpoints/tiny`` of the repository or of an installed wheel (None where this
 #: installation has none; :func:`fourdnex_jax.utils.resources.default_bundle` then says how to get one).
 DEFAULT_BUNDLE = shipped("checkpoints/tiny")

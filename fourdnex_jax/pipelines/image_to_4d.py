@@ -44,9 +44,9 @@ Fast paths (each measured by the sampling benchmark):
   * ``settings.weight_quant='int8'``: the pipeline samples with an int8 copy of the DiT (block linears, int8
     weights with per-output-channel fp32 scales, :mod:`fourdnex_jax.models.quantize`); the caller's model is kept;
   * ``settings.step_cache_interval=k >= 1``: the transformer blocks run in full every k steps (and at the last
-    step); the steps between reuse the last block residual (:func:`denoise_step` with ``mode='cached'``, the
-    schedule from :mod:`fourdnex_jax.sampling.step_cache`); ``ImageTo4D.stats`` counts full and cached DiT
-    evaluations;
+    step); the steps between reuse the last block residual (the ``step_cached`` program of
+    :mod:`fourdnex_jax.pipelines.programs`, the schedule from :mod:`fourdnex_jax.sampling.step_cache`);
+    ``ImageTo4D.stats`` counts full and cached DiT evaluations;
   * ``executable_cache=DIR``: every compiled function is loaded from / saved to serialized executables
     (:mod:`fourdnex_jax.pipelines.aot`); JAX's persistent compilation cache is set up by the caller
     (:func:`fourdnex_jax.pipelines.aot.enable_compilation_cache`).
@@ -56,181 +56,31 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import os
 import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from fourdnex_jax import sharding
-from fourdnex_jax.models import towers as towers_lib
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
 from fourdnex_jax.models.quantize import quantize_int8
 from fourdnex_jax.models.text_encoder import clean_prompt
-from fourdnex_jax.models.transformer import layouts
+from fourdnex_jax.pipelines import programs
 from fourdnex_jax.pipelines.aot import ExecutableCache
 from fourdnex_jax.pipelines.inputs import prepare_image, sample_size
 from fourdnex_jax.pipelines.outputs import valid_mask
+from fourdnex_jax.pipelines.programs import Layout
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model, size_multiple
-from fourdnex_jax.recipe import (MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK, SixDSpec,
-                                 condition_video, dit_input, guided_mask)
+from fourdnex_jax.recipe import MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK, SixDSpec, condition_video
 from fourdnex_jax.sampling import step_cache
-from fourdnex_jax.sampling.flow_matching import classifier_free_guidance, make_schedule, solver_fns
+from fourdnex_jax.sampling.flow_matching import make_schedule
 from fourdnex_jax.sampling.unipc import UniPCConfig
 from fourdnex_jax.utils.progress import Progress, Stage
-
-#: ``mode`` of :func:`denoise_step`: 'plain' (the DiT's ``__call__``), 'full' (blocks run, their residual returned
-#: for the step cache), 'cached' (blocks skipped, the given residual added to the tokens).
-STEP_MODES = ("plain", "full", "cached")
-
-
-@dataclasses.dataclass(frozen=True)
-class Layout:
-    """Where the pipeline's arrays live on ``mesh`` (see the module docstring).
-
-    ``cfg_over_data``: CFG's two branches go over the mesh's ``data`` axis (guided sampling on an even ``data``
-    axis that the rules' ``batch`` axis uses); ``images``: images per call; ``image_sharding``: every per-image
-    array (leading batch axis: latents, solver state, condition, embeddings, token ids) over the batch axes
-    (without ``data`` when ``cfg_over_data``); ``rows_sharding``: the DiT's batch (2B rows with CFG) over all batch
-    axes."""
-
-    mesh: Mesh
-    rules: tuple
-    cfg_over_data: bool
-    images: int
-    image_sharding: NamedSharding
-    rows_sharding: NamedSharding
-
-    @classmethod
-    def of(cls, mesh: Mesh, rules: Sequence[tuple[str, Any]], guidance_scale: float, batch_size: int) -> "Layout":
-        rules = tuple(rules)
-        dp = sharding.data_parallel_size(mesh, rules)
-        cfg_over_data = (guidance_scale > 1.0 and "data" in sharding.batch_axes(mesh, rules)
-                         and mesh.shape["data"] % 2 == 0)
-        return cls(mesh, rules, cfg_over_data, batch_size * (dp // 2 if cfg_over_data else dp),
-                   sharding.batch_sharding(mesh, rules, 1, exclude=("data",) if cfg_over_data else ()),
-                   sharding.batch_sharding(mesh, rules, 1))
-
-
-def _rows(a: jax.Array) -> jax.Array:
-    """The DiT batch (rows) split over the rules' batch axes under a mesh (no-op outside)."""
-    return sharding.with_logical_constraint(a, ("batch",) + (None,) * (a.ndim - 1))
-
-
-def _branches(a: jax.Array) -> jax.Array:
-    """(2, B, ...) CFG branches: the branch axis over ``data``, the images over the remaining batch axes."""
-    return sharding.with_logical_constraint(a, ("cfg_branch", "batch") + (None,) * (a.ndim - 2))
-
-
-def guided_velocity(dit, x: jax.Array, cond: jax.Array, text: jax.Array, neg: jax.Array, clip: jax.Array,
-                    t: jax.Array, *, guidance_scale: float, residual: jax.Array | None = None, mode: str = "plain",
-                    cfg_over_data: bool = False) -> tuple[jax.Array, jax.Array | None]:
-    """The guided velocity (B, T', h, 2w, 16) fp32 of samples ``x`` (B, T', h, 2w, 16) fp32 at timestep ``t``
-    (scalar), and the block residual (2B or B, L, D) fp32 for ``mode='full'`` (else None).
-
-    ``cond``: the condition latent, shaped as ``x``; ``text`` / ``neg``: prompt / negative prompt embeddings
-    (B, Lt, Dt); ``clip``: image embeddings (B, Li, Di). The DiT input is ``[x | guided mask | cond]`` (36
-    channels). With ``guidance_scale > 1`` (diffusers' ``do_classifier_free_guidance``) the conditional and
-    unconditional passes run as one batch of 2B: interleaved per sample (each batch shard keeps both halves of its
-    samples), or with ``cfg_over_data`` branch-major ``[cond; uncond]`` (the two branches split over the mesh's
-    ``data`` axis); ``mode='cached'`` adds ``residual`` to the embedded tokens instead of running the blocks."""
-    if mode not in STEP_MODES:
-        raise ValueError(f"mode={mode!r}; use one of {STEP_MODES}")
-    b, t_lat, h_lat, w2, _ = x.shape
-    inp = dit_input(x, guided_mask(b, t_lat, h_lat, w2 // 2, MODALITY_LAYOUT), cond)
-    guided = guidance_scale > 1.0
-    if guided:
-        if cfg_over_data:  # (2, B, ...) with the branch axis over data, then its rows: no data movement
-            pair = lambda a, c: _branches(jnp.stack([a, c], 0)).reshape(2 * b, *a.shape[1:])  # noqa: E731
-        else:
-            pair = lambda a, c: jnp.stack([a, c], 1).reshape(2 * b, *a.shape[1:])  # noqa: E731
-        args = (pair(inp, inp), jnp.full((2 * b,), t, jnp.float32), pair(text, neg), pair(clip, clip))
-    else:
-        args = (inp, jnp.full((b,), t, jnp.float32), text, clip)
-    args = tuple(_rows(a) for a in args)
-    new_residual = None
-    if mode == "plain":
-        v = dit(*args)
-    else:
-        tokens = dit.embed(*args)
-        if mode == "full":
-            h = dit.run_blocks(tokens)
-            new_residual = h.astype(jnp.float32) - tokens.x.astype(jnp.float32)
-            new_residual = sharding.with_logical_constraint(new_residual, ("batch", "length", None))
-        else:
-            h = (tokens.x.astype(jnp.float32) + residual).astype(tokens.x.dtype)
-        v = dit.head(h, tokens)
-    v = v.astype(jnp.float32)
-    if guided:
-        if cfg_over_data:
-            v = _branches(v.reshape(2, b, *v.shape[1:]))
-            v = classifier_free_guidance(v[0], v[1], guidance_scale)
-        else:
-            v = v.reshape(b, 2, *v.shape[1:])
-            v = classifier_free_guidance(v[:, 0], v[:, 1], guidance_scale)
-    return v, new_residual
-
-
-def denoise_step(dit, solver_state, cond: jax.Array, text: jax.Array, neg: jax.Array, clip: jax.Array,
-                 row: jax.Array, t: jax.Array, residual: jax.Array | None = None, *, guidance_scale: float,
-                 solver: str, mode: str = "plain", cfg_over_data: bool = False):
-    """One solver step: the guided velocity (:func:`guided_velocity`) of ``solver_state.x`` at timestep ``t``,
-    then ``solver``'s update with the schedule's table row ``row`` (``make_schedule(...).table[i]``). Returns the
-    new solver state, and for ``mode='full'`` also the block residual: ``(state, residual)``."""
-    _, step_fn = solver_fns(solver)
-    v, new_residual = guided_velocity(dit, solver_state.x, cond, text, neg, clip, t, guidance_scale=guidance_scale,
-                                      residual=residual, mode=mode, cfg_over_data=cfg_over_data)
-    state = step_fn(solver_state, v, row)
-    return (state, new_residual) if mode == "full" else state
-
-
-def decode_latents(vae, latents: jax.Array, spec: SixDSpec) -> jax.Array:
-    """Fused latents (B, T', h, 2w, 16) -> the decoded canvas (B, T, H, 2W, 3) fp32: the XYZ half un-normalised
-    with the recipe's mean/std (``spec``), the fused latent VAE-de-normalised and decoded in one pass."""
-    rgb, xyz = layouts.split(latents, MODALITY_LAYOUT)
-    xyz = xyz * float(spec.xyz_latent_std) + float(spec.xyz_latent_mean)  # undo 4DNeX's XYZ latent normalisation
-    fused = vae.denormalize_latents(layouts.fuse(rgb, xyz, MODALITY_LAYOUT))
-    return vae.decode(fused).astype(jnp.float32)
-
-
-@dataclasses.dataclass
-class ImageTo4DOutput:
-    """One image's result (saved by :func:`fourdnex_jax.pipelines.outputs.save_result`).
-
-    ``rgb`` (T, H, W, 3) uint8; ``xyz`` (T, H, W, 3) float32, the decoded pointmap in the model's normalised units
-    (~[-1, 1], ``xyz_normalization``); ``valid`` (T, H, W) bool (finite, not saturated, see
-    :func:`~fourdnex_jax.pipelines.outputs.valid_mask`); ``video`` (T, H, 2W, 3) float32 in [-1, 1], the decoded
-    canvas before the split; ``latents`` (T', h, 2w, 16) the final fused latent; ``prompt`` the full prompt (with
-    the recipe's suffix); ``seed``; ``image`` (H, W, 3) uint8 the conditioning image at the sampled size;
-    ``xyz_normalization`` ('reference' | 'sequence', from the bundle's recipe); ``sizing`` how the input was
-    resized (:func:`fourdnex_jax.pipelines.inputs.prepare_image`)."""
-
-    rgb: np.ndarray
-    xyz: np.ndarray
-    valid: np.ndarray
-    video: np.ndarray
-    latents: np.ndarray
-    prompt: str
-    seed: int
-    image: np.ndarray
-    xyz_normalization: str
-    sizing: dict[str, Any]
-
-
-#: The pipeline's models, in the order :meth:`ImageTo4D.release` may free them.
-MODELS = ("text_encoder", "image_encoder", "transformer", "vae")
-
-
-def _towers(**modules) -> towers_lib.Towers:
-    """A :class:`~fourdnex_jax.models.towers.Towers` holding only the given encoders (the others None): the
-    pipeline places and frees each model separately."""
-    return towers_lib.Towers(modules.get("vae"), modules.get("text_encoder"), modules.get("image_encoder"))
 
 
 class ImageTo4D:
@@ -281,12 +131,14 @@ class ImageTo4D:
         self.stats = {"dit_full": 0, "dit_cached": 0}
         self._neg = None
         self._graphdefs, self._states = {}, {}
-        for name, module in (("transformer", transformer), ("vae", vae), ("text_encoder", text_encoder),
-                             ("image_encoder", image_encoder)):
-            graphdef, state = nnx.split(module)
+        modules = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder,
+                   "image_encoder": image_encoder}
+        for name in programs.MODELS:
+            graphdef, state = nnx.split(modules[name])
             # by the parameters' logical axes; arrays already placed so (a bundle restored onto this mesh) stay
             self._graphdefs[name] = graphdef
-            self._states[name] = jax.device_put(state, sharding.state_shardings(state, mesh, self.rules))
+            self._states[name] = jax.device_put(state, programs.weight_shardings(state, mesh, self.rules,
+                                                                                 programs.staging_of(s)))
         self.executables = None
         if executable_cache is not None:
             context = {"transformer": transformer.config.to_dict(), "vae": dataclasses.asdict(vae.config),
@@ -309,36 +161,9 @@ class ImageTo4D:
 
     # ------------------------------------------------------------------------------------------------------------
     def _compile(self) -> None:
-        s, img, gd = self.settings, self._img, self._graphdefs
-        init_fn, _ = solver_fns(s.solver)
-        spec, cfg_over_data = self.spec, self.layout.cfg_over_data
-
-        # the encode step's computations (fourdnex_jax.data.encode calls the same towers functions)
-        def encode_text(te, ids, mask):
-            return towers_lib.encode_prompts(_towers(text_encoder=nnx.merge(gd["text_encoder"], te)), ids, mask)
-
-        def encode_image(ie, vae, pixels, cond_video):
-            towers = _towers(image_encoder=nnx.merge(gd["image_encoder"], ie), vae=nnx.merge(gd["vae"], vae))
-            return towers_lib.encode_images(towers, pixels), towers_lib.encode_condition(towers, cond_video)
-
-        def step(dit, solver_state, residual, cond, text, neg, clip, row, t, *, mode):
-            return denoise_step(nnx.merge(gd["transformer"], dit), solver_state, cond, text, neg, clip, row, t,
-                                residual, guidance_scale=s.guidance_scale, solver=s.solver, mode=mode,
-                                cfg_over_data=cfg_over_data)
-
-        def decode(vae, latents):
-            return decode_latents(nnx.merge(gd["vae"], vae), latents, spec)
-
-        # one step function, one program per mode ("plain" / "full" / "cached"), named as before in the cache
-        # the solver state stays split by image (the same shardings every step: one signature per program); the
-        # step cache's residual (2B, L, D) is split over the DiT's batch rows
-        steps = {mode: jax.jit(functools.partial(step, mode=mode),
-                               out_shardings=(img, self.layout.rows_sharding) if mode == "full" else img)
-                 for mode in STEP_MODES}
-        fns = {"encode_text": jax.jit(encode_text, out_shardings=img),
-               "encode_image": jax.jit(encode_image, out_shardings=img),
-               "decode": jax.jit(decode, out_shardings=img), "init": jax.jit(init_fn, out_shardings=img),
-               "step": steps["plain"], "step_full": steps["full"], "step_cached": steps["cached"]}
+        # the programs (fourdnex_jax.pipelines.programs), named as before in the executable cache
+        fns = programs.build(self._graphdefs, self.settings, self.spec, self.layout,
+                             staging=programs.staging_of(self.settings))
         if self.executables is not None:
             fns = {name: self.executables.wrap(name, fn) for name, fn in fns.items()}
         self._encode_text, self._encode_image, self._decode, self._init = (
@@ -370,7 +195,8 @@ class ImageTo4D:
         return state
 
     def release(self, name: str) -> None:
-        """Deletes model ``name``'s device buffers (one of :data:`MODELS`); later stages that need it raise."""
+        """Deletes model ``name``'s device buffers (one of :data:`~fourdnex_jax.pipelines.programs.MODELS`);
+        later stages that need it raise."""
         state = self._states.pop(name, None)
         if state is not None:
             for leaf in jax.tree.leaves(state):
@@ -405,9 +231,7 @@ class ImageTo4D:
     # ------------------------------------------------------------------------------------------------------------
     def latent_shape(self, height: int, width: int) -> tuple[int, int, int, int]:
         """(T', h, 2w, 16): the fused latent of one image sampled at ``height x width`` pixels."""
-        v = self.vae_config
-        return (1 + (self.settings.num_frames - 1) // v.temporal_factor, height // v.spatial_factor,
-                2 * (width // v.spatial_factor), v.z_dim)
+        return programs.latent_shape(self.settings, self.vae_config, height, width)
 
     def sample_size(self, image: np.ndarray) -> tuple[int, int]:
         """(H, W) that ``image`` (h, w, 3) is sampled at (``settings.resize_mode`` at ``settings.max_area``)."""
@@ -493,9 +317,7 @@ class ImageTo4D:
         shape = self.latent_shape(height, width)
         fn = self._noise_fns.get(shape)
         if fn is None:
-            # bit-identical to the eager jax.random.normal(jax.random.key(seed), shape) for int32 seeds
-            fn = jax.jit(lambda sd: jax.random.normal(jax.random.key(sd), shape, jnp.float32),
-                         out_shardings=self._repl)
+            fn = programs.noise_program(shape, self._repl)
             if self.executables is not None:  # the shape is not an argument: it names the program
                 fn = self.executables.wrap("noise-" + "x".join(map(str, shape)), fn)
             self._noise_fns[shape] = fn
@@ -511,9 +333,9 @@ class ImageTo4D:
     def denoise(self, solver_state, cond: jax.Array, text: jax.Array, neg: jax.Array, clip: jax.Array, *,
                 on_step: Callable[[int, np.ndarray], None] | None = None, bar: Progress | None = None,
                 timings: dict[str, float] | None = None) -> jax.Array:
-        """The sampling loop over the schedule: one :func:`denoise_step` per step (step-cache mode per
-        ``self.full_steps``) -> the final latents (B, T', h, 2w, 16) fp32, split by image. ``on_step(i, latents)``
-        sees every step's latents (the whole batch, as numpy)."""
+        """The sampling loop over the schedule: one :func:`~fourdnex_jax.pipelines.programs.denoise_step` per
+        step (step-cache mode per ``self.full_steps``) -> the final latents (B, T', h, 2w, 16) fp32, split by
+        image. ``on_step(i, latents)`` sees every step's latents (the whole batch, as numpy)."""
         sch, residual = self.schedule, None
         dit = self._state("transformer")
         t0 = time.perf_counter()
@@ -538,7 +360,8 @@ class ImageTo4D:
 
     def decode(self, latents: jax.Array, timings: dict[str, float] | None = None) -> jax.Array:
         """Fused latents (B, T', h, 2w, 16) -> the decoded canvas (B, T, H, 2W, 3) fp32 in [-1, 1]
-        (:func:`decode_latents`), split by image (a global array: :meth:`owned_rows` / :meth:`to_host`)."""
+        (:func:`~fourdnex_jax.pipelines.programs.decode_latents`), split by image (a global array:
+        :meth:`owned_rows` / :meth:`to_host`)."""
         return self._run(timings, "decode_s", self._decode, self._state("vae"), latents)
 
     # ------------------------------------------------------------------------------------------------------------

@@ -1,32 +1,25 @@
 """AOT memory plan of the image-to-4D pipeline: its programs lowered and compiled for a mesh of (possibly deviceless)
 devices, per-device memory from the compiler, nothing allocated.
 
-The programs are the pipeline's (:mod:`fourdnex_jax.pipelines.image_to_4d`), each compiled on its own with every
-input a ``ShapeDtypeStruct`` carrying the sharding the pipeline gives it (models by their parameters' logical axes
-through the rules, per-image arrays by :class:`~fourdnex_jax.pipelines.image_to_4d.Layout`), lowered inside
+The programs are the pipeline's own (:mod:`fourdnex_jax.pipelines.programs`: the same jitted functions, with every
+input a ``ShapeDtypeStruct`` carrying the sharding the pipeline gives it), lowered inside
 :func:`fourdnex_jax.sharding.mesh_context`:
 
   * ``encode_text``: UMT5 on (images, text_len) token ids -> (images, text_len, text_dim) (the prompt; the negative
     prompt is the same program called once more);
   * ``encode_image``: CLIP on (images, S, S, 3) pixels + the VAE encode of the condition video (images, T, H, 2W, 3)
     -> CLIP embeddings and the condition latent (images, T', h, 2w, z);
-  * ``denoise_step``: one solver step (:func:`~fourdnex_jax.pipelines.image_to_4d.denoise_step`) with classifier-free
-    guidance batched (a DiT batch of 2 x images);
-  * ``decode``: the fused VAE decode (:func:`~fourdnex_jax.pipelines.image_to_4d.decode_latents`) of the final
-    latents -> (images, T, H, 2W, 3).
+  * ``denoise_step``: one solver step with classifier-free guidance batched (a DiT batch of 2 x images): the
+    ``step`` program, or ``step_full`` with a step cache (:func:`~fourdnex_jax.pipelines.programs.step_function`);
+  * ``decode``: the fused VAE decode (XYZ un-normalised first) of the final latents -> (images, T, H, 2W, 3).
 
-Per program and device (``compiled.memory_analysis()``): ``arguments`` (its weights' shards + inputs, without the
-arguments it never reads), ``outputs``, ``alias``, ``temp`` (activations and workspace), ``code`` (generated code)
-and ``peak = arguments + outputs - alias + temp + code``; ``weights`` / ``inputs`` are the shards of the program's
-model weights / other inputs (exact, from the shardings). A stage of the pipeline also holds the weights of the
-other models that are on the devices at that time (:data:`STAGINGS`) and its own models' weights that the
-executable does not read (:func:`stage_peak`):
-
-  * ``keep``: all four models placed when the pipeline is built and kept (``release_after_use=False``);
-  * ``release``: the same, each model deleted after its last stage (``release_after_use=True``): UMT5 after the
-    prompts, CLIP after the images, the DiT before the decode;
-  * ``offload``: one model on the devices at a time (the encoders run and are freed before the DiT is placed; the
-    pipeline's constructor places all four models, so this staging needs the encoders run on their own first).
+Per program and device (:func:`fourdnex_jax.utils.memory_plan.memory_analysis`, as the training plan counts it):
+``arguments`` (its weights' shards + inputs, without the arguments it never reads), ``outputs``, ``alias``, ``temp``
+(activations and workspace), ``code`` (generated code) and ``peak = arguments + outputs - alias + temp + code``;
+``weights`` / ``inputs`` are the shards of the program's model weights / other inputs (exact, from the shardings). A
+stage of the pipeline also holds the weights of the other models that are on the devices at that time (the
+stagings ``keep`` / ``release`` / ``offload`` of :data:`~fourdnex_jax.pipelines.programs.STAGINGS`) and its own
+models' weights that the executable does not read (:func:`stage_peak`).
 
 ``pipeline peak = max over stages (program peak + co-resident weights)``. On a deviceless TPU topology
 (``jax.experimental.topologies``, needs ``libtpu``) the TPU compiler also rejects programs over the HBM size (an
@@ -43,37 +36,21 @@ import types
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from fourdnex_jax import sharding
-from fourdnex_jax.models import towers as towers_lib
 from fourdnex_jax.models.image_encoder import CLIPVisionConfig
 from fourdnex_jax.models.quantize import quantize_int8
 from fourdnex_jax.models.text_encoder import UMT5Config
 from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
 from fourdnex_jax.models.vae.config import WanVAEConfig
-from fourdnex_jax.pipelines.image_to_4d import Layout, decode_latents, denoise_step
+from fourdnex_jax.pipelines import programs as programs_lib
+from fourdnex_jax.pipelines.programs import MODELS, PROGRAMS, STAGINGS, Layout
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.recipe import SixDSpec
-from fourdnex_jax.sampling.flow_matching import make_schedule, solver_fns
+from fourdnex_jax.utils.memory_plan import TPU_SLICES, GiB, memory_analysis, shard_bytes, tpu_devices
 from fourdnex_jax.weights.registry import SPECS
-
-GiB = 2.0 ** 30
-
-#: The programs, in pipeline order, and the models whose weights each takes as arguments.
-PROGRAMS = {"encode_text": ("text_encoder",), "encode_image": ("image_encoder", "vae"),
-            "denoise_step": ("transformer",), "decode": ("vae",)}
-#: The pipeline's models.
-MODELS = ("text_encoder", "image_encoder", "transformer", "vae")
-#: Weights on the devices during each program besides its own, per staging (see the module docstring).
-STAGINGS: dict[str, dict[str, tuple[str, ...]]] = {
-    "keep": {p: tuple(m for m in MODELS if m not in own) for p, own in PROGRAMS.items()},
-    "release": {"encode_text": ("image_encoder", "transformer", "vae"), "encode_image": ("transformer",),
-                "denoise_step": ("vae",), "decode": ()},
-    "offload": {p: () for p in PROGRAMS},
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,103 +70,39 @@ class PlanModels:
         ``weight_quant='int8'``."""
         if name == "transformer":
             cfg = self.transformer.replace(param_dtype=self.dtypes[name])
-            build = lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))  # noqa: E731
-            return nnx.eval_shape((lambda: quantize_int8(build())) if weight_quant == "int8" else build)
+
+            def build():
+                dit = WanTransformer3D(cfg, rngs=nnx.Rngs(0))
+                return quantize_int8(dit) if weight_quant == "int8" else dit
+
+            return nnx.eval_shape(build)
         return SPECS[name].abstract(getattr(self, name), self.dtypes[name])
 
 
-def abstract_state(module: nnx.Module, mesh, rules) -> tuple[nnx.GraphDef, nnx.State]:
-    """(graphdef, state) of an abstract ``module`` whose leaves are ``ShapeDtypeStruct``s with the shardings of
-    :func:`fourdnex_jax.sharding.state_shardings` (where the pipeline places them)."""
-    graphdef, state = nnx.split(module)
-    shardings = sharding.state_shardings(state, mesh, rules)
-    state = jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), state,
-                         shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    return graphdef, state
-
-
-def shard_bytes(tree) -> float:
-    """Bytes per device of a tree of sharded ``ShapeDtypeStruct``s (the largest shard of each leaf)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shape = x.sharding.shard_shape(x.shape)
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
-    return float(total)
-
-
-def _sds(shape: Sequence[int], dtype, placement) -> jax.ShapeDtypeStruct:
-    return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), jnp.dtype(dtype), sharding=placement)
-
-
-def _memory(compiled) -> dict[str, float]:
-    ma = compiled.memory_analysis()
-    if ma is None:
-        return {}
-    out = {"arguments_bytes": float(ma.argument_size_in_bytes), "outputs_bytes": float(ma.output_size_in_bytes),
-           "alias_bytes": float(ma.alias_size_in_bytes), "temp_bytes": float(ma.temp_size_in_bytes),
-           "code_bytes": float(ma.generated_code_size_in_bytes)}
-    out["peak_bytes"] = (out["arguments_bytes"] + out["outputs_bytes"] - out["alias_bytes"] + out["temp_bytes"]
-                         + out["code_bytes"])
-    return out
-
-
-def build_programs(models: PlanModels, settings: SampleSettings, spec: SixDSpec, mesh, rules
-                   ) -> tuple[dict[str, tuple[Callable, tuple]], dict[str, float], Layout]:
-    """The pipeline's programs on ``mesh``: ``{name: (jitted fn, abstract args)}``, the weight bytes per device of
-    each model (``{model: bytes}``) and the :class:`Layout`."""
+def build_programs(models: PlanModels, settings: SampleSettings, spec: SixDSpec, mesh, rules,
+                   staging: str | None = None) -> tuple[dict[str, tuple[Callable, tuple]], dict[str, float], Layout]:
+    """The pipeline's programs on ``mesh`` (:func:`fourdnex_jax.pipelines.programs.build` under ``staging``, default
+    the pipeline's for ``settings``): ``{name: (jitted fn, abstract args)}`` for every program of :data:`PROGRAMS`,
+    the weight bytes per device of each model (``{model: bytes}``) and the
+    :class:`~fourdnex_jax.pipelines.programs.Layout`."""
     rules = tuple(rules)
     layout = Layout.of(mesh, rules, settings.guidance_scale, settings.batch_size)
-    img, repl = layout.image_sharding, sharding.replicated(mesh)
+    staging = staging or programs_lib.staging_of(settings)
     graphdefs, states = {}, {}
     for name in MODELS:
         quant = settings.weight_quant if name == "transformer" else "none"
-        graphdefs[name], states[name] = abstract_state(models.abstract(name, quant), mesh, rules)
+        graphdefs[name], states[name] = programs_lib.abstract_state(models.abstract(name, quant), mesh, rules,
+                                                                    staging)
     weights = {name: shard_bytes(states[name]) for name in MODELS}
-
-    b, vae_cfg, dit_cfg = layout.images, models.vae, models.transformer
-    t_lat = 1 + (settings.num_frames - 1) // vae_cfg.temporal_factor
-    h_lat, w_lat = models.height // vae_cfg.spatial_factor, models.width // vae_cfg.spatial_factor
-    latent = _sds((b, t_lat, h_lat, 2 * w_lat, vae_cfg.z_dim), jnp.float32, img)
-    text = _sds((b, settings.text_len, dit_cfg.text_dim), jnp.float32, img)
-    ie = models.image_encoder
-    clip = _sds((b, ie.num_positions, dit_cfg.image_dim), jnp.float32, img)
-    ids = _sds((b, settings.text_len), jnp.int32, img)
-    pixels = _sds((b, ie.image_size, ie.image_size, 3), jnp.float32, img)
-    # recipe.condition_video's output: (B, T, H, 2W, 3) fp32
-    cond_video = _sds((b, settings.num_frames, models.height, 2 * models.width, 3), jnp.float32, img)
-    init_fn, _ = solver_fns(settings.solver)
-    solver_state = jax.tree.map(lambda x: _sds(x.shape, x.dtype, img), jax.eval_shape(init_fn, latent))
-    sch = make_schedule(settings.solver, settings.num_steps, settings.flow_shift)
-    row = _sds(sch.table.shape[1:], sch.table.dtype, repl)
-    t = _sds((), jnp.float32, repl)
-
-    # the bodies of ImageTo4D._compile's closures
-    def encode_text(te, ids, mask):
-        towers = towers_lib.Towers(None, nnx.merge(graphdefs["text_encoder"], te), None)
-        return towers_lib.encode_prompts(towers, ids, mask)
-
-    def encode_image(ie_state, vae_state, pixels, cond_video):
-        towers = towers_lib.Towers(nnx.merge(graphdefs["vae"], vae_state), None,
-                                   nnx.merge(graphdefs["image_encoder"], ie_state))
-        return towers_lib.encode_images(towers, pixels), towers_lib.encode_condition(towers, cond_video)
-
-    def step(dit, solver_state, cond, text, neg, clip, row, t):
-        state = denoise_step(nnx.merge(graphdefs["transformer"], dit), solver_state, cond, text, neg, clip, row, t,
-                             guidance_scale=settings.guidance_scale, solver=settings.solver,
-                             cfg_over_data=layout.cfg_over_data)
-        return jax.lax.with_sharding_constraint(state, img)
-
-    def decode(vae_state, latents):
-        return decode_latents(nnx.merge(graphdefs["vae"], vae_state), latents, spec)
-
-    programs = {
-        "encode_text": (jax.jit(encode_text, out_shardings=img), (states["text_encoder"], ids, ids)),
-        "encode_image": (jax.jit(encode_image, out_shardings=img),
-                         (states["image_encoder"], states["vae"], pixels, cond_video)),
-        "denoise_step": (jax.jit(step), (states["transformer"], solver_state, latent, text, text, clip, row, t)),
-        "decode": (jax.jit(decode, out_shardings=img), (states["vae"], latent)),
-    }
-    return programs, weights, layout
+    fns = programs_lib.build(graphdefs, settings, spec, layout, staging=staging)
+    inputs = programs_lib.abstract_inputs(settings, layout, models.height, models.width,
+                                          transformer_config=models.transformer, vae_config=models.vae,
+                                          image_encoder_config=models.image_encoder)
+    functions = {"encode_text": "encode_text", "encode_image": "encode_image",
+                 "denoise_step": programs_lib.step_function(settings), "decode": "decode"}
+    built = {program: (fns[fn], (*(states[m] for m in PROGRAMS[program]), *inputs[fn]))
+             for program, fn in functions.items()}
+    return built, weights, layout
 
 
 #: XLA options of the CPU compiles that stand for a GPU. XLA:CPU has no bf16 matmul: it converts bf16 weights to
@@ -210,7 +123,7 @@ def compile_program(fn: Callable, args: tuple, mesh, rules, compiler_options: Ma
         t1 = time.perf_counter()
         compiled = lowered.compile(compiler_options=dict(compiler_options) if compiler_options else None)
     out = {"lower_s": t1 - t0, "compile_s": time.perf_counter() - t1}
-    out.update(_memory(compiled))
+    out.update(memory_analysis(compiled))
     return out
 
 
@@ -235,20 +148,22 @@ def stage_peaks(programs: Mapping[str, Mapping[str, Any]], weights: Mapping[str,
 def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, devices: Sequence[Any], *,
                   mesh_shape: Sequence[int], rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES,
                   programs: Sequence[str] = tuple(PROGRAMS), compiler_options: Mapping[str, Any] | None = None,
-                  on_program: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                  on_program: Callable[[str, dict[str, Any]], None] | None = None, staging: str | None = None
+                  ) -> dict[str, Any]:
     """Compiles the pipeline's ``programs`` (default all of :data:`PROGRAMS`) for ``devices`` on a
     ``(data, fsdp, context, tensor)`` mesh of ``mesh_shape`` and returns the plan (bytes per device).
 
     A program the compiler rejects (e.g. ``RESOURCE_EXHAUSTED`` on a TPU topology) is recorded with ``error``.
-    ``on_program(name, result)`` is called as each program's result exists. ``stagings``: ``{staging: {program:
-    stage peak bytes}}`` (:func:`stage_peaks`); the verdict against a chip's memory is :func:`restage`'s."""
+    ``on_program(name, result)`` is called as each program's result exists. ``staging``: the one the programs are
+    built for (default the pipeline's for ``settings``). ``stagings``: ``{staging: {program: stage peak bytes}}``
+    (:func:`stage_peaks`); the verdict against a chip's memory is :func:`restage`'s."""
     unknown = sorted(set(programs) - set(PROGRAMS))
     if unknown:
         raise ValueError(f"programs {unknown}: choose from {tuple(PROGRAMS)}")
     rules = tuple(rules)
     mesh = sharding.make_mesh(types.SimpleNamespace(mesh_shape=tuple(mesh_shape), mesh_axes=sharding.MESH_AXES),
                               devices=devices)
-    built, weights, layout = build_programs(models, settings, spec, mesh, rules)
+    built, weights, layout = build_programs(models, settings, spec, mesh, rules, staging)
     results: dict[str, dict[str, Any]] = {}
     for name in programs:
         fn, args = built[name]
@@ -263,7 +178,7 @@ def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, 
             on_program(name, r)
     stagings = {staging: stage_peaks(results, weights, staging) for staging in STAGINGS}
     dit = models.transformer
-    tokens = int(np.prod(built["denoise_step"][1][2].shape[1:4])) // int(np.prod(dit.patch_size))
+    tokens = int(np.prod(built["denoise_step"][1][3].shape[1:4])) // int(np.prod(dit.patch_size))
     return {"mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
             "images_per_call": layout.images, "dit_rows": 2 * layout.images if settings.guidance_scale > 1.0
             else layout.images, "cfg_over_data": layout.cfg_over_data, "tokens_per_row": tokens,
@@ -286,15 +201,21 @@ class Target:
     weight_quant: str = "none"
     staging: str = "release"
 
+    @classmethod
+    def tpu(cls, name: str, mesh: tuple[int, int, int, int], **kw) -> "Target":
+        """The TPU slice ``name`` of :data:`~fourdnex_jax.utils.memory_plan.TPU_SLICES` on ``mesh``."""
+        topology, hbm_gib = TPU_SLICES[name]
+        return cls(name, "tpu", topology, hbm_gib, mesh, **kw)
 
-#: The planned slices and cards. Slice names count chips for v5e/v6e and TensorCores for v5p (v5p-8 = 4 chips).
-#: GPU memory as the card reports it (H100 80GB: 81,559 MiB; L40S / RTX 6000 Ada: 46,068 MiB; RTX 4090: 24,564
-#: MiB); XLA preallocates 75 % of it unless XLA_PYTHON_CLIENT_MEM_FRACTION / _PREALLOCATE say otherwise.
+
+#: The planned slices (:data:`~fourdnex_jax.utils.memory_plan.TPU_SLICES`) and cards. GPU memory as the card reports
+#: it (H100 80GB: 81,559 MiB; L40S / RTX 6000 Ada: 46,068 MiB; RTX 4090: 24,564 MiB); XLA preallocates 75 % of it
+#: unless XLA_PYTHON_CLIENT_MEM_FRACTION / _PREALLOCATE say otherwise.
 TARGETS = {t.name: t for t in (
-    Target("v5e-8", "tpu", "v5e:2x4", 15.75, (1, 2, 2, 2)),
-    Target("v6e-8", "tpu", "v6e:2x4", 31.25, (1, 2, 2, 2)),
-    Target("v5p-8", "tpu", "v5p:2x2x1", 95.74, (1, 2, 2, 1)),
-    Target("v6e-16", "tpu", "v6e:4x4", 31.25, (1, 4, 4, 1)),
+    Target.tpu("v5e-8", (1, 2, 2, 2)),
+    Target.tpu("v6e-8", (1, 2, 2, 2)),
+    Target.tpu("v5p-8", (1, 2, 2, 1)),
+    Target.tpu("v6e-16", (1, 4, 4, 1)),
     Target("gpu-80gb", "cpu", None, 79.65, (1, 1, 1, 1)),
     Target("gpu-48gb", "cpu", None, 44.99, (1, 1, 1, 1), weight_quant="int8", staging="offload"),
     Target("gpu-24gb", "cpu", None, 23.99, (1, 1, 1, 1), weight_quant="int8", staging="offload"),
@@ -308,9 +229,7 @@ WAN14B_DTYPES = {"transformer": "bfloat16", "text_encoder": "bfloat16", "image_e
 def target_devices(target: Target) -> list[Any]:
     """The devices of ``target``: a deviceless TPU topology (needs ``libtpu``) or the first CPU device."""
     if target.platform == "tpu":
-        from jax.experimental import topologies
-
-        return list(topologies.get_topology_desc(topology_name=target.topology, platform="tpu").devices)
+        return tpu_devices(target.topology)
     if target.platform == "cpu":
         return jax.devices("cpu")[:int(np.prod(target.mesh))]
     raise ValueError(f"target {target.name}: platform {target.platform!r}; use 'tpu' or 'cpu'")
@@ -406,7 +325,8 @@ def run_target(target: Target, models: PlanModels, settings: SampleSettings, spe
     t0 = time.perf_counter()
     options = CPU_AS_GPU_OPTIONS if target.platform == "cpu" else None
     plan = plan_pipeline(models, settings, spec, target_devices(target), mesh_shape=target.mesh, rules=rules,
-                         programs=programs, compiler_options=options, on_program=on_program)
+                         programs=programs, compiler_options=options, on_program=on_program,
+                         staging=target.staging)
     return report_row(target, plan, models, settings, time.perf_counter() - t0, options)
 
 

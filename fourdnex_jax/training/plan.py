@@ -3,8 +3,9 @@ the compiler's per-device memory analysis. Nothing is materialised: parameters, 
 ``ShapeDtypeStruct``s with their shardings.
 
 Per device: ``params`` = frozen base + trainable shards, ``optimizer`` = optimizer-state shards (from the
-shardings, exact), ``arguments``/``temp``/``output``/``alias`` from ``compiled.memory_analysis()`` and
-``peak = arguments + output - alias + temp`` (the donated train state is aliased). On a deviceless TPU topology
+shardings, exact), ``arguments`` / ``outputs`` / ``alias`` / ``temp`` / ``code`` / ``peak`` from the compiler
+(:func:`fourdnex_jax.utils.memory_plan.memory_analysis`: ``peak = arguments + outputs - alias + temp + code``, the
+donated train state aliased), as the inference plan counts them. On a deviceless TPU topology
 (``jax.experimental.topologies``, needs ``libtpu``) the TPU compiler also rejects plans over the HBM size.
 """
 
@@ -22,17 +23,7 @@ from fourdnex_jax.data import loader, schema
 from fourdnex_jax.training import optimizer as optim_lib
 from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
-
-GiB = 2.0 ** 30
-
-
-def shard_bytes(tree) -> float:
-    """Bytes per device of a tree of sharded ShapeDtypeStructs (max over devices of the shard sizes)."""
-    total = 0
-    for x in jax.tree.leaves(tree):
-        shape = x.sharding.shard_shape(x.shape)
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
-    return float(total)
+from fourdnex_jax.utils.memory_plan import memory_analysis, shard_bytes
 
 
 def compile_train_step(config, devices: Sequence[Any], *, mesh_shape: Sequence[int] | None = None,
@@ -65,7 +56,6 @@ def compile_train_step(config, devices: Sequence[Any], *, mesh_shape: Sequence[i
         t1 = time.perf_counter()
         compiled = lowered.compile()
     t2 = time.perf_counter()
-    ma = compiled.memory_analysis()
     out = {"mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
            "global_batch": t.global_batch_size, "grad_accum": t.grad_accum_steps,
            "tokens": int(np.prod(latent_thw)) * 2 // int(np.prod(cfg.patch_size)),
@@ -74,9 +64,5 @@ def compile_train_step(config, devices: Sequence[Any], *, mesh_shape: Sequence[i
            "params_bytes": shard_bytes(abstract_frozen) + shard_bytes(abstract_state["trainable"]),
            "optimizer_bytes": shard_bytes(abstract_state["opt_state"]),
            "lower_s": t1 - t0, "compile_s": t2 - t1, "compiled": compiled}
-    if ma is not None:
-        out.update(arguments_bytes=float(ma.argument_size_in_bytes), output_bytes=float(ma.output_size_in_bytes),
-                   alias_bytes=float(ma.alias_size_in_bytes), temp_bytes=float(ma.temp_size_in_bytes),
-                   code_bytes=float(ma.generated_code_size_in_bytes))
-        out["peak_bytes"] = out["arguments_bytes"] + out["output_bytes"] - out["alias_bytes"] + out["temp_bytes"]
+    out.update(memory_analysis(compiled))
     return out
