@@ -83,6 +83,30 @@ from fourdnex_jax.sampling.unipc import UniPCConfig
 from fourdnex_jax.utils.progress import Progress, Stage
 
 
+@dataclasses.dataclass
+class ImageTo4DOutput:
+    """One image's result (saved by :func:`fourdnex_jax.pipelines.outputs.save_result`).
+
+    ``rgb`` (T, H, W, 3) uint8; ``xyz`` (T, H, W, 3) float32, the decoded pointmap in the model's normalised units
+    (~[-1, 1], ``xyz_normalization``); ``valid`` (T, H, W) bool (finite, not saturated, see
+    :func:`~fourdnex_jax.pipelines.outputs.valid_mask`); ``video`` (T, H, 2W, 3) float32 in [-1, 1], the decoded
+    canvas before the split; ``latents`` (T', h, 2w, 16) the final fused latent; ``prompt`` the full prompt (with
+    the recipe's suffix); ``seed``; ``image`` (H, W, 3) uint8 the conditioning image at the sampled size;
+    ``xyz_normalization`` ('reference' | 'sequence', from the bundle's recipe); ``sizing`` how the input was
+    resized (:func:`fourdnex_jax.pipelines.inputs.prepare_image`)."""
+
+    rgb: np.ndarray
+    xyz: np.ndarray
+    valid: np.ndarray
+    video: np.ndarray
+    latents: np.ndarray
+    prompt: str
+    seed: int
+    image: np.ndarray
+    xyz_normalization: str
+    sizing: dict[str, Any]
+
+
 class ImageTo4D:
     """``ImageTo4D(models..., settings, spec=...)(images, prompts, seeds) -> list[ImageTo4DOutput]`` (see the
     module docstring); :meth:`from_bundle` takes the models, the preset and the recipe from a bundle.
