@@ -103,7 +103,9 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     installed = Path(where.stdout.strip()).parent
     assert installed.is_relative_to(venv), where.stdout + where.stderr  # not the checkout
     helped = run(venv / "bin" / "python", "-m", "fourdnex_jax", "--help")
-    assert helped.returncode == 0 and "generate" in helped.stdout and "make-tiny-bundle" in helped.stdout
+    assert helped.returncode == 0 and "generate" in helped.stdout and "make-tiny-bundle" not in helped.stdout
+    dev = run(venv / "bin" / "python", "-m", "fourdnex_jax.dev", "--help")  # developer commands: their own entry
+    assert dev.returncode == 0 and "make-tiny-bundle" in dev.stdout and "make-dit-fixtures" in dev.stdout
     described = run(venv / "bin" / "fourdnex", "describe", "--config", "wan21_i2v_14b_480p")
     assert described.returncode == 0 and "16,394,878,784 base" in described.stdout, described.stderr
 

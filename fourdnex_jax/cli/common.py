@@ -106,9 +106,9 @@ def _config_default_name(flag: flags.Flag) -> str:
     return os.path.splitext(os.path.basename(default))[0]
 
 
-def help_text(command: str, module: ModuleType) -> str:
+def help_text(command: str, module: ModuleType, program: str = "fourdnex") -> str:
     """The ``--help`` of a subcommand: its docstring, then every flag with its description and default."""
-    lines = [f"usage: fourdnex {command} [flags]", "", (module.__doc__ or "").strip(), "", "flags:"]
+    lines = [f"usage: {program} {command} [flags]", "", (module.__doc__ or "").strip(), "", "flags:"]
     own = sorted(_module_flags(module), key=lambda f: f.name)
     common = [FLAGS[n] for n in COMMON_FLAGS]
     for flag in own + common:
@@ -139,24 +139,25 @@ def config_help(config: Any, prefix: str = "config") -> list[str]:
     return rows
 
 
-def run(command: str, module: ModuleType, argv: list[str]) -> int:
+def run(command: str, module: ModuleType, argv: list[str], program: str = "fourdnex") -> int:
     """Runs subcommand ``command`` (``module``) on ``argv`` (its flags, without the program and command names)
-    and returns the exit status: 0 done, 1 an error of the input (one line), 2 a usage error."""
+    and returns the exit status: 0 done, 1 an error of the input (one line), 2 a usage error. ``program``: how the
+    messages name the command (``python -m fourdnex_jax.dev`` for the developer commands)."""
     verbose = verbose_in(argv)
     set_log_level(verbose)
     if any(a in HELP_ARGS for a in argv):
-        print(help_text(command, module))
+        print(help_text(command, module, program))
         return 0
     try:
-        rest = FLAGS([f"fourdnex {command}", *_resolve_config_args(argv)])
+        rest = FLAGS([f"{program} {command}", *_resolve_config_args(argv)])
     except (flags.Error, ValueError, AttributeError, KeyError, TypeError) as e:
-        print(f"fourdnex {command}: usage error: {one_line(e)} (see `fourdnex {command} --help`, "
+        print(f"{program} {command}: usage error: {one_line(e)} (see `{program} {command} --help`, "
               "`--config-help`)", file=sys.stderr)
         return 2
     if _CONFIG_HELP.value:
         config = getattr(module, "CONFIG", None)
         if config is None:
-            print(f"fourdnex {command} has no --config", file=sys.stderr)
+            print(f"{program} {command} has no --config", file=sys.stderr)
             return 2
         print(f"keys of --config {config_flags.get_config_filename(FLAGS['config'])} (override with "
               "--config.KEY=VALUE):")
@@ -169,13 +170,13 @@ def run(command: str, module: ModuleType, argv: list[str]) -> int:
             validate(module.CONFIG.value, "--config")
         return int(module.main(rest[1:]) or 0)
     except UsageError as e:
-        print(f"fourdnex {command}: usage error: {e} (see `fourdnex {command} --help`)", file=sys.stderr)
+        print(f"{program} {command}: usage error: {e} (see `{program} {command} --help`)", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
         if verbose:
             traceback.print_exc()
         msg = str(e).strip() or type(e).__name__
-        print(f"fourdnex {command}: error: {msg}" + ("" if verbose else " (--verbose for the traceback)"),
+        print(f"{program} {command}: error: {msg}" + ("" if verbose else " (--verbose for the traceback)"),
               file=sys.stderr)
         return 1
 

@@ -29,13 +29,13 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from fourdnex_jax.geometry.metrics import mean_metrics, registration_metrics  # noqa: E402
-from fourdnex_jax.geometry.scene import load_pointmaps  # noqa: E402
-from fourdnex_jax.recipe import xyz_init_pointmap  # noqa: E402
-from fourdnex_jax.testing import scenes  # noqa: E402
-from fourdnex_jax.utils.errors import InputError  # noqa: E402
+from fourdnex_jax.data import synthetic
+from fourdnex_jax.geometry.metrics import mean_metrics, registration_metrics
+from fourdnex_jax.geometry.scene import load_pointmaps
+from fourdnex_jax.recipe import xyz_init_pointmap
+from fourdnex_jax.utils.errors import InputError
 
 FLAGS = flags.FLAGS
 _NUM = flags.DEFINE_integer("num", 4, "Held-out synthetic scenes 0..num-1.")
@@ -62,13 +62,13 @@ def main(argv) -> int:
     norm = _NORMALIZATION.value
     plane = xyz_init_pointmap(h, w)
     for i in range(_NUM.value):
-        inp, tr = scenes.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=norm)
+        inp, tr = synthetic.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=norm)
         gt = (tr["depth"], tr["c2w"], inp["valid"])
         rows["ground_truth"].append(registration_metrics(inp["xyz"], inp["valid"], _NORMALIZATION.value, *gt))
         rows["baseline_plane"].append(registration_metrics(np.broadcast_to(plane, inp["xyz"].shape), None,
                                                            "reference", *gt))
         if _NOISE.value > 0:
-            nz, _ = scenes.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=norm,
+            nz, _ = synthetic.pointmap_sequence(i, frames=_FRAMES.value, height=h, width=w, normalization=norm,
                                              noise=_NOISE.value, dynamic_offset=0.1, outliers=0.01, seed=i)
             rows["gt_noisy"].append(registration_metrics(nz["xyz"], nz["valid"], _NORMALIZATION.value, *gt))
     if _RESULTS.value:
@@ -84,7 +84,7 @@ def main(argv) -> int:
                     print(f"skipping {npz}: no gt.npz and not a synth_heldout_NNNNNN folder", file=sys.stderr)
                     continue
                 t, hh, ww = arrays["xyz"].shape[:3]
-                inp, tr = scenes.pointmap_sequence(int(m.group(1)), frames=t, height=hh, width=ww)
+                inp, tr = synthetic.pointmap_sequence(int(m.group(1)), frames=t, height=hh, width=ww)
                 gt = (tr["depth"], tr["c2w"], inp["valid"])
             row = registration_metrics(arrays["xyz"], arrays.get("valid"), _NORMALIZATION.value, *gt)
             rows["results"].append(dict(row, name=npz.parent.name))

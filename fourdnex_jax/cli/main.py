@@ -23,9 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval-quality": ("eval_quality", "a bundle's quality on held-out synthetic scenes"),
     "eval-geometry": ("eval_geometry", "geometry metrics of pointmap results against ground truth"),
     "train-tiny-vae": ("train_tiny_vae", "trains the tiny Wan VAE of the demo bundle"),
-    "make-tiny-bundle": ("make_tiny_bundle", "builds the shipped tiny bundle (towers + encoded data, then assemble)"),
     "make-domain": ("make_domain", "writes a bundle's domain.json (its training images' statistics)"),
-    "make-dit-fixtures": ("make_dit_fixtures", "records the torch-free DiT parity fixtures (needs the test extra)"),
 }
 
 
@@ -34,7 +32,7 @@ def usage() -> str:
     rows = "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items())
     return ("usage: fourdnex SUBCOMMAND [flags]     (also: python -m fourdnex_jax SUBCOMMAND [flags])\n\n"
             f"subcommands:\n{rows}\n\n`fourdnex SUBCOMMAND --help` lists its flags; --verbose shows library logs "
-            "and tracebacks.")
+            "and tracebacks. (Developer commands: python -m fourdnex_jax.dev --help.)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,7 +6,7 @@
 
 Trains on ``config.data.dir`` (an encoded6d dataset from the encode step). ``--synthetic`` instead trains on the
 synthetic dataset of ``config.data.synthetic_*``, building it first if missing (synthetic clips -> clips6d -> encode
-with random tiny encoders, ``fourdnex_jax.testing.random_models.ensure_synthetic_dataset``; ~1-2 min for the tiny
+with random tiny encoders, ``fourdnex_jax.data.synthetic_dataset.ensure_synthetic_dataset``; ~1-2 min for the tiny
 config) under ``config.data.synthetic_dir``: an absolute folder, or one relative to the cache folder
 (``$FOURDNEX_CACHE``, default ``~/.cache/fourdnex_jax``), never to the working directory. Resumes from the latest
 checkpoint in ``OUT/checkpoints`` (train state, data iterator, RNG). Writes ``OUT/metrics.jsonl``, TensorBoard
@@ -62,7 +62,7 @@ def main(argv) -> int:
     if _SYNTHETIC.value:
         if config.data.dir:
             raise UsageError("--synthetic and --config.data.dir are exclusive")
-        from fourdnex_jax.testing.random_models import ensure_synthetic_dataset
+        from fourdnex_jax.data.synthetic_dataset import ensure_synthetic_dataset
 
         config.data.dir = str(ensure_synthetic_dataset(config, synthetic_root(config),
                                                         progress=jax.process_index() == 0))

@@ -21,9 +21,9 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the tiny VAE is trained on the host CPU (docs/tiny_model.md)
 
-from fourdnex_jax.testing.numerics import psnr  # noqa: E402
-from fourdnex_jax.training.vae import VAETrainSettings, save_vae_run, train_tiny_vae  # noqa: E402
-from fourdnex_jax.utils.errors import InputError  # noqa: E402
+from fourdnex_jax.training.vae import VAETrainSettings, save_vae_run, train_tiny_vae
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.numerics import psnr
 
 _DATA = flags.DEFINE_string("data", None, "clips6d dataset folder (.../clips6d/<config>/<version>).", required=True)
 _OUT = flags.DEFINE_string("out", None, "Run folder to write (vae/, configs/vae.json, vae_report.json).",

@@ -15,6 +15,18 @@ from etils import epath
 
 from fourdnex_jax.data.errors import BadExample
 from fourdnex_jax.data.temporal import parse_clip_range
+from fourdnex_jax.media.io import atomic_write
+
+
+def write_caption_csv(path: str | os.PathLike, captions: dict[str, str]) -> None:
+    """A 4DNeX caption table (the format :func:`read_caption_csv` reads): header ``number,caption``, one row per
+    clip id; written atomically."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["number", "caption"])
+    for k, v in captions.items():
+        w.writerow([k, v])
+    atomic_write(path, lambda f: f.write(buf.getvalue().encode()))
 
 
 def read_caption_csv(path: str | os.PathLike) -> dict[str, str]:

@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from fourdnex_jax.geometry import intrinsics, se3
+from fourdnex_jax.geometry import intrinsics, normalize, se3
 
 SPLIT_OFFSETS = {"train": 0, "heldout": 1_000_000_000}
 DEFAULT_FRAMES, DEFAULT_HEIGHT, DEFAULT_WIDTH = 49, 64, 96
@@ -299,3 +299,51 @@ def generate_clip(split: str, index: int, num_frames: int = DEFAULT_FRAMES, heig
     """(clip_id, rendered arrays, caption) of clip ``index`` of ``split``."""
     scene = make_scene(split_seed(split, index))
     return f"synth_{split}_{index:06d}", render(scene, num_frames, height, width, dome_radius), scene.caption()
+
+
+# -- pointmap videos with ground truth (the geometry evaluation's input) ---------------------------------------------
+def pointmap_sequence(index: int = 0, split: str = "heldout", frames: int = 13, height: int = 48, width: int = 64,
+                      normalization: str = "sequence", noise: float = 0.0, dynamic_offset: float = 0.0,
+                      outliers: float = 0.0, seed: int = 0, dome_radius: float = DOME_RADIUS,
+                      sky_valid: bool = False) -> tuple[dict, dict]:
+    """Scene ``index`` of ``split`` as a model output would look, and its ground truth: rendered, re-expressed in
+    the first camera's frame, normalised (``normalization``) and optionally corrupted the way a generative model
+    errs: Gaussian noise proportional to depth on every point (``noise``), *inconsistent moving objects* (each
+    moving object's points displaced per frame by a random 3D offset off their pixel rays, ``dynamic_offset`` x
+    their median depth), plus a fraction ``outliers`` of gross outliers.
+
+    Returns (inputs, truth). ``sky_valid``: keep the sky dome's points (a model output has them); else they are
+    invalid. inputs: ``xyz`` float32 (T,H,W,3), ``valid``, ``rgb`` uint8. truth: ``K`` (3,3),
+    ``c2w`` (T,4,4) relative to camera 0 in *normalised* units (translation / scale), ``depth`` (T,H,W) metric,
+    ``scale``, ``centers`` (T,3), ``dynamic`` (T,H,W), ``xyz_metric`` (T,H,W,3) in camera-0 frame,
+    ``object_id`` (T,H,W)."""
+    _, r, _ = generate_clip(split, index, frames, height, width, dome_radius)
+    c2w = se3.relative_to_first(r["cam_c2w"])
+    w2c0 = np.linalg.inv(r["cam_c2w"][0])
+    xyz = se3.transform_points(w2c0, r["xyz_world"].astype(np.float64).reshape(-1, 3)).reshape(r["xyz_world"].shape)
+    # the sky dome is far and uninformative; a model would not place it reliably (unless asked to keep it)
+    valid = np.ones(r["object_id"].shape, bool) if sky_valid else r["object_id"] != -2
+    rng = np.random.default_rng(seed)
+    noisy = xyz.copy()
+    depth = r["depths"].astype(np.float64)
+    if noise > 0:
+        noisy += rng.normal(size=xyz.shape) * (noise * depth)[..., None]
+    if dynamic_offset > 0:
+        for t in range(frames):
+            for o in np.unique(r["object_id"][t]):
+                if o < 0:
+                    continue
+                m = (r["object_id"][t] == o) & r["dynamic_mask"][t]
+                if m.any():
+                    off = rng.normal(size=3)
+                    noisy[t][m] += dynamic_offset * off / np.linalg.norm(off) * np.median(depth[t][m])
+    if outliers > 0:
+        m = rng.random(valid.shape) < outliers
+        noisy[m] += rng.normal(size=(int(m.sum()), 3)) * depth[m][:, None] * 0.3
+    xyz_n, centers, scale = normalize.normalize(noisy, valid, normalization)
+    c2w_n = c2w.copy()
+    c2w_n[:, :3, 3] /= scale
+    inputs = {"xyz": xyz_n, "valid": valid, "rgb": r["images"]}
+    truth = {"K": r["intrinsics"][0], "c2w": c2w_n, "depth": depth, "scale": scale, "centers": centers,
+             "dynamic": r["dynamic_mask"], "xyz_metric": xyz, "object_id": r["object_id"]}
+    return inputs, truth

@@ -25,12 +25,14 @@ PACKAGE = "fourdnex_jax"
 
 #: Top-level rooms of ``fourdnex_jax``, highest layer first. A room imports only rooms of later (lower) layers, or
 #: itself: two rooms of one layer never import each other (training does not import the pipelines, nor they it).
-#: ``testing`` is imported by tests, benchmarks and the command line (``cli``: the tools' subcommands) only, never by
-#: the library.
+#: ``testing`` (test helpers, the torch oracle) sits above every product room, so no product code depends on it: it
+#: is imported by tests, benchmarks and the developer commands (``dev``: tiny-bundle building, fixture recording,
+#: ``python -m fourdnex_jax.dev``) only; the user's command line (``cli``) is below it.
 LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__main__"}),
-    frozenset({"cli"}),
+    frozenset({"dev"}),
     frozenset({"testing"}),
+    frozenset({"cli"}),
     frozenset({"training", "pipelines"}),
     frozenset({"data", "sampling", "weights"}),
     frozenset({"geometry"}),
@@ -159,14 +161,28 @@ def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
     return sorted(result)
 
 
-def layer_violations(graph: Mapping[str, set[str]], package: str = PACKAGE) -> list[str]:
+#: File edges tolerated against :data:`LAYERS` until the named change lands: ``{(importer, imported): why}``. Each
+#: must still exist (a stale entry is reported), so the list only shrinks.
+TEMPORARY_EXCEPTIONS: dict[tuple[str, str], str] = {
+    ("fourdnex_jax.cli.eval_quality", "fourdnex_jax.testing.numerics"):
+        "issue 22 moves evaluation to a library home (psnr is fourdnex_jax.utils.numerics)",
+}
+
+
+def layer_violations(graph: Mapping[str, set[str]], package: str = PACKAGE,
+                     exceptions: Mapping[tuple[str, str], str] | None = None) -> list[str]:
     """File edges that go from a lower room to a higher one or across one layer (or into a room missing from
-    :data:`LAYERS`)."""
+    :data:`LAYERS`), but for ``exceptions`` (default :data:`TEMPORARY_EXCEPTIONS` when checking this package)."""
+    if exceptions is None:
+        exceptions = TEMPORARY_EXCEPTIONS if package == PACKAGE else {}
     rank = {room: i for i, layer in enumerate(LAYERS) for room in layer}
-    bad = []
+    bad = [f"{a} -> {b}: listed in TEMPORARY_EXCEPTIONS but no longer imported; remove the entry"
+           for a, b in sorted(exceptions) if a in graph and b not in graph[a]]
     for a, targets in sorted(graph.items()):
         ra = a.split(".")[1] if a.count(".") else None
         for b in sorted(targets):
+            if (a, b) in exceptions:
+                continue
             rb = b.split(".")[1] if b.count(".") else None
             if ra is None or rb is None or ra == rb:
                 continue

@@ -1,23 +1,5 @@
-"""Error metrics shared by the tests, the benchmarks and the evaluation tools."""
+"""The error metrics of the tests: :mod:`fourdnex_jax.utils.numerics` (their one definition), under the name the
+test suite imports."""
 
-from __future__ import annotations
-
-import numpy as np
-
-
-def rel_l2(actual, expected) -> float:
-    """Relative L2 error ||actual - expected|| / ||expected|| in float64 (the parity metric of the test suite)."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    assert a.shape == e.shape, f"shape {a.shape} != {e.shape}"
-    return float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30))
-
-
-def psnr(a, b, *, peak: float) -> float:
-    """Peak signal-to-noise ratio 10 log10(peak^2 / MSE) in dB, computed in float64.
-
-    ``peak`` is the peak-to-peak range of the data: 255 for uint8 frames, 2 for data in [-1, 1]. The MSE is floored at
-    1e-12 so identical inputs give a finite figure.
-    """
-    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
-    return float(10 * np.log10(float(peak) ** 2 / max(float(mse), 1e-12)))
+from fourdnex_jax.utils.numerics import psnr as psnr
+from fourdnex_jax.utils.numerics import rel_l2 as rel_l2

@@ -1,10 +1,7 @@
 """Synthetic scenes for tests and benchmarks: pointmap videos with exact ground truth, and annotation folders.
 
-:func:`pointmap_sequence` renders a :mod:`fourdnex_jax.data.synthetic` scene, re-expresses it in the first
-camera's frame, normalises it like a model output would be and optionally corrupts it the way a generative model
-errs: Gaussian noise proportional to depth on every point, and *inconsistent moving objects* -- each moving
-object's points displaced per frame by a random 3D offset (off their pixel rays, as a model that misplaces a moving
-object produces), plus a fraction of gross outliers. :func:`pose_errors` compares two trajectories;
+``pointmap_sequence`` (:func:`fourdnex_jax.data.synthetic.pointmap_sequence`, re-exported) renders a synthetic
+scene as a model output would look, with its ground truth. :func:`pose_errors` compares two trajectories;
 :func:`random_pose` and :func:`pose_pairs` make random 3D-2D pairs for the pose solvers.
 
 The ``write_*`` functions write the 4DNeX-10M annotation layouts (exactly the formats the readers take) from a
@@ -13,61 +10,21 @@ rendered synthetic clip (:func:`fourdnex_jax.data.synthetic.generate_clip`'s arr
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.data import synthetic
+from fourdnex_jax.data.captions import write_caption_csv as write_caption_csv
 from fourdnex_jax.data.readers import monst3r
-from fourdnex_jax.geometry import normalize, se3
+from fourdnex_jax.data.synthetic import pointmap_sequence as pointmap_sequence
+from fourdnex_jax.geometry import se3
 from fourdnex_jax.media import io as media_io
 
 
-# -- pointmap videos with ground truth --------------------------------------------------------------------------
-def pointmap_sequence(index: int = 0, split: str = "heldout", frames: int = 13, height: int = 48, width: int = 64,
-                      normalization: str = "sequence", noise: float = 0.0, dynamic_offset: float = 0.0,
-                      outliers: float = 0.0, seed: int = 0, dome_radius: float = synthetic.DOME_RADIUS,
-                      sky_valid: bool = False) -> tuple[dict, dict]:
-    """Returns (inputs, truth). ``sky_valid``: keep the sky dome's points (a model output has them); else they are
-    invalid. inputs: ``xyz`` float32 (T,H,W,3), ``valid``, ``rgb`` uint8. truth: ``K`` (3,3),
-    ``c2w`` (T,4,4) relative to camera 0 in *normalised* units (translation / scale), ``depth`` (T,H,W) metric,
-    ``scale``, ``centers`` (T,3), ``dynamic`` (T,H,W), ``xyz_metric`` (T,H,W,3) in camera-0 frame,
-    ``object_id`` (T,H,W)."""
-    _, r, _ = synthetic.generate_clip(split, index, frames, height, width, dome_radius)
-    c2w = se3.relative_to_first(r["cam_c2w"])
-    w2c0 = np.linalg.inv(r["cam_c2w"][0])
-    xyz = se3.transform_points(w2c0, r["xyz_world"].astype(np.float64).reshape(-1, 3)).reshape(r["xyz_world"].shape)
-    # the sky dome is far and uninformative; a model would not place it reliably (unless asked to keep it)
-    valid = np.ones(r["object_id"].shape, bool) if sky_valid else r["object_id"] != -2
-    rng = np.random.default_rng(seed)
-    noisy = xyz.copy()
-    depth = r["depths"].astype(np.float64)
-    if noise > 0:
-        noisy += rng.normal(size=xyz.shape) * (noise * depth)[..., None]
-    if dynamic_offset > 0:
-        for t in range(frames):
-            for o in np.unique(r["object_id"][t]):
-                if o < 0:
-                    continue
-                m = (r["object_id"][t] == o) & r["dynamic_mask"][t]
-                if m.any():
-                    off = rng.normal(size=3)
-                    noisy[t][m] += dynamic_offset * off / np.linalg.norm(off) * np.median(depth[t][m])
-    if outliers > 0:
-        m = rng.random(valid.shape) < outliers
-        noisy[m] += rng.normal(size=(int(m.sum()), 3)) * depth[m][:, None] * 0.3
-    xyz_n, centers, scale = normalize.normalize(noisy, valid, normalization)
-    c2w_n = c2w.copy()
-    c2w_n[:, :3, 3] /= scale
-    inputs = {"xyz": xyz_n, "valid": valid, "rgb": r["images"]}
-    truth = {"K": r["intrinsics"][0], "c2w": c2w_n, "depth": depth, "scale": scale, "centers": centers,
-             "dynamic": r["dynamic_mask"], "xyz_metric": xyz, "object_id": r["object_id"]}
-    return inputs, truth
-
-
+# -- pointmap videos with ground truth: fourdnex_jax.data.synthetic.pointmap_sequence (a product: the geometry
+# evaluation runs on it) ----------------------------------------------------------------------------------------
 def pose_errors(c2w_est: np.ndarray, c2w_true: np.ndarray) -> dict[str, float]:
     """Max rotation error (deg) and max translation error (relative to the true path's extent), no alignment
     (both trajectories (T, 4, 4) c2w are relative to camera 0 in the same units)."""
@@ -97,16 +54,6 @@ def pose_pairs(rng: np.random.Generator, n: int, K: np.ndarray, r: np.ndarray, t
 
 
 # -- annotation layouts -----------------------------------------------------------------------------------------
-def write_caption_csv(path: str | os.PathLike, captions: dict[str, str]) -> None:
-    """A 4DNeX caption table: header ``number,caption``, one row per clip id."""
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["number", "caption"])
-    for k, v in captions.items():
-        w.writerow([k, v])
-    epath.Path(path).write_text(buf.getvalue())
-
-
 def write_monst3r(folder: str | os.PathLike, r: dict[str, np.ndarray], *, frames: str = "png",
                   masks: bool = True) -> epath.Path:
     """MonST3R folder: pred_traj.txt (TUM c2w), pred_intrinsics.txt (9 per line), frame_XXXX.npy (float16 depth),

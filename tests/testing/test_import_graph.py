@@ -53,6 +53,30 @@ def test_checker_flags_imports_across_one_layer(tmp_path):
         "(neither may import the other)"]
 
 
+def test_product_code_may_not_import_the_test_helpers(tmp_path):
+    """``testing`` sits above every product room: the command line (and anything below it) importing it is a
+    layering violation, the developer commands (``dev``) may; a temporary exception that no longer exists is
+    reported."""
+    root = _write(tmp_path, {
+        "fourdnex_jax/__init__.py": "",
+        "fourdnex_jax/testing/__init__.py": "",
+        "fourdnex_jax/testing/numerics.py": "psnr = 1\n",
+        "fourdnex_jax/cli/__init__.py": "",
+        "fourdnex_jax/cli/tool.py": "def main():\n    from fourdnex_jax.testing.numerics import psnr\n",
+        "fourdnex_jax/dev/__init__.py": "",
+        "fourdnex_jax/dev/fixtures.py": "from fourdnex_jax.testing import numerics\n",
+    })
+    assert import_graph.report(root) == [
+        "layering: fourdnex_jax.cli.tool -> fourdnex_jax.testing.numerics: 'cli' is below 'testing'"]
+    graph = import_graph.file_graph(root)
+    allowed = {("fourdnex_jax.cli.tool", "fourdnex_jax.testing.numerics"): "moving"}
+    assert import_graph.layer_violations(graph, exceptions=allowed) == []
+    stale = {("fourdnex_jax.dev.fixtures", "fourdnex_jax.testing.scenes"): "moved"}
+    assert import_graph.layer_violations(graph, exceptions={**allowed, **stale}) == [
+        "fourdnex_jax.dev.fixtures -> fourdnex_jax.testing.scenes: listed in TEMPORARY_EXCEPTIONS but no longer "
+        "imported; remove the entry"]
+
+
 def test_package_has_no_import_cycle_and_respects_the_layers():
     problems = import_graph.report(ROOT)
     assert problems == [], "\n".join(problems)

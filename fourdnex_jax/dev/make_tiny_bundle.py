@@ -1,10 +1,11 @@
 """Builds the bundled tiny model (``checkpoints/tiny``) in two steps around ``fourdnex train``.
 
     # 1. frozen towers (trained tiny VAE + seeded random tiny UMT5/CLIP + a word tokenizer) and the encoded dataset
-    fourdnex make-tiny-bundle --step encode --config tiny --vae VAE_DIR --clips CLIPS6D_DIR --stage STAGE_DIR \
-        --data-out DATA_DIR
+    python -m fourdnex_jax.dev make-tiny-bundle --step encode --config tiny --vae VAE_DIR --clips CLIPS6D_DIR \
+        --stage STAGE_DIR --data-out DATA_DIR
     # 2. after `fourdnex train --config.data.dir=<printed encoded6d folder> --out RUN`:
-    fourdnex make-tiny-bundle --step assemble --stage STAGE_DIR --run RUN --out checkpoints/tiny [--vae VAE_DIR]
+    python -m fourdnex_jax.dev make-tiny-bundle --step assemble --stage STAGE_DIR --run RUN --out checkpoints/tiny \
+        [--vae VAE_DIR]
     # 3. the bundle's training-domain statistics: fourdnex make-domain --checkpoint checkpoints/tiny
 
 The UMT5 and CLIP towers are random (seed ``--seed``) frozen feature extractors: the DiT learns to read them during
@@ -24,8 +25,8 @@ from ml_collections import config_flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # the tiny bundle is built on the host CPU (docs/tiny_model.md)
 
-from fourdnex_jax.utils.errors import InputError  # noqa: E402
-from fourdnex_jax.utils.resources import config_path  # noqa: E402
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.resources import config_path
 
 CONFIG = config_flags.DEFINE_config_file("config", str(config_path("tiny")), "Experiment config (--step encode: "
                                          "the DiT architecture and the text length).", lock_config=True)
@@ -48,7 +49,7 @@ _VAE_REPORT = flags.DEFINE_list("vae-report", [], "assemble: vae_report.json of 
 
 def _tokenizer_dir(captions, out: Path) -> Path:
     """A lower-case word-level tokenizer over the captions' words, saved as ``out/tokenizer.json``."""
-    from fourdnex_jax.testing.random_models import word_tokenizer
+    from fourdnex_jax.data.synthetic_dataset import word_tokenizer
 
     tok, _ = word_tokenizer(captions, lowercase=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -60,7 +61,6 @@ def cmd_encode() -> int:
     from flax import nnx
 
     from fourdnex_jax.config import model_config
-    from fourdnex_jax.weights.restore import restore_model
     from fourdnex_jax.data import encode, synthetic, tfds_builders
     from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig, CLIPVisionTower
     from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Encoder, UMT5Tokenizer
@@ -68,6 +68,7 @@ def cmd_encode() -> int:
     from fourdnex_jax.models.transformer import WanTransformer3D
     from fourdnex_jax.pipelines.bundle import save_bundle
     from fourdnex_jax.recipe import SAMPLING_PRESETS
+    from fourdnex_jax.weights.restore import restore_model
 
     config = CONFIG.value
     cfg = model_config(config)
@@ -107,8 +108,8 @@ def cmd_assemble() -> int:
         import numpy as np
         from flax import nnx
 
-        from fourdnex_jax.weights.restore import restore_model
         from fourdnex_jax.models import params
+        from fourdnex_jax.weights.restore import restore_model
 
         vae = restore_model(_VAE.value, "vae")
         old, new = (params.flat_variables(m, nnx.Param) for m in (stage.vae, vae))

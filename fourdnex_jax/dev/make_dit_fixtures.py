@@ -1,6 +1,6 @@
 """Records the DiT parity fixtures used by the torch-free tests (tests/models/test_dit_fixtures.py).
 
-    fourdnex make-dit-fixtures --out tests/fixtures/wan_tiny
+    python -m fourdnex_jax.dev make-dit-fixtures --out tests/fixtures/wan_tiny
 
 Needs the test extra (torch, diffusers, peft: ``pip install -r requirements-test.txt``). Writes, from a seeded tiny
 4DNeX model built with the test suite's reference (fourdnex_jax/testing/torch_reference.py):
