@@ -95,17 +95,22 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
                       trajectory: str = "orbit", video: bool = True, fps: int = 8, ply_stride: int = 1,
                       max_points_per_frame: int | None = 200_000, viewer_points_per_frame: int = 30_000,
                       drop_dynamic: bool = False, min_confidence: float = 0.0, write_images: bool = True,
-                      splat: int = 2, **register_kw) -> dict:
+                      splat: int = 2, registration: register.Registration | None = None, **register_kw) -> dict:
     """Registration + exports + default novel-view video of one pointmap video (see module docstring).
     ``rgb=None`` colours the points by depth. ``drop_dynamic`` / ``min_confidence`` filter exported points
     (residual-based confidence in [0, 1]); the other keywords go to :func:`register.register`. Returns the
     summary (strict-JSON-ready): ``status`` / ``message`` / ``frames_registered`` / ``intrinsics`` /
     ``per_frame`` (:meth:`status.CameraStatus.to_dict`), ``scene_4d`` (the clip verdict,
     :meth:`consistency.ClipVerdict.to_dict`: ``consistent``, ``reason``, ``message``, per frame pair) plus figures of
-    the exports."""
+    the exports. ``registration``: the :func:`register_pointmaps` result of these same arrays (``rgb`` included),
+    already computed by the caller (not computed again)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    reg = register_pointmaps(xyz, valid, normalization, centers=centers, scale=scale, rgb=rgb, **register_kw)
+    if registration is not None and register_kw:
+        raise ValueError(f"registration= is already computed; {sorted(register_kw)} cannot change it")
+    reg = registration if registration is not None else register_pointmaps(xyz, valid, normalization,
+                                                                           centers=centers, scale=scale, rgb=rgb,
+                                                                           **register_kw)
     st = reg.status
     t, h, w = reg.depth.shape
     reg_t = st.registered[:, None, None]

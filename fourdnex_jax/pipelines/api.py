@@ -30,7 +30,7 @@ from fourdnex_jax.pipelines import domain as domain_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
 from fourdnex_jax.pipelines.inputs import caption_for_image
 from fourdnex_jax.pipelines.outputs import save_result
-from fourdnex_jax.pipelines.settings import SampleSettings, check_model
+from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import default_bundle
 
@@ -112,15 +112,27 @@ class Result:
              ) -> dict[str, Any]:
         """Writes the files ``fourdnex generate`` writes into ``out_dir`` (published as a unit: the previous
         result or the new one, never a mix) and returns the summary written; ``geometry=False`` leaves out
-        cameras, depth and the exports. A folder already holding a result is kept unless ``overwrite``."""
+        cameras, depth and the exports. A folder already holding a result is kept unless ``overwrite``. The
+        registration is computed once: :attr:`cameras` / :attr:`depth` read before or after share it."""
+        if geometry:
+            _ = self.registration  # computed here once, reused by save_result and by later reads of .cameras
         return save_result(self.output, out_dir, geometry=geometry, summary=self.summary, fps=fps,
-                           overwrite=overwrite)
+                           overwrite=overwrite, registration=self._registration)
 
 
 class ImageTo4DPipeline:
     """``ImageTo4DPipeline.from_pretrained(bundle_dir)(image, prompt) -> Result`` (module docstring). ``pipe``
     is the underlying :class:`~fourdnex_jax.pipelines.image_to_4d.ImageTo4D`, ``bundle`` the loaded bundle,
-    ``settings`` the resolved sampling settings, ``timings`` seconds spent loading and setting up."""
+    ``settings`` the resolved sampling settings, ``timings`` seconds spent loading and setting up.
+
+    Why two classes with two output types, as diffusers keeps a pipeline apart from its building blocks:
+    :class:`~fourdnex_jax.pipelines.image_to_4d.ImageTo4D` is the array-level sampler (uint8 arrays and captions
+    in, :class:`~fourdnex_jax.pipelines.image_to_4d.ImageTo4DOutput` arrays out; batched, sharded, multi-process;
+    what evaluation, the benchmarks and the parity tests drive). This class is the user's front door on top of it:
+    it resolves a bundle and its preset (``from_pretrained``), takes paths / PIL images / captions next to the
+    images, checks each input against the bundle's training domain and returns :class:`Result`, which adds what
+    a user reads and saves (cameras and depth from the registration, ``summary.json``, ``save``). Both take a
+    loaded bundle (``from_bundle``); this one's builds the other's."""
 
     def __init__(self, bundle: bundle_lib.Bundle, settings: SampleSettings, pipe: ImageTo4D, *,
                  checkpoint: str, transformer: str | None = None, timings: dict[str, float] | None = None,
@@ -153,13 +165,12 @@ class ImageTo4DPipeline:
 
     @classmethod
     def from_bundle(cls, bundle: bundle_lib.Bundle, settings: SampleSettings | None = None, *, devices=None,
-                    mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES, executable_cache: str | os.PathLike | None = None, transformer: str | None = None,
-                    timings: dict[str, float] | None = None, run_info: dict[str, Any] | None = None
-                    ) -> "ImageTo4DPipeline":
+                    mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES, executable_cache: str | os.PathLike | None = None,
+                    transformer: str | None = None, timings: dict[str, float] | None = None,
+                    run_info: dict[str, Any] | None = None) -> "ImageTo4DPipeline":
         """From an already loaded bundle (e.g. a training run's DiT on its base bundle's towers)."""
         settings = settings if settings is not None else SampleSettings.from_preset(bundle.preset)
-        check_model(settings, bundle.transformer.config, bundle.vae.config)
-        t0 = time.perf_counter()
+        t0 = time.perf_counter()  # ImageTo4D checks the settings against the models (settings.check_model)
         pipe = ImageTo4D.from_bundle(bundle, settings, devices=devices, mesh=mesh, rules=rules,
                                      executable_cache=executable_cache)
         timings = dict(timings or {}, setup=time.perf_counter() - t0)

@@ -71,10 +71,12 @@ class Bundle:
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # bundle.json, when present
 
 
-def read_presets(directory: str | os.PathLike) -> tuple[SamplingPreset, SixDSpec]:
+def read_presets(directory: str | os.PathLike, manifest: dict[str, Any] | None = None
+                 ) -> tuple[SamplingPreset, SixDSpec]:
     """The sampling preset and the 6D recipe a bundle records (``manifest.json``: ``sampling_preset``,
-    ``recipe``); a bundle without them raises ValueError (write it again with this version)."""
-    manifest = manifest_lib.read_manifest(directory)
+    ``recipe``; ``manifest``: the file's content when the caller has read it); a bundle without them raises
+    ValueError (write it again with this version)."""
+    manifest = manifest if manifest is not None else manifest_lib.read_manifest(directory)
     missing = [k for k in ("sampling_preset", "recipe") if k not in manifest]
     if missing:
         raise ValueError(f"{Path(directory) / 'manifest.json'} has no {' / '.join(missing)}: the bundle does not "
@@ -103,10 +105,12 @@ def resolve_settings(directory: str | os.PathLike = DEFAULT_BUNDLE, sample: Any 
     return settings
 
 
-def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None) -> list[str]:
+def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None, *,
+                    transformer_manifest: dict[str, Any] | None = None) -> list[str]:
     """Every part a bundle needs that is missing (empty when complete), from the file tree and the small JSON
     files only: each model's checkpoint folder and config, the adapter checkpoint whenever the DiT config (or the
-    manifest) has a trained adapter, and the tokenizer. ``transformer_dir``: the DiT's folder when it is another."""
+    manifest) has a trained adapter, and the tokenizer. ``transformer_dir``: the DiT's folder when it is another
+    (``transformer_manifest``: its ``manifest.json`` when the caller has read it)."""
     directory = Path(directory)
     tdir = Path(transformer_dir) if transformer_dir is not None else directory
     problems = []
@@ -115,7 +119,9 @@ def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.Path
         problems += checkpoint_problems(where, name)
         if not (where / "configs" / f"{name}.json").is_file():
             problems.append(f"{where / 'configs' / (name + '.json')} missing")
-    adapter_needed = "adapter" in manifest_lib.read_manifest(tdir)
+    if transformer_manifest is None:
+        transformer_manifest = manifest_lib.read_manifest(tdir)
+    adapter_needed = "adapter" in transformer_manifest
     if (tdir / "configs" / "transformer.json").is_file():
         cfg, _ = read_config(tdir, "transformer")
         adapter_needed |= bool(cfg.lora_rank) or bool(cfg.domain_embeddings)
@@ -126,13 +132,17 @@ def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.Path
     return problems
 
 
-def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None) -> None:
+def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None, *,
+                 manifests: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
     """Raises :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and every missing part
-    (:func:`bundle_problems`), before any weights load."""
-    manifest_lib.read_manifest(directory)
-    if transformer_dir is not None:
-        manifest_lib.read_manifest(transformer_dir)
-    problems = bundle_problems(directory, transformer_dir)
+    (:func:`bundle_problems`), before any weights load. ``manifests``: the ``manifest.json`` of ``directory`` and
+    of the DiT's folder when the caller has read them (each file is read once per load)."""
+    if manifests is None:
+        manifests = (manifest_lib.read_manifest(directory), None)
+        if transformer_dir is not None:
+            manifests = (manifests[0], manifest_lib.read_manifest(transformer_dir))
+    transformer_manifest = manifests[1] if transformer_dir is not None else manifests[0]
+    problems = bundle_problems(directory, transformer_dir, transformer_manifest=transformer_manifest)
     if problems:
         raise InputError(f"incomplete model bundle {directory}: {'; '.join(problems)}; copy the whole bundle "
                          "folder again (or convert it again) -- a bundle missing a part would sample a different "
@@ -145,13 +155,14 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_di
     """Restores every model of a bundle / converted folder, each parameter straight into the sharding its logical
     axes get on ``mesh`` under ``rules`` (every device / process reads only its shard; the pipeline then uses the
     arrays in place), or onto the first device with ``mesh=None``. ``transformer_overrides``: execution fields of
-    the DiT (e.g. ``attention='ring'``, see :data:`~fourdnex_jax.weights.restore.RESTORE_OVERRIDABLE`). An incomplete bundle is refused before any weights load
-    (:func:`check_bundle`)."""
+    the DiT (e.g. ``attention='ring'``, see :data:`~fourdnex_jax.weights.restore.RESTORE_OVERRIDABLE`). An
+    incomplete bundle is refused before any weights load (:func:`check_bundle`); ``manifest.json`` is read once."""
     directory = Path(directory)
-    manifest = manifest_lib.read_manifest(directory)
-    preset, spec = read_presets(directory)  # before any weights load: a bundle without presets fails fast
+    manifest = manifest_lib.read_manifest(directory)  # read once, here
+    preset, spec = read_presets(directory, manifest)  # before any weights load: a bundle without presets fails fast
     tdir = Path(transformer_dir) if transformer_dir is not None else directory
-    check_bundle(directory, transformer_dir)
+    check_bundle(directory, transformer_dir, manifests=(
+        manifest, manifest_lib.read_manifest(tdir) if transformer_dir is not None else None))
     models = {name: restore_model(tdir if name == "transformer" else directory, name, mesh, rules,
                                   **(transformer_overrides if name == "transformer" else {}))
               for name in MODELS}

@@ -45,7 +45,7 @@ def xyz_to_uint8(xyz: np.ndarray) -> np.ndarray:
 
 
 def save_result(result: Any, out_dir: str | os.PathLike, *, geometry: bool, summary: dict[str, Any] | None = None,
-                fps: int = 8, overwrite: bool = False) -> dict[str, Any]:
+                fps: int = 8, overwrite: bool = False, registration: Any = None) -> dict[str, Any]:
     """Writes one result into ``out_dir`` and returns the summary written: the caller's ``summary`` plus what the
     result knows and the files written. The folder is published as a unit
     (:func:`fourdnex_jax.media.io.publish_dir`: written into a hidden temporary sibling, then renamed), so a kill
@@ -55,13 +55,14 @@ def save_result(result: Any, out_dir: str | os.PathLike, *, geometry: bool, summ
     ``result`` is one pipeline output: ``rgb`` (T, H, W, 3) uint8, ``xyz`` (T, H, W, 3) float32, ``image``
     (H, W, 3) uint8 (written as ``input.png``), ``prompt``, ``seed``, ``xyz_normalization``; ``valid`` (T, H, W)
     bool and ``sizing`` (a dict) when it has them (``valid`` is :func:`valid_mask` otherwise). ``geometry``:
-    also run :func:`~fourdnex_jax.geometry.scene.postprocess_scene` on the arrays (module docstring)."""
+    also run :func:`~fourdnex_jax.geometry.scene.postprocess_scene` on the arrays (module docstring), reusing
+    ``registration`` (the result's registration, when the caller already computed it)."""
     with publish_dir(out_dir, overwrite) as tmp:
-        return _write_result(result, tmp, geometry=geometry, summary=summary, fps=fps)
+        return _write_result(result, tmp, geometry=geometry, summary=summary, fps=fps, registration=registration)
 
 
-def _write_result(result: Any, out: Path, *, geometry: bool, summary: dict[str, Any] | None, fps: int
-                  ) -> dict[str, Any]:
+def _write_result(result: Any, out: Path, *, geometry: bool, summary: dict[str, Any] | None, fps: int,
+                  registration: Any = None) -> dict[str, Any]:
     normalization = result.xyz_normalization
     xyz = np.asarray(result.xyz, np.float32)
     rgb = np.asarray(result.rgb, np.uint8)
@@ -78,7 +79,7 @@ def _write_result(result: Any, out: Path, *, geometry: bool, summary: dict[str, 
     if getattr(result, "sizing", None) is not None:
         summary["sizing"] = result.sizing
     if geometry:
-        report = postprocess_scene(xyz, valid, rgb, normalization, out, fps=fps)
+        report = postprocess_scene(xyz, valid, rgb, normalization, out, fps=fps, registration=registration)
         summary.update(cameras="cameras.json", geometry=report)
     else:
         summary["cameras"] = "not computed (save_result(..., geometry=False))"

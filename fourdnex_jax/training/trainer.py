@@ -10,8 +10,10 @@ logged steps that are then trained again).
 NaN/inf policy (``train.nan_policy``): the step itself drops a non-finite update (state unchanged, batch
 consumed). ``skip``: training goes on (and stops with an error after ``train.max_nan_skips`` consecutive skips);
 ``stop``: raises :class:`NonFiniteError` before any further checkpoint is written, so no saved state ever
-includes the offending step. Metrics are read one step late (the next step is dispatched first), so the host
-does not stall the device pipeline.
+includes the offending step. The host reads the metrics only on log steps, before a checkpoint and at the end (as
+big_vision does): each step's metrics stay on the device until then, and at most :data:`MAX_IN_FLIGHT` steps run
+ahead of the host, so the device never waits for a host round trip; the NaN/inf policy is applied to every step's
+flag, in order, when they are read.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from fourdnex_jax.utils.errors import InputError
 
 #: Test hook: SIGKILL this process right after ``save()`` of this step returned (async write in flight).
 KILL_AFTER_SAVE_ENV = "FOURDNEX_KILL_AFTER_SAVE_STEP"
+#: Steps dispatched ahead of the host between reads (bounds the inputs queued on the devices).
+MAX_IN_FLIGHT = 2
 
 
 class NonFiniteError(FloatingPointError):
@@ -88,7 +92,8 @@ class Trainer:
             if t.trainable == "adapter":
                 self.frozen = state_lib.restore_base(t.base_checkpoint, self.parts, self.mesh, self.rules)
             else:
-                initial_base = lambda: state_lib.restore_base(t.base_checkpoint, self.parts, self.mesh, self.rules)
+                def initial_base():
+                    return state_lib.restore_base(t.base_checkpoint, self.parts, self.mesh, self.rules)
         else:
             self.base_ref = {"kind": "random", "seed": int(config.seed)}
             self.frozen = state_lib.init_frozen(self.parts, self.frozen_sh, config.seed)
@@ -156,16 +161,32 @@ class Trainer:
             os.kill(os.getpid(), signal.SIGKILL)
 
     def _check(self, step: int, m: dict) -> None:
+        """The NaN/inf policy for step ``step``'s host metrics ``m`` (steps checked in order: ``self._nan_streak``
+        counts consecutive non-finite ones, as the state's ``nan_skips`` does)."""
         if bool(m["finite"]):
+            self._nan_streak = 0
             return
         t = self.config.train
-        skips = int(jax.device_get(self.state["nan_skips"]))
+        self._nan_streak += 1
         self._log(f"step {step}: non-finite loss/gradient (loss {float(m['loss'])}, |g| {float(m['grad_norm'])}); "
                   f"update dropped ({t.nan_policy})")
         if t.nan_policy == "stop":
             raise NonFiniteError(f"non-finite loss or gradient at step {step}; nothing saved after it")
-        if skips >= t.max_nan_skips:
-            raise NonFiniteError(f"{skips} consecutive non-finite steps (max_nan_skips {t.max_nan_skips})")
+        if self._nan_streak >= t.max_nan_skips:
+            raise NonFiniteError(f"{self._nan_streak} consecutive non-finite steps (max_nan_skips "
+                                 f"{t.max_nan_skips})")
+
+    def _read(self, pending: list, history: list) -> dict | None:
+        """Reads the metrics of the ``pending`` steps (one transfer), applies the NaN/inf policy to each in order,
+        records their losses in ``history`` and empties ``pending``; the last step's host metrics (None if none)."""
+        if not pending:
+            return None
+        host = jax.device_get([m for _, m in pending])
+        for (step, _), m in zip(pending, host):
+            self._check(step, m)
+            history.append({"step": step, "loss": float(m["loss"])})
+        pending.clear()
+        return host[-1]
 
     def run(self, num_steps: int | None = None, stop_after: int | None = None) -> dict[str, Any]:
         """Trains up to step ``num_steps`` (default ``train.num_steps``); ``stop_after``: return after that many
@@ -174,7 +195,8 @@ class Trainer:
         total = int(num_steps or t.num_steps)
         step = self.start_step
         history = []
-        pending = None  # (step, metrics) of the previous step, read after dispatching the next one
+        pending = []  # (step, device metrics) of the steps not read yet
+        self._nan_streak = int(jax.device_get(self.state["nan_skips"]))  # a resumed run keeps its streak
         t_window, n_window, first_time = time.perf_counter(), 0, None
         done_here = 0
         try:
@@ -185,8 +207,7 @@ class Trainer:
                 self.state, metrics = self.step_fn(self.state, self.frozen, batch)
                 step += 1
                 done_here += 1
-                if pending is not None:
-                    self._check(*pending)
+                pending.append((step, metrics))
                 if first_time is None:
                     jax.block_until_ready(metrics)
                     first_time = time.perf_counter() - t0
@@ -194,12 +215,10 @@ class Trainer:
                     t_window, n_window = time.perf_counter(), 0
                 else:
                     n_window += 1
-                m = jax.device_get(metrics)
-                pending = (step, m)
-                history.append({"step": step, "loss": float(m["loss"])})
+                if len(pending) > MAX_IN_FLIGHT:  # wait for the device, without a transfer
+                    jax.block_until_ready(pending[-1 - MAX_IN_FLIGHT][1])
                 if step % t.log_every == 0 or step == total:
-                    self._check(*pending)
-                    pending = None
+                    m = self._read(pending, history)
                     dt = (time.perf_counter() - t_window) / max(n_window, 1)
                     samples = t.global_batch_size / dt
                     tflops = samples * self.flops_per_sample / jax.device_count() / 1e12
@@ -212,12 +231,9 @@ class Trainer:
                         self.writer.console(step, total, scalars)
                     t_window, n_window = time.perf_counter(), 0
                 if step % t.checkpoint_every == 0 or step == total:
-                    if pending is not None:
-                        self._check(*pending)
-                        pending = None
+                    self._read(pending, history)  # the NaN/inf policy before anything is saved
                     self.save(step)
-            if pending is not None:
-                self._check(*pending)
+            self._read(pending, history)
         finally:
             self.checkpointer.wait()
         return {"start_step": self.start_step, "end_step": step, "first_step_s": first_time, "history": history}

@@ -50,3 +50,22 @@ def test_save_result_with_geometry(tmp_path):
     assert np.asarray(cams["cam_to_world"]).shape == (4, 4, 4)
     assert (tmp_path / "depth.npz").exists() and (tmp_path / "scene.glb").exists()
     assert (tmp_path / "novel_orbit.mp4").exists()
+
+
+def test_api_result_registers_once_when_cameras_are_read_before_save(tmp_path, monkeypatch):
+    """``Result.cameras`` then ``Result.save()``: one registration, shared (the saved cameras are the ones read)."""
+    from fourdnex_jax.geometry import register
+    from fourdnex_jax.pipelines.api import Result
+
+    calls = []
+    real = register.register
+    monkeypatch.setattr(register, "register", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = _result()
+    out = dataclasses.make_dataclass("Out", [("valid", np.ndarray), ("sizing", dict)], bases=(_Result,))(
+        **dataclasses.asdict(r), valid=valid_mask(r.xyz, "sequence"), sizing={})
+    res = Result(out, {"config": "tiny"})
+    cams = res.cameras
+    res.save(tmp_path / "a")
+    assert len(calls) == 1
+    saved = json.loads((tmp_path / "a" / "cameras.json").read_text())
+    np.testing.assert_allclose(np.asarray(saved["cam_to_world"]), cams["cam_to_world"], atol=1e-6)

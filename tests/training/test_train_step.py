@@ -71,6 +71,24 @@ def test_nan_policy_skip_then_stop(tmp_path):
     tr.close()
 
 
+def test_metrics_are_read_on_log_steps_only(tmp_path, monkeypatch):
+    """The host reads the device metrics in one transfer per log step (big_vision), not after every step; every
+    step's loss still reaches the history, in order."""
+    data = random_dataset(tmp_path / "data", n=2)
+    c = tiny(data__dir=str(data), train__global_batch_size=2, train__num_steps=6, train__log_every=3,
+             train__checkpoint_every=100)
+    c.sharding.mesh_shape = (1, 2, 1, 4)
+    tr = Trainer(c, tmp_path / "run", verbose=False)
+    reads, real = [], Trainer._read
+    monkeypatch.setattr(Trainer, "_read", lambda self, pending, history: (
+        reads.append([s for s, _ in pending]) if pending else None, real(self, pending, history))[1])
+    out = tr.run()
+    tr.close()
+    assert reads == [[1, 2, 3], [4, 5, 6]]
+    assert [h["step"] for h in out["history"]] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(h["loss"]) for h in out["history"])
+
+
 def test_loss_falls_on_tiny_overfit(tmp_path):
     data = random_dataset(tmp_path / "data", n=2)
     c = tiny(data__dir=str(data), train__global_batch_size=4, train__num_steps=40, train__log_every=40,
