@@ -88,7 +88,7 @@ def timed_within(fn: Callable[[], Any], *, repeats: int, warmup: int, deadline: 
     t0 = time.perf_counter()
     fn()
     last = first = time.perf_counter() - t0
-    fits = lambda: time.time() + last <= deadline  # noqa: E731
+    fits = lambda: time.time() + last <= deadline
     for _ in range(warmup):
         if not fits():
             break

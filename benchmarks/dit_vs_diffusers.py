@@ -86,8 +86,8 @@ def torch_inputs(inputs: dict, device: str = "cpu", dtype: str = "float32") -> d
     import torch
 
     dt = getattr(torch, dtype)
-    ncthw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device, dt)  # noqa: E731
-    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device, dt)  # noqa: E731
+    ncthw = lambda a: torch.from_numpy(np.ascontiguousarray(np.moveaxis(a, -1, 1))).to(device, dt)
+    tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device, dt)
     out = {"latents": ncthw(inputs["latents"]), "timestep": torch.from_numpy(inputs["timestep"]).to(device),
            "text_embeds": tensor(inputs["text_embeds"]), "image_embeds": tensor(inputs["image_embeds"]),
            "target": ncthw(inputs["target"])}
@@ -325,7 +325,7 @@ def cpu_table(rows: Sequence[dict]) -> None:
         c = r.get("torch_compile_forward")
         return ms(c["median_s"]) if isinstance(c, dict) else "n/a"
 
-    f2 = lambda v: None if v is None else f"{v:.2f}"  # noqa: E731
+    f2 = lambda v: None if v is None else f"{v:.2f}"
     print_table(
         ["size", "tokens", "GFLOP fwd/step", "JAX fwd ms", "torch ms", "compiled ms", "fwd ratio", "(cpu)",
          "JAX step ms", "torch step ms", "step ratio", "(cpu)", "err fwd/grad"],

@@ -129,7 +129,7 @@ def probe() -> int:
     _, cfg = stage_model_config(CPU_SHAPES, "auto")
     graphdef, state = nnx.split(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
     t, h, w = CPU_SHAPES.latent
-    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
+    f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32)
     out = jax.eval_shape(lambda s, *a: nnx.merge(graphdef, s)(*a), state, f32(2, t, h, 2 * w, cfg.in_channels),
                          f32(2), f32(2, TEXT_LEN, cfg.text_dim), f32(2, IMAGE_TOKENS, cfg.image_dim))
     import flax
@@ -253,8 +253,8 @@ def _fmt(v: Any, spec: str = ".3g", unit: str = "") -> str:
 
 def headline(name: str, r: dict) -> str | None:
     """One cell of the end table: the figures that stage is for."""
-    gib = lambda b: _fmt(None if b is None else b / 2 ** 30, ".1f", " GiB")  # noqa: E731
-    sec = lambda d, spec=".3f": _fmt((d or {}).get("median_s"), spec, " s")  # noqa: E731
+    gib = lambda b: _fmt(None if b is None else b / 2 ** 30, ".1f", " GiB")
+    sec = lambda d, spec=".3f": _fmt((d or {}).get("median_s"), spec, " s")
     if name == "env":
         return (f"{r.get('device_kind')}: matmul {_fmt((r.get('matmul') or {}).get('tflops_per_s'))} TFLOP/s, "
                 f"pass {_fmt((r.get('copy') or {}).get('gb_per_s'))} GB/s")

@@ -33,12 +33,12 @@ from pathlib import Path
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import numpy as np
 
-from fourdnex_jax.geometry import adam_reference, metrics, register  # noqa: E402
-from fourdnex_jax.geometry.se3 import rotation_angle_deg  # noqa: E402
-from fourdnex_jax.testing import scenes  # noqa: E402
+from fourdnex_jax.geometry import adam_reference, metrics, register
+from fourdnex_jax.geometry.se3 import rotation_angle_deg
+from fourdnex_jax.testing import scenes
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
                    "/jax/core/compile/backend_compile_duration")

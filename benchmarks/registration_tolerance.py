@@ -18,7 +18,7 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def box(x: np.ndarray, k: int) -> np.ndarray:

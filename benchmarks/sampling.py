@@ -32,21 +32,21 @@ import time
 
 _T_PROCESS = time.perf_counter()  # start of this module (time-to-first-sample of --startup-child counts from here)
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import json  # noqa: E402
-import os  # noqa: E402
-import shutil  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from fourdnex_jax.pipelines.inputs import caption_for_image  # noqa: E402
-from fourdnex_jax.testing.numerics import rel_l2  # noqa: E402
-from fourdnex_jax.testing.random_models import write_random_bundle  # noqa: E402
+from fourdnex_jax.pipelines.inputs import caption_for_image
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.testing.random_models import write_random_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -213,7 +213,7 @@ def format_table(report: dict) -> str:
             f"{'XYZ relL2':>11}{'RGB relL2':>11}{'AbsRel':>8}{'d<1.25':>8}")
     lines = [head, "-" * len(head)]
     for r in report["rows"]:
-        f = lambda k, fmt: format(r[k], fmt) if k in r else "-"  # noqa: E731
+        f = lambda k, fmt: format(r[k], fmt) if k in r else "-"
         lines.append(f"{r['variant']:<24}{r['seconds_per_sample']:>9.3f}{r['sampling_s_per_sample']:>10.3f}"
                      f"{r['sampling_speedup']:>8.2f}x{r['compile_s']:>10.1f}"
                      f"{str(r['dit_full']) + '/' + str(r['dit_cached']):>16}{f('xyz_rel_l2', '.2e'):>11}"
@@ -231,7 +231,7 @@ def startup_child(args) -> int:
         from fourdnex_jax.pipelines.aot import enable_compilation_cache
 
         enable_compilation_cache(args.compilation_cache)
-    import jax  # noqa: F401
+    import jax
 
     from fourdnex_jax.media.io import read_image
     from fourdnex_jax.pipelines import bundle as bundle_lib

@@ -1,6 +1,7 @@
 """Test setup: 8 fake CPU devices (set before jax is imported), ``--without-torch``, hardware-marker skips.
 
-Shared helpers live in ``fourdnex_jax.testing`` (numerics, random models, the torch reference), not here.
+Shared helpers live in ``tests/helpers.py`` (only the tests use them: the tiny DiT config, the CLI in a subprocess)
+and ``fourdnex_jax.testing`` (also used by benchmarks and developer commands), not here. Tiers: CONTRIBUTING.md.
 """
 
 import os
@@ -9,9 +10,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import sys  # noqa: E402
+import sys
 
-import pytest  # noqa: E402
+import pytest
 
 ORACLE_PACKAGES = ("torch", "diffusers", "transformers", "peft")
 

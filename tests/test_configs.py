@@ -1,15 +1,13 @@
 """Configs: presets build, unknown keys are rejected, every logical axis has a sharding rule, describe counts."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fourdnex_jax.config import load_config_file, model_config
-from fourdnex_jax.weights.registry import abstract_model
 from fourdnex_jax.models import params
+from fourdnex_jax.weights.registry import abstract_model
+from tests.helpers import run_python
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ["tiny", "small", "wan21_i2v_14b_480p"]
@@ -29,9 +27,9 @@ def test_presets_build_abstractly_with_full_axis_rule_coverage(name):
 def test_axis_rules_cover_vae_and_encoders():
     from flax import nnx
 
-    from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
     from fourdnex_jax.models import image_encoder, text_encoder
     from fourdnex_jax.models.vae import WanVAEConfig, abstract_vae
+    from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 
     rules = {logical for logical, _ in DEFAULT_LOGICAL_AXIS_RULES}
     models = [abstract_vae(WanVAEConfig.wan21()),
@@ -54,13 +52,9 @@ def test_unknown_keys_are_rejected():
         model_config(config)
 
 
-def _run_tool(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.integration
 def test_describe_rejects_unknown_override():
-    res = _run_tool("-m", "fourdnex_jax", "describe", "--config", "tiny", "--config.model.num_layer=3")
+    res = run_python("-m", "fourdnex_jax", "describe", "--config", "tiny", "--config.model.num_layer=3")
     assert res.returncode != 0 and "num_layer" in res.stderr
 
 
@@ -75,7 +69,7 @@ def test_describe_14b_reports_the_diffusers_parameter_count():
                                              if not k.startswith("_")})
     expected = sum(p.numel() for p in reference.parameters())
     assert expected == 16_394_878_784
-    res = _run_tool("-m", "fourdnex_jax", "describe", "--config", "wan21_i2v_14b_480p")
+    res = run_python("-m", "fourdnex_jax", "describe", "--config", "wan21_i2v_14b_480p")
     assert res.returncode == 0, res.stderr
     assert f"summary: {expected:,} base + 209,725,440 trainable" in res.stdout, res.stdout
 

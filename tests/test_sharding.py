@@ -20,11 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from fourdnex_jax import sharding
 from fourdnex_jax.config import load_config_file, model_config
 from fourdnex_jax.models import params
+from tests.helpers import tiny_dit_config
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "fixtures" / "sharding_14b.json"
@@ -79,7 +81,7 @@ def test_partition_spec_fallbacks():
 def test_variable_shardings_and_sharded_targets():
     from fourdnex_jax.models.transformer import WanTransformer3D
 
-    cfg = model_config(load_config_file(ROOT / "configs" / "tiny.py"))
+    cfg = tiny_dit_config()
     variables = params.flat_variables(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
     mesh = sharding.make_mesh(_Cfg((1, 4, 1, 2)))
     rules = sharding.DEFAULT_LOGICAL_AXIS_RULES

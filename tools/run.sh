@@ -5,6 +5,7 @@
 #                                           installs the runtime set only (requirements.txt)
 #   bash tools/run.sh test  [pytest args]   the test suite (what .ci/run calls); adds the PyTorch oracle
 #                                           (requirements-test.txt, torch on its CPU build: constraints.txt)
+#   bash tools/run.sh lint  [ruff args]     `ruff check .` (pyproject.toml's rules) in the same environment
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${FOURDNEX_VENV:-.venv}
@@ -12,8 +13,8 @@ PY="$VENV/bin/python"
 job=${1:-}; shift || true
 case "$job" in
   demo) sets=(requirements.txt) ;;
-  test) sets=(requirements.txt requirements-test.txt) ;;
-  *) echo "usage: bash tools/run.sh {demo|test} [args]" >&2; exit 2 ;;
+  test|lint) sets=(requirements.txt requirements-test.txt) ;;
+  *) echo "usage: bash tools/run.sh {demo|test|lint} [args]" >&2; exit 2 ;;
 esac
 # one stamp per requirement set, so `demo` never pulls the oracle and `test` adds it to the same venv
 stamp="$VENV/.stamp-$job.sha256"
@@ -30,4 +31,5 @@ export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 case "$job" in
   demo) exec "$PY" -m fourdnex_jax generate --image examples/synth_heldout_000000.png --out out/demo "$@" ;;
   test) exec "$PY" -m pytest "$@" ;;
+  lint) exec "$VENV/bin/ruff" check "$@" . ;;
 esac

@@ -20,9 +20,9 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work; never grab an accelerator
 
-from fourdnex_jax.recipe import SAMPLING_PRESETS  # noqa: E402
-from fourdnex_jax.weights.adapter import DEFAULT_FUSE_SCALE  # noqa: E402
-from fourdnex_jax.weights.registry import COPIED_COMPONENTS, SPECS  # noqa: E402
+from fourdnex_jax.recipe import SAMPLING_PRESETS
+from fourdnex_jax.weights.adapter import DEFAULT_FUSE_SCALE
+from fourdnex_jax.weights.registry import COPIED_COMPONENTS, SPECS
 
 _SRC = flags.DEFINE_string("src", None, "Diffusers folder of Wan2.1-I2V (transformer/, vae/, text_encoder/, "
                            "image_encoder/, tokenizer/, ...).", required=True)

@@ -15,7 +15,7 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # conversion is host work; never grab an accelerator
 
-from fourdnex_jax.weights.registry import SPECS  # noqa: E402
+from fourdnex_jax.weights.registry import SPECS
 
 _SRC = flags.DEFINE_string("src", None, "Bundle / converted folder (fourdnex convert or fourdnex bundle).",
                            required=True)

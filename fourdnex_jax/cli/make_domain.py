@@ -16,8 +16,8 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from fourdnex_jax.data import synthetic  # noqa: E402
-from fourdnex_jax.pipelines import domain  # noqa: E402
+from fourdnex_jax.data import synthetic
+from fourdnex_jax.pipelines import domain
 
 EVAL_SCENES = 16
 

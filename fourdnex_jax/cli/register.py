@@ -25,10 +25,10 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # closed-form host work
 
-from fourdnex_jax.geometry.register import NORMALIZATIONS  # noqa: E402
-from fourdnex_jax.geometry.scene import load_pointmaps, postprocess_scene  # noqa: E402
-from fourdnex_jax.media.io import check_output_dir, publish_dir  # noqa: E402
-from fourdnex_jax.geometry.trajectories import KINDS  # noqa: E402
+from fourdnex_jax.geometry.register import NORMALIZATIONS
+from fourdnex_jax.geometry.scene import load_pointmaps, postprocess_scene
+from fourdnex_jax.media.io import check_output_dir, publish_dir
+from fourdnex_jax.geometry.trajectories import KINDS
 
 _POINTMAPS = flags.DEFINE_string("pointmaps", None, "pointmaps.npz with xyz (T, H, W, 3) [, valid, rgb, centers, "
                                  "scale].", required=True)

@@ -19,8 +19,8 @@ from absl import flags
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from fourdnex_jax.geometry.scene import render_scene  # noqa: E402
-from fourdnex_jax.utils.errors import InputError  # noqa: E402
+from fourdnex_jax.geometry.scene import render_scene
+from fourdnex_jax.utils.errors import InputError
 
 _SCENE = flags.DEFINE_string("scene", None, "Folder written by fourdnex generate / fourdnex register.",
                              required=True)

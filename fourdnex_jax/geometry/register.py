@@ -138,7 +138,8 @@ def anchor_offsets_icp(points: np.ndarray, keep: np.ndarray, iters: int = 15, sa
 
 
 def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarray | None = None,
-             normalization: str = "sequence", centers: np.ndarray | None = None, scale: float | None = None, sample_points: int = 4800,
+             normalization: str = "sequence", centers: np.ndarray | None = None, scale: float | None = None,
+             sample_points: int = 4800,
              method: str = "lmeds", hypotheses: int = 64, gn_steps: int = 3, principal_point: str = "fit",
              intrinsics: str = "auto", square_pixels: bool = True,
              per_frame_intrinsics: bool = False, anchor: str = "auto", min_residual_px: float = 0.75,
@@ -146,8 +147,71 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
     """Closed-form registration of a pointmap video (see module docstring); ``rgb`` (T, H, W, 3), the frames'
     colours, if known, for the clip verdict (:mod:`consistency`). ``principal_point``: 'fit', or
     'center' ((W-1)/2, (H-1)/2, the exact image centre with pixel centres at integers; used for unshifted maps
-    only, the DLT always estimates it)."""
+    only, the DLT always estimates it). The stages, in order: :func:`_frames` (input checks), :func:`_intrinsics`
+    (from frame 0), :func:`_poses` (frames 1..T-1 in one batched pass), :func:`_dense` (depth, residual,
+    inconsistency), :func:`_world` (world = camera 0, anchoring, the verdict), the motion mask and the clip
+    verdict, the outputs."""
     t0 = time.perf_counter()
+    f = _frames(xyz, valid, normalization, centers, scale, sample_points)
+    if anchor == "auto":  # ICP is opt-in: translation along a dominant plane (a floor) is unobservable
+        anchor = "none"
+    K, K_est, pose0, problem = _intrinsics(f, intrinsics, principal_point, square_pixels, hypotheses, seed)
+    t_k = time.perf_counter()
+    w2c, Ks, stats, solve, pre_reasons = _poses(f, K, pose0, problem, per_frame_intrinsics, method, hypotheses,
+                                                gn_steps, seed)
+    t_pose = time.perf_counter()
+    cam, residual, valid_d, inconsistent = _dense(f, w2c, Ks, stats, solve, min_residual_px)
+    c2w, points, offsets = _world(f, w2c, inconsistent, solve, anchor, seed)
+    status = _judge(stats, problem, K, K_est, c2w, points, f.vflat, valid_d, f.h, f.w, pre_reasons)
+    t_dense = time.perf_counter()
+
+    tt, h, w = f.tt, f.h, f.w
+    moving = np.zeros_like(valid_d)
+    if tt > 1 and (not f.shifted or anchor == "icp"):
+        moving = _motion_mask(points, valid_d & ~inconsistent, c2w, Ks, h, w, motion_tol, cam)
+        # decided only between two frames whose cameras are both results
+        src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
+        moving &= (status.registered & status.registered[src])[:, None]
+    clip = consistency.clip_verdict(points, valid_d, c2w, Ks, status.registered, h, w, solve_offsets=f.shifted,
+                                    rgb=None if rgb is None else np.asarray(rgb).reshape(tt, -1, 3))
+    t_motion = time.perf_counter()
+
+    # -- outputs ----------------------------------------------------------------------------------------------
+    depth = np.where(valid_d, cam[..., 2], 0.0).astype(np.float32).reshape(tt, h, w)
+    point_valid = f.vflat & np.isfinite(points).all(-1)
+    points_world = np.where(point_valid[..., None], points, 0.0).astype(np.float32).reshape(tt, h, w, 3)
+    residual = residual.astype(np.float32).reshape(tt, h, w)
+    t_end = time.perf_counter()
+    return Registration(
+        K=K, K_per_frame=Ks if per_frame_intrinsics else None, c2w=c2w, depth=depth, points_world=points_world,
+        point_valid=point_valid.reshape(tt, h, w), valid=valid_d.reshape(tt, h, w), residual=residual,
+        inconsistent=inconsistent.reshape(tt, h, w), moving=moving.reshape(tt, h, w), frame_stats=stats,
+        normalization=normalization if not (centers is not None and scale is not None) else "metric",
+        offsets=offsets,
+        timings={"intrinsics_s": t_k - t0, "poses_s": t_pose - t_k, "dense_s": t_dense - t_pose,
+                 "motion_s": t_motion - t_dense, "outputs_s": t_end - t_motion, "total_s": t_end - t0},
+        status=status, clip=clip)
+
+
+@dataclasses.dataclass
+class _Frames:
+    """The checked input, flattened: ``flat`` (T, H*W, 3) float64 points (0 where invalid), ``vflat`` (T, H*W)
+    bool usable points, ``uv_all`` (H*W, 2) pixel coordinates, ``grid`` the solver's sample pixel indices,
+    ``shifted`` (frames centred per frame: 'reference' without the true centres)."""
+
+    flat: np.ndarray
+    vflat: np.ndarray
+    uv_all: np.ndarray
+    grid: np.ndarray
+    shifted: bool
+    tt: int
+    h: int
+    w: int
+
+
+def _frames(xyz, valid, normalization: str, centers, scale, sample_points: int) -> _Frames:
+    """Input checks: shape, finite and unclipped points, de-normalisation when the true centres and scale are
+    given."""
     if normalization not in NORMALIZATIONS:
         raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
     xyz = np.asarray(xyz, np.float64)
@@ -163,19 +227,20 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
     if centers is not None and scale is not None:
         xyz = denormalize(xyz, np.asarray(centers, np.float64), float(scale))
         shifted = False
-    if anchor == "auto":  # ICP is opt-in: translation along a dominant plane (a floor) is unobservable
-        anchor = "none"
-
     u, v = se3.pixel_grid(h, w)
-    uv_all = np.stack([u, v], -1).reshape(-1, 2)
-    grid = _sample_indices(h, w, sample_points)
-    flat = xyz.reshape(tt, -1, 3)
-    vflat = valid.reshape(tt, -1)
+    return _Frames(xyz.reshape(tt, -1, 3), valid.reshape(tt, -1), np.stack([u, v], -1).reshape(-1, 2),
+                   _sample_indices(h, w, sample_points), shifted, tt, h, w)
 
-    # -- intrinsics from frame 0 ------------------------------------------------------------------------------
-    sel = grid[vflat[0, grid]]
+
+def _intrinsics(f: _Frames, intrinsics: str, principal_point: str, square_pixels: bool, hypotheses: int,
+                seed: int):
+    """K from frame 0: ``(K, K_est, pose0, problem)``. ``K_est`` the estimate (None where none was made),
+    ``pose0`` frame 0's (R, t) for shifted maps, ``problem`` why the estimate is not used (then K is the
+    field-of-view prior and no pose is solved)."""
+    flat, uv_all, h, w = f.flat, f.uv_all, f.h, f.w
+    sel = f.grid[f.vflat[0, f.grid]]
     if intrinsics == "auto":
-        intrinsics = "shifted" if shifted else "camera"
+        intrinsics = "shifted" if f.shifted else "camera"
     if intrinsics not in ("camera", "shifted", "dlt"):
         raise ValueError(f"intrinsics must be 'auto', 'camera', 'shifted' or 'dlt', got {intrinsics!r}")
     K_est, pose0, problem = None, None, None
@@ -190,11 +255,11 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
                 P, _ = robust_projection(flat[0, sel], uv_all[sel], hypotheses=hypotheses, seed=seed)
                 K_est, r0, t0_ = decompose_projection(P)
                 K_est[0, 1] = 0.0
-                pose0 = (r0, t0_) if shifted else None
+                pose0 = (r0, t0_) if f.shifted else None
             elif intrinsics == "shifted":  # rotation known (identity), offset unknown
                 K_est, off, _ = fit_intrinsics_shifted(flat[0, sel], uv_all[sel], hypotheses=2 * hypotheses,
                                                        square_pixels=square_pixels, seed=seed)
-                pose0 = (np.eye(3), off) if shifted else None
+                pose0 = (np.eye(3), off) if f.shifted else None
             else:
                 pp = None if principal_point == "fit" else ((w - 1) / 2, (h - 1) / 2)
                 K_est, _ = fit_intrinsics_camera_frame(flat[0, sel], uv_all[sel], principal_point=pp,
@@ -203,19 +268,22 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
         if problem is None and pose0 is not None and not np.isfinite(pose0[1]).all():
             problem = "the frame-0 offset estimate is not finite"
     if problem is not None:  # no pose is solved with a prior K (status module docstring)
-        K, pose0 = status_lib.fov_prior_intrinsics(h, w), None
-    else:
-        K = K_est
-    t_k = time.perf_counter()
+        return status_lib.fov_prior_intrinsics(h, w), K_est, None, problem
+    return K_est, K_est, pose0, problem
 
-    # -- per-frame poses (frames 1..T-1 in one batched pass) ---------------------------------------------------
+
+def _poses(f: _Frames, K, pose0, problem, per_frame_intrinsics: bool, method: str, hypotheses: int, gn_steps: int,
+           seed: int):
+    """Per-frame poses, frames 1..T-1 in one batched pass: ``(w2c (T, 4, 4), Ks (T, 3, 3), stats, solve,
+    pre_reasons)``; ``solve`` the frames whose pose was solved (the others keep the identity and are rejected by
+    the status), ``pre_reasons`` frames rejected before solving."""
+    tt, h, w, flat, vflat, uv_all, grid = f.tt, f.h, f.w, f.flat, f.vflat, f.uv_all, f.grid
     Ks = np.broadcast_to(K, (tt, 3, 3)).copy()
     if len(grid) == h * w:  # every pixel (sample grid step 1): no copy
         xg, vg, uvg = flat, vflat, uv_all
     else:
         xg, vg, uvg = flat[:, grid], vflat[:, grid], uv_all[grid]
     counts = vg.sum(1)
-    # frames 1..T-1 whose pose is solved; the others keep the identity and are rejected by the status
     solve = [] if problem is not None else [t for t in range(1, tt) if counts[t] >= status_lib.MIN_PAIRS]
     pre_reasons: dict[int, str] = {}
     if per_frame_intrinsics:
@@ -251,9 +319,14 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
         for i, t in enumerate(solve):
             stats[t].update(median_residual_px=float(res.median_error[i]), threshold_px=float(res.threshold[i]),
                             inlier_ratio=float(res.inliers[i].sum() / counts[t]), hypothesis=res.source[i])
-    t_pose = time.perf_counter()
+    return w2c, Ks, stats, solve, pre_reasons
 
-    # -- dense depth, residual, masks ---------------------------------------------------------------------------
+
+def _dense(f: _Frames, w2c, Ks, stats: list, solve: list, min_residual_px: float):
+    """Dense depth, residual and masks for all frames at once: ``(cam (T, N, 3) camera-frame points, residual
+    (T, N) pixels, valid_d (T, N) in front of the camera, inconsistent (T, N))``; ``stats`` get the verdict's
+    dense numbers."""
+    tt, h, w, flat, vflat, uv_all = f.tt, f.h, f.w, f.flat, f.vflat, f.uv_all
     r, tv = w2c[:, :3, :3], w2c[:, :3, 3]
     cam = flat @ np.swapaxes(r, 1, 2) + tv[:, None, :]  # (T, N, 3)
     z = cam[..., 2]
@@ -279,9 +352,13 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
                      inlier_ratio=float(inl))
         else:  # no pose was solved: no numbers to report
             s.update(threshold_px=None, inlier_threshold_px=None, median_residual_px=None, inlier_ratio=None)
-    inconsistent = valid_d & (residual > thr[:, None])
+    return cam, residual, valid_d, valid_d & (residual > thr[:, None])
 
-    # world = camera 0: re-express the frames' coordinates in camera 0 (identity for unshifted maps)
+
+def _world(f: _Frames, w2c, inconsistent, solve: list, anchor: str, seed: int):
+    """World = camera 0: the frames' coordinates re-expressed in camera 0 (identity for unshifted maps), then
+    anchored (``anchor='icp'``): ``(c2w (T, 4, 4), points (T, N, 3), offsets (T, 3))``."""
+    tt, flat, vflat = f.tt, f.flat, f.vflat
     c2w = se3.invert_se3(w2c)
     to_cam0 = w2c[0].copy()
     points = flat if np.array_equal(to_cam0, np.eye(4)) else flat @ to_cam0[:3, :3].T + to_cam0[:3, 3]
@@ -294,33 +371,7 @@ def register(xyz: np.ndarray, valid: np.ndarray | None = None, *, rgb: np.ndarra
         c2w[:, :3, 3] += offsets
     elif anchor not in ("none", "icp"):
         raise ValueError(f"anchor must be 'auto', 'icp' or 'none', got {anchor!r}")
-    status = _judge(stats, problem, K, K_est, c2w, points, vflat, valid_d, h, w, pre_reasons)
-    t_dense = time.perf_counter()
-
-    moving = np.zeros_like(valid_d)
-    if tt > 1 and (not shifted or anchor == "icp"):
-        moving = _motion_mask(points, valid_d & ~inconsistent, c2w, Ks, h, w, motion_tol, cam)
-        # decided only between two frames whose cameras are both results
-        src = np.where(np.arange(tt) > 0, np.arange(tt) - 1, 1)
-        moving &= (status.registered & status.registered[src])[:, None]
-    clip = consistency.clip_verdict(points, valid_d, c2w, Ks, status.registered, h, w, solve_offsets=shifted,
-                                    rgb=None if rgb is None else np.asarray(rgb).reshape(tt, -1, 3))
-    t_motion = time.perf_counter()
-
-    depth = np.where(valid_d, z, 0.0).astype(np.float32).reshape(tt, h, w)
-    point_valid = vflat & np.isfinite(points).all(-1)
-    points_world = np.where(point_valid[..., None], points, 0.0).astype(np.float32).reshape(tt, h, w, 3)
-    residual = residual.astype(np.float32).reshape(tt, h, w)
-    t_end = time.perf_counter()
-    return Registration(
-        K=K, K_per_frame=Ks if per_frame_intrinsics else None, c2w=c2w, depth=depth, points_world=points_world,
-        point_valid=point_valid.reshape(tt, h, w), valid=valid_d.reshape(tt, h, w), residual=residual,
-        inconsistent=inconsistent.reshape(tt, h, w), moving=moving.reshape(tt, h, w), frame_stats=stats,
-        normalization=normalization if not (centers is not None and scale is not None) else "metric",
-        offsets=offsets,
-        timings={"intrinsics_s": t_k - t0, "poses_s": t_pose - t_k, "dense_s": t_dense - t_pose,
-                 "motion_s": t_motion - t_dense, "outputs_s": t_end - t_motion, "total_s": t_end - t0},
-        status=status, clip=clip)
+    return c2w, points, offsets
 
 
 def _judge(stats: list, problem: str | None, K: np.ndarray, K_est: np.ndarray | None, c2w: np.ndarray,

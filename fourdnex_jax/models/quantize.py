@@ -137,7 +137,7 @@ def memory_report(cfg) -> dict[str, Any]:
 
 def format_memory_report(report: dict[str, Any], name: str = "") -> str:
     """A few human-readable lines of :func:`memory_report` (GiB = 2**30 bytes)."""
-    g = lambda b: f"{b / 2**30:8.2f} GiB"  # noqa: E731
+    g = lambda b: f"{b / 2**30:8.2f} GiB"
     lines = [f"DiT parameter memory{' of ' + name if name else ''} (abstract, nothing allocated):"]
     for key, label in (("base", f"as configured ({report['param_dtype']})"), ("int8", "int8 weight-only")):
         r = report[key]

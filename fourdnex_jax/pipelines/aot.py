@@ -210,7 +210,7 @@ def key_differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str
     """Human-readable ``field: stored X, now Y`` lines of two keys (long values shortened)."""
     a, b = _flatten(json.loads(json.dumps(stored, default=str))), _flatten(json.loads(json.dumps(current,
                                                                                                  default=str)))
-    short = lambda v: (repr(v)[:60] + "...") if len(repr(v)) > 63 else repr(v)  # noqa: E731
+    short = lambda v: (repr(v)[:60] + "...") if len(repr(v)) > 63 else repr(v)
     return [f"{k}: stored {short(a.get(k, '<absent>'))}, now {short(b.get(k, '<absent>'))}"
             for k in sorted(set(a) | set(b)) if a.get(k, "<absent>") != b.get(k, "<absent>")]
 

@@ -33,7 +33,8 @@ from __future__ import annotations
 import dataclasses
 import time
 import types
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -202,7 +203,7 @@ class Target:
     staging: str = "release"
 
     @classmethod
-    def tpu(cls, name: str, mesh: tuple[int, int, int, int], **kw) -> "Target":
+    def tpu(cls, name: str, mesh: tuple[int, int, int, int], **kw) -> Target:
         """The TPU slice ``name`` of :data:`~fourdnex_jax.utils.memory_plan.TPU_SLICES` on ``mesh``."""
         topology, hbm_gib = TPU_SLICES[name]
         return cls(name, "tpu", topology, hbm_gib, mesh, **kw)

@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -89,7 +90,7 @@ class Layout:
     rows_sharding: NamedSharding
 
     @classmethod
-    def of(cls, mesh: Mesh, rules: Sequence[tuple[str, Any]], guidance_scale: float, batch_size: int) -> "Layout":
+    def of(cls, mesh: Mesh, rules: Sequence[tuple[str, Any]], guidance_scale: float, batch_size: int) -> Layout:
         rules = tuple(rules)
         dp = sharding.data_parallel_size(mesh, rules)
         cfg_over_data = (guidance_scale > 1.0 and "data" in sharding.batch_axes(mesh, rules)

@@ -137,8 +137,8 @@ def _orders(num_steps: int, cfg: UniPCConfig) -> np.ndarray:
 
 def _bh_terms(sig: np.ndarray, t: int, s0: int, hist: list[int], order: int, solver_type: str):
     """Shared UniP/UniC quantities (float64) for target sigma index ``t``, base ``s0`` and history indices."""
-    alpha = lambda i: 1.0 - float(sig[i])  # noqa: E731  (flow sigmas: alpha = 1 - sigma)
-    lam = lambda i: np.log(alpha(i)) - np.log(float(sig[i]))  # noqa: E731
+    alpha = lambda i: 1.0 - float(sig[i])  # flow sigmas: alpha = 1 - sigma
+    lam = lambda i: np.log(alpha(i)) - np.log(float(sig[i]))
     with np.errstate(divide="ignore", invalid="ignore"):
         lam_t = lam(t) if float(sig[t]) > 0 else np.inf
         h = lam_t - lam(s0)

@@ -12,7 +12,8 @@ donated train state aliased), as the inference plan counts them. On a deviceless
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np

@@ -147,7 +147,7 @@ class _StreamingHandler(type_handlers.NumpyHandler):
 
 
 def _registry() -> Any:
-    return registry_lib.create_type_handler_registry(*registry_lib._DEFAULT_TYPE_HANDLERS,  # noqa: SLF001
+    return registry_lib.create_type_handler_registry(*registry_lib._DEFAULT_TYPE_HANDLERS,  # noqa: SLF001 - no API
                                                      (LazyArray, _StreamingHandler()))
 
 

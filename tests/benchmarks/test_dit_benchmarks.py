@@ -22,13 +22,10 @@ from benchmarks import common, compile_time
 from benchmarks import dit_vs_diffusers as bench
 from fourdnex_jax.config import load_config_file, model_config
 from fourdnex_jax.models.transformer import TRAINABLE, WanTransformer3D, flops
-from fourdnex_jax.testing.training import ROOT, TINY
+from fourdnex_jax.testing.training import ROOT
+from tests.helpers import tiny_dit_config
 
 XLA_COST_TOL = 0.10
-
-
-def tiny_cfg(**overrides):
-    return model_config(load_config_file(TINY)).replace(**overrides)
 
 
 def abstract_args(cfg, batch=2, thw=(3, 8, 24), text_len=16):
@@ -42,7 +39,7 @@ def abstract_args(cfg, batch=2, thw=(3, 8, 24), text_len=16):
                                        {"domain_embeddings": False, "scan_layers": False},
                                        {"lora_targets": ("to_q", "add_k_proj", "ffn.net.2")}])
 def test_analytic_flops_equal_traced_program(overrides):
-    cfg = tiny_cfg(**overrides)
+    cfg = tiny_dit_config(**overrides)
     graphdef, trainable, rest = nnx.split(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))),
                                           TRAINABLE, ...)
     args = abstract_args(cfg)
@@ -63,7 +60,7 @@ def test_analytic_flops_equal_traced_program(overrides):
 
 
 def test_hand_count_of_one_block():
-    cfg = tiny_cfg()  # D 64, F 128, LoRA r 4 on to_q/k/v/out of both attentions, I2V (Dkv 64)
+    cfg = tiny_dit_config()  # D 64, F 128, LoRA r 4 on to_q/k/v/out of both attentions, I2V (Dkv 64)
     L, lt, li, d, f, r = 144, 16, 257, 64, 128, 4
     per_block = (2 * L * d * d * 4 + 2 * L * L * d * 2  # self-attention projections, QK^T, PV
                  + 2 * L * d * d * 2 + 2 * lt * d * d * 2 + 2 * li * d * d * 2 + 2 * L * (lt + li) * d * 2  # cross
@@ -91,7 +88,7 @@ def test_peak_tflops_table():
 
 
 def test_xla_cost_analysis_close_to_analytic():
-    cfg = tiny_cfg(scan_layers=False)  # XLA's cost analysis prices a while-loop body once: unroll
+    cfg = tiny_dit_config(scan_layers=False)  # XLA's cost analysis prices a while-loop body once: unroll
     graphdef, state = nnx.split(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
     args = abstract_args(cfg, batch=1, text_len=512)
     compiled = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a)).lower(state, *args).compile()

@@ -36,6 +36,7 @@ def blocked_data_stack(tmp_path) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, JAX_PLATFORMS="cpu")
 
 
+@pytest.mark.integration
 def test_import_probe_and_cpu_path_skip_the_data_stack(tmp_path):
     out = tmp_path / "r.json"
     code = (f"import sys; import benchmarks.gpu_check as g; assert g.main(['--probe']) == 0; "
@@ -59,6 +60,7 @@ def test_run_child_kills_a_stage_over_its_limit():
     assert status.startswith("timed out after 3 s") and tail == ["started"] and wall < 30
 
 
+@pytest.mark.integration
 def test_no_accelerator_is_recorded_and_later_stages_skipped(tmp_path):
     out = tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--stages", "env,dit", "--budget", "200",

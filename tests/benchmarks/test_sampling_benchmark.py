@@ -2,9 +2,6 @@
 report, and the variant syntax."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,9 @@ from benchmarks import sampling
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.recipe import SAMPLING_PRESETS
 from fourdnex_jax.testing.random_models import write_random_bundle
+from tests.helpers import run_python
+
+pytestmark = pytest.mark.integration  # the benchmark in a subprocess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,15 +26,10 @@ def _settings(**kw):
     return SampleSettings.from_preset(SAMPLING_PRESETS["tiny"], **kw)
 
 
-def _run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}, **kw)
-
-
 def test_sampling_benchmark(bundle_dir, tmp_path):
     out = tmp_path / "bench.json"
-    res = _run([sys.executable, "-m", "benchmarks.sampling", "--checkpoint", str(bundle_dir), "--num-steps", "3",
-                "--variants", "unipc:2", "unipc:3:cache2:int8", "--repeats", "1", "--out", str(out)], cwd=ROOT)
+    res = run_python("-m", "benchmarks.sampling", "--checkpoint", str(bundle_dir), "--num-steps", "3",
+                "--variants", "unipc:2", "unipc:3:cache2:int8", "--repeats", "1", "--out", str(out), timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     rep = json.loads(out.read_text())
     rows = {r["variant"]: r for r in rep["rows"]}

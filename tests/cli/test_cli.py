@@ -2,15 +2,15 @@
 is one line (a traceback only with --verbose); usage errors exit 2."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fourdnex_jax.cli.main import COMMANDS
 from fourdnex_jax.utils import resources
+from tests.helpers import run_cli, run_python
+
+pytestmark = pytest.mark.integration  # every subcommand in subprocesses
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,19 +37,8 @@ print(json.dumps(report))
 """
 
 
-def _env(**kw):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return dict(env, JAX_PLATFORMS="cpu", **kw)
-
-
-def _fourdnex(*args, cwd=ROOT, timeout=300):
-    return subprocess.run([sys.executable, "-m", "fourdnex_jax", *map(str, args)], cwd=cwd, env=_env(),
-                          capture_output=True, text=True, timeout=timeout)
-
-
 def test_every_subcommand_help_exits_0_and_documents_every_flag():
-    res = subprocess.run([sys.executable, "-c", HELP_ALL], cwd=ROOT, env=_env(), capture_output=True, text=True,
-                         timeout=600)
+    res = run_python("-c", HELP_ALL, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads(res.stdout.splitlines()[-1])
     assert list(report) == list(COMMANDS)
@@ -70,11 +59,11 @@ def test_every_subcommand_help_exits_0_and_documents_every_flag():
 
 
 def test_top_level_help_lists_the_subcommands():
-    res = _fourdnex("--help")
+    res = run_cli("--help")
     assert res.returncode == 0
     for name in COMMANDS:
         assert f"\n  {name} " in res.stdout, name
-    bad = _fourdnex("nope")
+    bad = run_cli("nope")
     assert bad.returncode == 2 and "unknown subcommand 'nope'" in bad.stderr
 
 
@@ -90,27 +79,27 @@ def test_configs_by_name_or_path(tmp_path):
 
 
 def test_config_help_and_config_by_name(tmp_path):
-    res = _fourdnex("describe", "--config", "small", "--config-help", cwd=tmp_path)
+    res = run_cli("describe", "--config", "small", "--config-help", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "--config.model.num_layers=4  (int)" in res.stdout and "--config.sample.num_steps=None" in res.stdout
-    res = _fourdnex("describe", "--config=small", "--config.model.num_layers=3", cwd=tmp_path)
+    res = run_cli("describe", "--config=small", "--config.model.num_layers=3", cwd=tmp_path)
     assert res.returncode == 0 and "config small: Wan DiT, 3 layers" in res.stdout, res.stderr
-    res = _fourdnex("describe", "--config", "smal", cwd=tmp_path)
+    res = run_cli("describe", "--config", "smal", cwd=tmp_path)
     assert res.returncode == 2 and "unknown config 'smal'" in res.stderr
 
 
 def test_bad_input_is_one_line_and_the_traceback_needs_verbose(tmp_path):
     args = ("generate", "--image", tmp_path / "missing.png", "--out", tmp_path / "out")
-    res = _fourdnex(*args)
+    res = run_cli(*args)
     assert res.returncode == 1, res.stderr
     assert res.stderr.startswith("fourdnex generate: error: ") and "missing.png" in res.stderr
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
-    verbose = _fourdnex(*args, "--verbose")
+    verbose = run_cli(*args, "--verbose")
     assert verbose.returncode == 1 and "Traceback (most recent call last)" in verbose.stderr
-    usage = _fourdnex("generate", "--image", tmp_path / "missing.png")
+    usage = run_cli("generate", "--image", tmp_path / "missing.png")
     assert usage.returncode == 2 and "usage error" in usage.stderr
-    unknown = _fourdnex("render", "--scene", tmp_path, "--out", tmp_path / "o.mp4", "--bogus")
+    unknown = run_cli("render", "--scene", tmp_path, "--out", tmp_path / "o.mp4", "--bogus")
     assert unknown.returncode == 2 and "bogus" in unknown.stderr
 
 

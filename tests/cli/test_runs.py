@@ -3,23 +3,15 @@ or goes straight to `fourdnex generate --checkpoint RUN`; its towers come from -
 none)."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fourdnex_jax.testing.training import random_dataset, run_train
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _fourdnex(*args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    return subprocess.run([sys.executable, "-m", "fourdnex_jax", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=900, env=dict(env, JAX_PLATFORMS="cpu"))
 
 
 @pytest.mark.slow
@@ -35,9 +27,9 @@ def test_training_run_to_bundle_and_to_generate(tmp_path):
               "--config.train.checkpoint_every=2", "--config.train.global_batch_size=2", devices=1)
     tiny = ROOT / "checkpoints" / "tiny"
 
-    refused = _fourdnex("bundle", "--run", run, "--out", tmp_path / "b0")
+    refused = run_cli("bundle", "--run", run, "--out", tmp_path / "b0", timeout=900)
     assert refused.returncode == 1 and "pass --base BUNDLE" in refused.stderr, refused.stderr
-    made = _fourdnex("bundle", "--run", run, "--base", tiny, "--out", tmp_path / "b")
+    made = run_cli("bundle", "--run", run, "--base", tiny, "--out", tmp_path / "b", timeout=900)
     assert made.returncode == 0, made.stderr[-3000:]
     bundle = load_bundle(tmp_path / "b")
     step, trained = load_trainable(run)
@@ -46,9 +38,9 @@ def test_training_run_to_bundle_and_to_generate(tmp_path):
     assert all(np.array_equal(got[p], trained[p]) for p in trained)
     assert bundle.info["training_run"] == str(run) and bundle.preset == load_bundle(tiny).preset
 
-    gen = _fourdnex("generate", "--checkpoint", run, "--base", tiny, "--image",
+    gen = run_cli("generate", "--checkpoint", run, "--base", tiny, "--image",
                     ROOT / "examples" / "synth_heldout_000000.png", "--out", tmp_path / "g", "--nopostprocess",
-                    "--config.sample.num_steps=1")
+                    "--config.sample.num_steps=1", timeout=900)
     assert gen.returncode == 0, gen.stderr[-3000:]
     summary = json.loads((tmp_path / "g" / "summary.json").read_text())
     assert summary["bundle"]["training_run"] == str(run) and summary["bundle"]["training_step"] == 2

@@ -3,9 +3,6 @@ shuffling, per-host sharding, batching, and an iterator whose JSON state (what t
 the exact next batch."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,31 +10,27 @@ import pytest
 
 from fourdnex_jax.data import loader, tfds_builders
 from fourdnex_jax.data.clip6d import Clip6D
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration  # the dataset is built by `fourdnex synth-data` + `prepare-data` subprocesses
 
 ROOT = Path(__file__).resolve().parents[2]
 T, H, W, N = 5, 32, 48, 10
-
-
-def _tool(*args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-m", "fourdnex_jax", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
     dims = ["--frames", str(T), "--height", str(H), "--width", str(W)]
-    s = _tool("synth-data", "--out", str(tmp / "raw"), "--num-clips", str(N), "--workers", "0", *dims)
+    s = run_cli("synth-data", "--out", str(tmp / "raw"), "--num-clips", str(N), "--workers", "0", *dims, check=True)
     assert f"{N} clips ({N} new" in s.stdout
-    _tool("synth-data", "--out", str(tmp / "raw_heldout"), "--num-clips", "2", "--split", "heldout",
-          "--workers", "0", *dims)
-    p = _tool("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
-              str(tmp / "tfds"), "--shard-size", "4", *dims)
+    run_cli("synth-data", "--out", str(tmp / "raw_heldout"), "--num-clips", "2", "--split", "heldout",
+          "--workers", "0", *dims, check=True)
+    p = run_cli("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
+              str(tmp / "tfds"), "--shard-size", "4", *dims, check=True)
     assert "10/10 examples kept, none skipped; shards 3 written, 0 reused" in p.stdout
-    p = _tool("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw_heldout"), "--out",
-              str(tmp / "tfds"), "--split", "heldout", "--shard-size", "4", *dims)
+    p = run_cli("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw_heldout"), "--out",
+              str(tmp / "tfds"), "--split", "heldout", "--shard-size", "4", *dims, check=True)
     folder = p.stdout.strip().split("-> ")[-1].split(" [")[0]
     return tmp, Path(folder)
 
@@ -59,12 +52,12 @@ def test_prepare_is_resumable(dataset, tmp_path):
     dims = ["--frames", str(T), "--height", str(H), "--width", str(W)]
     args = ["prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
             str(tmp_path), "--shard-size", "4", "--limit", "8", *dims]
-    _tool(*args)
+    run_cli(*args, check=True)
     stage = tmp_path / "_staging" / "clips6d" / f"f{T}_h{H}_w{W}_reference" / "train"
     (stage / "shard-00001-of-00002.json").unlink()  # as if the run died before finishing shard 1
     (stage / "shard-00001-of-00002.npz").write_bytes(b"half-written")  # an orphan is overwritten, never read
     before = (stage / "shard-00000-of-00002.npz").stat().st_mtime_ns
-    out = _tool(*args)
+    out = run_cli(*args, check=True)
     assert "shards 1 written, 1 reused" in out.stdout
     assert (stage / "shard-00000-of-00002.npz").stat().st_mtime_ns == before
     assert not list(stage.glob("*.tmp"))

@@ -14,16 +14,20 @@ from fourdnex_jax.config import load_config_file, model_config
 from fourdnex_jax.models import params
 from fourdnex_jax.models.layers import Dense
 from fourdnex_jax.models.lora import merge_lora
-from fourdnex_jax.models.quantize import (QMAX, dequantize_kernel, memory_report, quantizable_layers, quantize_dense,
-                                          quantize_int8, quantize_kernel)
+from fourdnex_jax.models.quantize import (
+    QMAX,
+    dequantize_kernel,
+    memory_report,
+    quantizable_layers,
+    quantize_dense,
+    quantize_int8,
+    quantize_kernel,
+)
 from fourdnex_jax.models.transformer import WanTransformer3D
 from fourdnex_jax.testing.numerics import rel_l2
+from tests.helpers import tiny_dit_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _tiny_cfg():
-    return model_config(load_config_file(ROOT / "configs" / "tiny.py"))
 
 
 def test_quantized_dense_error_bound():
@@ -55,7 +59,7 @@ def test_quantize_kernel_zero_column():
 
 
 def test_quantized_tiny_model_forward():
-    cfg = _tiny_cfg()
+    cfg = tiny_dit_config()
     model = WanTransformer3D(cfg, rngs=nnx.Rngs(0))
     for _, var in nnx.to_flat_state(nnx.state(model, nnx.LoRAParam)):
         var[...] = 0.05 * jax.random.normal(jax.random.key(3), var.shape)
@@ -96,7 +100,7 @@ def test_quantized_tiny_model_forward():
 def test_quantized_model_shards_by_logical_axes():
     from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, variable_shardings
 
-    cfg = _tiny_cfg()
+    cfg = tiny_dit_config()
     model = quantize_int8(WanTransformer3D(cfg, rngs=nnx.Rngs(2)))
     auto = (jax.sharding.AxisType.Auto,) * 2  # as the training mesh (fourdnex_jax.sharding.make_mesh)
     mesh = jax.make_mesh((2, 2), ("fsdp", "tensor"), axis_types=auto, devices=jax.devices()[:4])

@@ -134,7 +134,7 @@ def test_t5_layer_norm_dtypes_match_transformers(torch_oracle):
     from transformers.models.umt5.modeling_umt5 import UMT5LayerNorm
 
     torch = torch_oracle
-    to_np = lambda t: (t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)  # noqa: E731
+    to_np = lambda t: (t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
                        if t.dtype == torch.bfloat16 else t.numpy())
     gen = torch.Generator().manual_seed(3)
     x32, w32 = 3 * torch.randn(2, 5, 48, generator=gen), 1 + 0.3 * torch.randn(48, generator=gen)

@@ -12,16 +12,16 @@ pytestmark = pytest.mark.oracle
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from flax import nnx  # noqa: E402
+import jax
+import jax.numpy as jnp
+from flax import nnx
 
-from fourdnex_jax.testing import torch_reference as ref  # noqa: E402
-from fourdnex_jax.testing.numerics import rel_l2  # noqa: E402
-from fourdnex_jax.models.mapping import DictSource  # noqa: E402
-from fourdnex_jax.weights.from_diffusers import apply_adapter, transformer_from_source  # noqa: E402
-from fourdnex_jax.models.transformer import WanTransformerConfig, layouts  # noqa: E402
-from fourdnex_jax.models.transformer.rope import rope_cos_sin  # noqa: E402
+from fourdnex_jax.testing import torch_reference as ref
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.models.mapping import DictSource
+from fourdnex_jax.weights.from_diffusers import apply_adapter, transformer_from_source
+from fourdnex_jax.models.transformer import WanTransformerConfig, layouts
+from fourdnex_jax.models.transformer.rope import rope_cos_sin
 
 TOL = 1e-5
 

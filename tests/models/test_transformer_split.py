@@ -9,15 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from fourdnex_jax.config import load_config_file, model_config
 from fourdnex_jax.models.transformer import WanTransformer3D
 from fourdnex_jax.testing.numerics import rel_l2
+from tests.helpers import tiny_dit_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_split_forward_composes_to_call_and_residual_reuse():
-    cfg = model_config(load_config_file(ROOT / "configs" / "tiny.py"))
+    cfg = tiny_dit_config()
     model = WanTransformer3D(cfg, rngs=nnx.Rngs(1))
     k = jax.random.split(jax.random.key(1), 3)
     args = (jax.random.normal(k[0], (2, 2, 4, 12, cfg.in_channels)), jnp.array([900.0, 10.0]),

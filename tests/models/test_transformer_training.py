@@ -7,10 +7,10 @@ import pytest
 from flax import nnx
 
 from fourdnex_jax.models import params
-from fourdnex_jax.models.transformer import FROZEN, TRAINABLE, WanTransformer3D, WanTransformerConfig
+from fourdnex_jax.models.transformer import FROZEN, TRAINABLE, WanTransformer3D
+from tests.helpers import tiny_dit_config
 
-CFG = WanTransformerConfig(num_heads=2, head_dim=32, text_dim=32, ffn_dim=128, num_layers=2, image_dim=24,
-                           added_kv_proj_dim=64, lora_rank=4, lora_alpha=2.0, modality_layout="width")
+CFG = tiny_dit_config()
 
 
 def batch(seed=0):

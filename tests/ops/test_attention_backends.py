@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
 from fourdnex_jax.ops.attention import IMPLEMENTATIONS, dot_product_attention, resolve_implementation
 from fourdnex_jax.ops.attention.reference import attend, pad_to_blocks
 from fourdnex_jax.ops.attention.splash import default_block_size
+from fourdnex_jax.testing.numerics import rel_l2
+from tests.helpers import tiny_dit_config
 
 FP32, FP32_SPLASH, BF16_SPLASH, GRAD_SPLASH = 1e-6, 2e-6, 5e-3, 1e-6
 
@@ -162,6 +163,22 @@ def test_cudnn_errors_name_the_alternatives_on_cpu():
         dot_product_attention(*upcast(q, k, v), implementation="cudnn")
 
 
+@pytest.mark.gpu
+def test_cudnn_matches_the_reference_on_a_gpu():
+    """cuDNN flash attention (bf16) against the fp32 reference math, on a GPU only (skipped elsewhere)."""
+    q, k, v = qkv(2, 256, 256, 4, 64, jnp.bfloat16)
+    out = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, implementation="cudnn"))(q, k, v)
+    assert rel_l2(np.asarray(out, np.float32), attend(*upcast(q, k, v))) < BF16_SPLASH
+
+
+@pytest.mark.tpu
+def test_splash_compiled_matches_xla_on_a_tpu():
+    """The splash kernel compiled for the TPU (no interpreter) against the reference math (skipped elsewhere)."""
+    q, k, v = qkv(2, 512, 512, 4, 128, jnp.bfloat16)
+    out = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, implementation="splash"))(q, k, v)
+    assert rel_l2(np.asarray(out, np.float32), attend(*upcast(q, k, v))) < BF16_SPLASH
+
+
 def test_unknown_implementation_and_bad_shapes():
     q, k, v = qkv(1, 8, 8, 2, 8)
     with pytest.raises(ValueError, match="unknown attention implementation 'flash'.*'splash'"):
@@ -178,8 +195,7 @@ def test_config_accepts_every_implementation():
 
 
 def test_tiny_transformer_splash_equals_xla():
-    cfg = WanTransformerConfig(num_heads=2, head_dim=32, text_dim=32, ffn_dim=128, num_layers=2, image_dim=24,
-                               added_kv_proj_dim=64, modality_layout="width")
+    cfg = tiny_dit_config(lora_rank=0, lora_alpha=0.0)
     rng = np.random.default_rng(0)
     latents = jnp.asarray(rng.standard_normal((1, 3, 4, 8, 36)), jnp.float32)  # 48 tokens
     text = jnp.asarray(rng.standard_normal((1, 16, 32)), jnp.float32)

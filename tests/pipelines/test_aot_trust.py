@@ -120,6 +120,7 @@ def _compile(cache_dir):
                           timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
 
 
+@pytest.mark.integration
 def test_compilation_cache_signs_its_entries_and_refuses_planted_ones(tmp_path):
     cache = tmp_path / "xla"
     first = _compile(cache)

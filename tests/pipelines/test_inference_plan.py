@@ -102,6 +102,7 @@ def test_plan_all_programs_tiny():
         dec["arguments_gib"] - 1e-6
 
 
+@pytest.mark.integration
 def test_cli_refuses_an_unknown_inference_target():
     import os
     import subprocess

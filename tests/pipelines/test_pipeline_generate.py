@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fourdnex_jax.config import load_config_file, model_config
+from fourdnex_jax.config import load_config_file
 from fourdnex_jax.data import synthetic
-from fourdnex_jax.recipe import xyz_init_pointmap
 from fourdnex_jax.media.io import read_video, write_png
 from fourdnex_jax.models.image_encoder import CLIPVisionConfig, CLIPVisionTower
 from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Encoder
@@ -28,7 +27,8 @@ from fourdnex_jax.pipelines.image_to_4d import ImageTo4D
 from fourdnex_jax.pipelines.inputs import aspect_size, caption_for_image, prepare_image, read_image_list
 from fourdnex_jax.pipelines.outputs import valid_mask
 from fourdnex_jax.pipelines.settings import SampleSettings
-from fourdnex_jax.recipe import SAMPLING_PRESETS, SamplingPreset, SixDSpec
+from fourdnex_jax.recipe import SAMPLING_PRESETS, SamplingPreset, SixDSpec, xyz_init_pointmap
+from tests.helpers import tiny_dit_config
 
 ROOT = Path(__file__).resolve().parents[2]
 T, H, W = 5, 32, 48
@@ -53,7 +53,7 @@ def _tokenizer_dir(path: Path) -> Path:
 @pytest.fixture(scope="module")
 def random_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bundle")
-    cfg = model_config(load_config_file(ROOT / "configs" / "tiny.py"))
+    cfg = tiny_dit_config()
     rngs = nnx.Rngs(0)
     dit = WanTransformer3D(cfg, rngs=rngs)
     # non-zero adapter so a save/load mix-up would show
@@ -148,6 +148,7 @@ def test_caption_and_list_file(tmp_path):
     assert read_image_list(tmp_path / "list.txt") == [(tmp_path / "a.png", None), (Path("/abs/b.png"), "a box")]
 
 
+@pytest.mark.integration
 def test_settings_the_model_cannot_run_fail_before_loading(random_bundle, monkeypatch, tmp_path):
     path = random_bundle[0]
 
@@ -181,6 +182,7 @@ def test_settings_the_model_cannot_run_fail_before_loading(random_bundle, monkey
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.integration
 def test_generate_cli_list_file(random_bundle, tmp_path):
     """The bundle's own preset (5 frames, 32 x 48, 2 steps, CFG 1) without any --config flag."""
     _, r, cap = synthetic.generate_clip("heldout", 0, 1, H, W)
@@ -273,6 +275,7 @@ def test_shipped_model_beats_the_plane_prior_on_heldout_scenes():
     assert model[0] < prior[0] and model[1] < 0.95 * prior[1], (model, prior)
 
 
+@pytest.mark.integration
 def test_generate_portrait_with_the_shipped_bundle(tmp_path):
     """A 9:16 portrait through the shipped tiny model stays a portrait at the bundle's area (issue 14); the
     preset comes from the bundle, --config.sample.* overrides it; cover_crop (an option) gives the 2:3 frame."""

@@ -16,25 +16,25 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-import jax  # noqa: E402
-from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,  # noqa: E402
+import jax
+from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
                        WanImageToVideoPipeline)
-from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import (CLIPImageProcessor, CLIPVisionConfig as HFCLIPConfig, CLIPVisionModel,  # noqa: E402
+from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
+from PIL import Image
+from transformers import (CLIPImageProcessor, CLIPVisionConfig as HFCLIPConfig, CLIPVisionModel,
                           T5Tokenizer, UMT5Config as HFUMT5Config, UMT5EncoderModel)
 
-from fourdnex_jax.testing import torch_reference as ref  # noqa: E402
-from fourdnex_jax.testing.numerics import rel_l2  # noqa: E402
-from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig  # noqa: E402
-from fourdnex_jax.models.mapping import DictSource  # noqa: E402
-from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Tokenizer  # noqa: E402
-from fourdnex_jax.models.transformer import WanTransformerConfig  # noqa: E402
-from fourdnex_jax.models.vae import WanVAEConfig  # noqa: E402
-from fourdnex_jax.pipelines.image_to_4d import ImageTo4D  # noqa: E402
-from fourdnex_jax.pipelines.settings import SampleSettings  # noqa: E402
-from fourdnex_jax.recipe import SixDSpec  # noqa: E402
-from fourdnex_jax.weights.from_diffusers import (apply_adapter, load_clip_vision_from_hf, load_umt5_from_hf,  # noqa: E402
+from fourdnex_jax.testing import torch_reference as ref
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig
+from fourdnex_jax.models.mapping import DictSource
+from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Tokenizer
+from fourdnex_jax.models.transformer import WanTransformerConfig
+from fourdnex_jax.models.vae import WanVAEConfig
+from fourdnex_jax.pipelines.image_to_4d import ImageTo4D
+from fourdnex_jax.pipelines.settings import SampleSettings
+from fourdnex_jax.recipe import SixDSpec
+from fourdnex_jax.weights.from_diffusers import (apply_adapter, load_clip_vision_from_hf, load_umt5_from_hf,
                                                  load_vae_from_diffusers, transformer_from_source)
 
 pytestmark = pytest.mark.oracle
@@ -98,7 +98,7 @@ def parts(tmp_path_factory):
     torch_parts = dict(tokenizer=tokenizer, text_encoder=text_encoder, vae=vae, image_processor=image_processor,
                        image_encoder=image_encoder, transformer=transformer)
     # the same weights in JAX
-    sd = lambda m: {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}  # noqa: E731
+    sd = lambda m: {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
     jt5 = load_umt5_from_hf(sd(text_encoder), UMT5Config.from_hf_config(hf_t5.to_dict()))
     jclip = load_clip_vision_from_hf(sd(image_encoder), CLIPVisionConfig.from_hf_config(hf_clip.to_dict()))
     jvae = load_vae_from_diffusers(sd(vae), config=WanVAEConfig.from_diffusers_config(dict(vae.config)))

@@ -6,9 +6,6 @@ tests/benchmarks/test_sampling_benchmark.py)."""
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -18,16 +15,17 @@ import pytest
 from flax import nnx
 
 from fourdnex_jax.config import load_config_file
-from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.pipelines import aot
+from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.pipelines.aot import ExecutableCache, ExecutableKeyMismatch, ExecutableLoadError
-from fourdnex_jax.utils import trust
-from fourdnex_jax.utils.errors import UntrustedFileError
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.recipe import SAMPLING_PRESETS, SamplingPreset
 from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.testing.random_models import write_random_bundle
+from fourdnex_jax.utils import trust
+from fourdnex_jax.utils.errors import UntrustedFileError
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 T, H, W = 5, 32, 48
@@ -197,22 +195,18 @@ def test_executable_key_mismatch_and_fallback(tmp_path):
 
 
 # -- tools ---------------------------------------------------------------------------------------------------------
-def _run(cmd, **kw):
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}, **kw)
-
-
+@pytest.mark.integration
 def test_generate_cli_fast_path_options(bundle_dir, tmp_path):
     img = tmp_path / "a.png"
     from fourdnex_jax.media.io import write_png
 
     write_png(img, _images(seed=4)[0])
-    cmd = [sys.executable, "-m", "fourdnex_jax", "generate", "--image", str(img), "--checkpoint", str(bundle_dir),
+    cmd = ["generate", "--image", str(img), "--checkpoint", str(bundle_dir),
            "--config.sample.num_frames=5", "--config.sample.max_area=1536", "--config.sample.num_steps=3",
            "--nopostprocess", "--config.sample.weight_quant=int8", "--config.sample.step_cache_interval=2",
            "--compilation-cache", str(tmp_path / "xla"), "--aot-cache", str(tmp_path / "exe")]
     for run in range(2):
-        res = _run(cmd + ["--out", str(tmp_path / f"out{run}")])
+        res = run_cli(*cmd, "--out", tmp_path / f"out{run}", timeout=900)
         assert res.returncode == 0, res.stderr[-3000:]
         s = json.loads((tmp_path / f"out{run}" / "summary.json").read_text())
         fast = s["fast_paths"]

@@ -19,7 +19,6 @@ import os
 import pickle
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -27,15 +26,13 @@ from typing import Callable
 import numpy as np
 import pytest
 
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration  # 56 CLI subprocesses
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "checkpoints" / "tiny"
 IMAGE = ROOT / "examples" / "synth_heldout_000000.png"
-
-
-def run_cli(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    return subprocess.run([sys.executable, "-m", "fourdnex_jax", *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=cwd, env=env)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -375,7 +372,7 @@ def check_case(case: str, tmp: Path, verbose: bool = False) -> tuple[subprocess.
     argv = build(tmp)
     assert argv, f"{case}: builder returned no command"
     before = snapshot(tmp)
-    res = run_cli(argv + (["--verbose"] if verbose else []), cwd=tmp)
+    res = run_cli(*argv, *(["--verbose"] if verbose else []), cwd=tmp, timeout=600)
     out = res.stdout + res.stderr
     assert res.returncode != 0, f"{case}: exit status 0\n{out[-3000:]}"
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
@@ -411,8 +408,8 @@ def test_register_float_rgb_in_unit_range_keeps_its_colours(tmp_path):
     """Not an error: float RGB in [0, 1] is scaled to 8 bit (it used to be cast to near-black)."""
     rgb = np.random.default_rng(2).uniform(0.2, 1.0, (3, 12, 16, 3)).astype(np.float32)
     p = pointmaps(tmp_path / "p.npz", rgb=rgb)
-    res = run_cli(["register", "--pointmaps", str(p), "--out", str(tmp_path / "o"), "--normalization", "sequence",
-                   "--novideo"], cwd=tmp_path)
+    res = run_cli("register", "--pointmaps", p, "--out", tmp_path / "o", "--normalization", "sequence", "--novideo",
+                  cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     from PIL import Image
 

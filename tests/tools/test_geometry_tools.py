@@ -2,21 +2,12 @@
 pointmap video."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from fourdnex_jax.media.io import atomic_save_npz, read_video
 from fourdnex_jax.testing import scenes
-
-
-def _run(*args) -> str:
-    res = subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
+from tests.helpers import run_cli
 
 
 @pytest.mark.integration
@@ -24,14 +15,14 @@ def test_register_render_eval_cli(tmp_path):
     inp, _ = scenes.pointmap_sequence(0, frames=4, height=24, width=32)
     atomic_save_npz(tmp_path / "run" / "synth_heldout_000000" / "pointmaps.npz", **inp)
     npz = tmp_path / "run" / "synth_heldout_000000" / "pointmaps.npz"
-    summary = json.loads(_run("-m", "fourdnex_jax", "register", "--pointmaps", npz, "--out", tmp_path / "geo",
-                              "--normalization", "sequence", "--novideo"))
+    summary = json.loads(run_cli("register", "--pointmaps", npz, "--out", tmp_path / "geo",
+                              "--normalization", "sequence", "--novideo", check=True).stdout)
     assert summary["normalization"] == "sequence" and (tmp_path / "geo" / "cameras.json").exists()
-    report = json.loads(_run("-m", "fourdnex_jax", "render", "--scene", tmp_path / "geo", "--out", tmp_path / "o.mp4",
-                             "--frames", "3", "--size", "16x20"))
+    report = json.loads(run_cli("render", "--scene", tmp_path / "geo", "--out", tmp_path / "o.mp4",
+                             "--frames", "3", "--size", "16x20", check=True).stdout)
     assert report["frames"] == 3 and read_video(tmp_path / "o.mp4").shape == (3, 16, 20, 3)
-    _run("-m", "fourdnex_jax", "eval-geometry", "--num", "1", "--frames", "4", "--size", "24x32", "--results",
-         tmp_path / "run", "--out", tmp_path / "report.json")
+    run_cli("eval-geometry", "--num", "1", "--frames", "4", "--size", "24x32", "--results",
+         tmp_path / "run", "--out", tmp_path / "report.json", check=True).stdout
     rows = json.loads((tmp_path / "report.json").read_text())["rows"]
     assert rows["results"][0]["name"] == "synth_heldout_000000"
     assert rows["results"][0]["pose"]["ate_rel"] < 1e-6 and "fallback" not in rows["ground_truth"][0]

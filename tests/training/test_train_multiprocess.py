@@ -10,6 +10,8 @@ import pytest
 from fourdnex_jax.training import checkpoint
 from fourdnex_jax.testing.training import ROOT, random_dataset, run_train, train_cmd
 
+pytestmark = pytest.mark.integration  # two `fourdnex train` processes
+
 COMMON = ("--config.train.num_steps=3", "--config.train.checkpoint_every=3", "--config.train.global_batch_size=4",
           "--config.sharding.mesh_shape=(1,-1,1,1)")
 

@@ -11,6 +11,8 @@ import pytest
 from fourdnex_jax.training import checkpoint
 from fourdnex_jax.testing.training import random_dataset, run_train
 
+pytestmark = pytest.mark.integration  # `fourdnex train` subprocesses, killed and resumed
+
 STATE = ("trainable", "opt_state")
 COMMON = ("--config.train.num_steps=6", "--config.train.checkpoint_every=2", "--config.train.global_batch_size=4",
           "--config.train.grad_accum_steps=2", "--config.sharding.mesh_shape=(1,-1,1,1)")

@@ -8,19 +8,19 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-import jax.numpy as jnp  # noqa: E402
-from diffusers import WanTransformer3DModel  # noqa: E402
+import jax.numpy as jnp
+from diffusers import WanTransformer3DModel
 
-from flax import nnx  # noqa: E402
+from flax import nnx
 
-from fourdnex_jax.models import params  # noqa: E402
-from fourdnex_jax.models.mapping import DictSource, WeightMappingError  # noqa: E402
-from fourdnex_jax.models.transformer import FROZEN, WanTransformerConfig  # noqa: E402
-from fourdnex_jax.models.transformer.mapping import base_mapping  # noqa: E402
-from fourdnex_jax.testing import torch_reference as ref  # noqa: E402
-from fourdnex_jax.testing.numerics import rel_l2  # noqa: E402
-from fourdnex_jax.weights.from_diffusers import load_transformer, transformer_from_source  # noqa: E402
-from fourdnex_jax.weights.safetensors import CheckpointFileError  # noqa: E402
+from fourdnex_jax.models import params
+from fourdnex_jax.models.mapping import DictSource, WeightMappingError
+from fourdnex_jax.models.transformer import FROZEN, WanTransformerConfig
+from fourdnex_jax.models.transformer.mapping import base_mapping
+from fourdnex_jax.testing import torch_reference as ref
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import load_transformer, transformer_from_source
+from fourdnex_jax.weights.safetensors import CheckpointFileError
 
 pytestmark = pytest.mark.oracle
 NO_4DNEX = dict(modality_layout="none", domain_embeddings=False)

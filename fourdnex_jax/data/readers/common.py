@@ -21,7 +21,7 @@ def read(fn: Callable[[], T], what: str) -> T:
     """Runs one file read; any failure becomes a :class:`BadExample` naming ``what``."""
     try:
         return fn()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - every reader failure becomes one BadExample
         bad = as_bad_example(exc)
         raise BadExample(bad.reason, f"{what}: {bad.detail}") from None
 

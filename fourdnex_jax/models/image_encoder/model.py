@@ -68,7 +68,7 @@ class CLIPAttention(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         b, n, _ = x.shape
-        split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)  # noqa: E731
+        split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
         q, k, v = split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) * self.head_dim ** -0.5
         probs = jax.nn.softmax(logits, axis=-1)

@@ -96,7 +96,7 @@ class UMT5Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, buckets: jax.Array, key_mask: jax.Array) -> jax.Array:
         b, n, _ = x.shape
-        split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)  # noqa: E731
+        split = lambda t: t.reshape(b, n, self.num_heads, self.head_dim)
         q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
         bias = jnp.take(self.relative_attention_bias[...].astype(jnp.float32), buckets, axis=0)  # (q, k, heads)
