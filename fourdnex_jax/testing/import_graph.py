@@ -163,10 +163,7 @@ def cycles(graph: Mapping[str, Iterable[str]]) -> list[list[str]]:
 
 #: File edges tolerated against :data:`LAYERS` until the named change lands: ``{(importer, imported): why}``. Each
 #: must still exist (a stale entry is reported), so the list only shrinks.
-TEMPORARY_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("fourdnex_jax.cli.eval_quality", "fourdnex_jax.testing.numerics"):
-        "issue 22 moves evaluation to a library home (psnr is fourdnex_jax.utils.numerics)",
-}
+TEMPORARY_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def layer_violations(graph: Mapping[str, set[str]], package: str = PACKAGE,
