@@ -31,6 +31,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fourdnex_jax.geometry import metrics
+from fourdnex_jax.utils.numerics import psnr
 from fourdnex_jax.utils.errors import InputError
 
 #: What the shipped tiny model should reach on the 16 held-out scenes (``summary`` keys: (op, value)).
@@ -70,12 +71,6 @@ def foreground_masks(clips: Sequence, dome_radius: float) -> list[np.ndarray | N
     return out
 
 
-def psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float:
-    """Peak signal-to-noise ratio (dB) of ``a`` against ``b``."""
-    mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(peak ** 2 / mse))
-
-
 def score(clip, xyz: np.ndarray, rgb: np.ndarray | None, foreground: np.ndarray | None) -> dict[str, Any]:
     """The metrics of one candidate (module docstring): ``xyz`` (T, H, W, 3) normalised like the clip, ``rgb``
     (T, H, W, 3) in [0, 255] or None (then the clip verdict judges geometry alone), ``foreground`` (T, H, W) bool
@@ -89,8 +84,8 @@ def score(clip, xyz: np.ndarray, rgb: np.ndarray | None, foreground: np.ndarray 
     row = {"clip": clip.clip_id, "abs_rel": m["abs_rel"], "delta1": m["delta_1_25"],
            "pointmap_err_mean": float(err.mean()), "pointmap_err_per_frame": err.tolist()}
     if rgb is not None:
-        row["rgb_psnr"] = psnr(rgb, clip.rgb, 255.0)
-        row["rgb_psnr_frame0"] = psnr(rgb[0], clip.rgb[0], 255.0)
+        row["rgb_psnr"] = psnr(rgb, clip.rgb, peak=255.0)
+        row["rgb_psnr_frame0"] = psnr(rgb[0], clip.rgb[0], peak=255.0)
     if foreground is not None:
         from fourdnex_jax.geometry.normalize import denormalize
 

@@ -30,7 +30,7 @@ def test_truth_scores_as_truth_and_other_frames_do_not(clips):
     assert all(f is not None and 0.2 < f.mean() < 0.95 for f in fg)
     truth = [evaluate.score(c, c.xyz.astype(np.float32), c.rgb, f) for c, f in zip(clips[:2], fg)]
     s = evaluate.summarize(truth)
-    assert s["pointmap_err_mean"] == 0 and s["rgb_psnr"] == float("inf")
+    assert s["pointmap_err_mean"] == 0 and s["rgb_psnr"] > 100  # identical (the MSE is floored at 1e-12)
     assert s["fg_reproj_px_median"] < 0.1  # float16 storage of the clip's pointmap only
     assert s["scenes_consistent"] == 2 and s["rot_err_median_deg"] < 0.1
     moved = np.concatenate([clips[0].xyz[:1], clips[1].xyz[1:]]).astype(np.float32)  # frames 1.. of another scene
