@@ -46,6 +46,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.num_steps = placeholder(int)
     config.sample.solver = placeholder(str)  # 'unipc' (Wan's scheduler) | 'euler'
     config.sample.flow_shift = placeholder(float)
+    # UniPC flow sigmas: 'diffusers_0_34' (the official 4DNeX schedule) | 'diffusers_0_37' (diffusers >= 0.37)
+    config.sample.sigma_schedule = placeholder(str)
     config.sample.guidance_scale = placeholder(float)
     config.sample.negative_prompt = placeholder(str)
     config.sample.text_len = placeholder(int)  # prompt tokens (zero-padded)

@@ -17,7 +17,8 @@ Values follow the reference code (3DTopia/4DNeX @ 1101bc6):
   adapter carries no alpha metadata, so diffusers loads it at peft scaling 1.0 and ``fuse_lora(lora_scale=0.5)``
   gives the same 0.5);
 * sampling presets (:data:`SAMPLING_PRESETS`): the 14B model's (49 frames, area 480 x 720, 50 UniPC steps with flow
-  shift 3.0, CFG 5.0, empty negative prompt, 512 text tokens) and the shipped tiny model's;
+  shift 3.0 and the official sigma schedule of diffusers 0.34.0, CFG 5.0, empty negative prompt, 512 text tokens)
+  and the shipped tiny model's;
 * optimizer presets (:data:`OPTIMIZER_PRESETS`, selected by ``config.optim.preset``), below.
 
 Optimizer: what the reference effectively ran (the one place this evidence is cited). ``scripts/finetune.sh`` runs
@@ -48,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fourdnex_jax.models.transformer import layouts
+from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, check_sigma_schedule
 
 POINTMAP_SUFFIX = " POINTMAP_STYLE."  # appended to every caption at train and inference time by 4DNeX
 XYZ_LATENT_MEAN, XYZ_LATENT_STD = -0.13, 1.70  # 4DNeX: x_hat = (x - mu) / sigma on XYZ latents only
@@ -145,7 +147,12 @@ class SixDSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingPreset:
-    """What a model is meant to be sampled with: frames per video, the per-modality pixel area, the solver."""
+    """What a model is meant to be sampled with: frames per video, the per-modality pixel area, the solver.
+
+    ``sigma_schedule``: the UniPC flow-sigma formula by diffusers version
+    (:data:`~fourdnex_jax.sampling.unipc.SIGMA_SCHEDULES`); default ``"diffusers_0_34"``, the one the official
+    4DNeX code runs. A bundle written before this field existed gets that default
+    (:func:`fourdnex_jax.pipelines.bundle.read_presets`)."""
 
     num_frames: int
     max_area: int  # H * W per modality; H and W follow the image's aspect ratio
@@ -155,6 +162,10 @@ class SamplingPreset:
     text_len: int  # prompt embeddings zero-padded to this many tokens
     flow_shift: float
     solver: str  # 'unipc' | 'euler'
+    sigma_schedule: str = OFFICIAL_SIGMA_SCHEDULE  # 'diffusers_0_34' (official 4DNeX) | 'diffusers_0_37'
+
+    def __post_init__(self):
+        check_sigma_schedule(self.sigma_schedule)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -168,10 +179,11 @@ class SamplingPreset:
 SAMPLING_PRESETS = {
     # 4DNeX inference.py + core/inference/wan.py: 49 frames, area 480 x 720, 50 steps, CFG 5.0, empty negative.
     "wan21_i2v_14b_480p": SamplingPreset(num_frames=49, max_area=480 * 720, num_steps=50, guidance_scale=5.0,
-                                         negative_prompt="", text_len=512, flow_shift=3.0, solver="unipc"),
+                                         negative_prompt="", text_len=512, flow_shift=3.0, solver="unipc",
+                                         sigma_schedule="diffusers_0_34"),
     # The shipped tiny model (checkpoints/tiny): 9 frames at 64 x 96, no CFG (it never saw a dropped caption).
     "tiny": SamplingPreset(num_frames=9, max_area=64 * 96, num_steps=20, guidance_scale=1.0, negative_prompt="",
-                           text_len=16, flow_shift=3.0, solver="unipc"),
+                           text_len=16, flow_shift=3.0, solver="unipc", sigma_schedule="diffusers_0_34"),
 }
 
 

@@ -10,7 +10,7 @@
 So a converted 4DNeX checkpoint and the bundled tiny model (``checkpoints/tiny``) load the same way. A bundle
 describes itself: ``manifest.json`` records the sampling preset the model is meant for (``sampling_preset``: a
 :class:`~fourdnex_jax.recipe.SamplingPreset`, frames / area / steps / CFG / negative prompt / text length / flow
-shift / solver) and the 6D recipe it was trained with (``recipe``: a :class:`~fourdnex_jax.recipe.SixDSpec`, XYZ
+shift / solver / sigma schedule) and the 6D recipe it was trained with (``recipe``: a :class:`~fourdnex_jax.recipe.SixDSpec`, XYZ
 latent mean/std, mask values, layout, XYZ normalisation). :func:`read_presets` reads them, and
 :func:`resolve_settings` turns them plus a config's overrides into checked
 :class:`~fourdnex_jax.pipelines.settings.SampleSettings` from the JSON files alone, before any weights load.
@@ -46,13 +46,15 @@ from fourdnex_jax.models.transformer import FROZEN, TRAINABLE
 from fourdnex_jax.pipelines.programs import MODELS
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model
 from fourdnex_jax.recipe import SamplingPreset, SixDSpec
-from fourdnex_jax.sampling.unipc import UniPCConfig
+from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, UniPCConfig
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import shipped
 
 #: The bundled tiny model: ``checkpoints/tiny`` of the repository or of an installed wheel (None where this
 #: installation has none; :func:`fourdnex_jax.utils.resources.default_bundle` then says how to get one).
 DEFAULT_BUNDLE = shipped("checkpoints/tiny")
+#: The sigma schedule of a bundle whose preset predates the field (:func:`read_presets`).
+LEGACY_SIGMA_SCHEDULE = OFFICIAL_SIGMA_SCHEDULE
 
 
 @dataclasses.dataclass
@@ -75,17 +77,42 @@ def read_presets(directory: str | os.PathLike, manifest: dict[str, Any] | None =
                  ) -> tuple[SamplingPreset, SixDSpec]:
     """The sampling preset and the 6D recipe a bundle records (``manifest.json``: ``sampling_preset``,
     ``recipe``; ``manifest``: the file's content when the caller has read it); a bundle without them raises
-    ValueError (write it again with this version)."""
+    ValueError (write it again with this version).
+
+    A preset written before ``sigma_schedule`` existed gets :data:`LEGACY_SIGMA_SCHEDULE` (:func:`preset_notes`
+    says so in ``summary.json``): every preset this project wrote meant "sample as 4DNeX does", and the official
+    4DNeX code runs the diffusers 0.34.0 schedule; the older releases of this project computed the diffusers >= 0.37
+    one by mistake (issue 23), so a result made by one of them is reproduced with ``sigma_schedule=diffusers_0_37``."""
     manifest = manifest if manifest is not None else manifest_lib.read_manifest(directory)
     missing = [k for k in ("sampling_preset", "recipe") if k not in manifest]
     if missing:
         raise ValueError(f"{Path(directory) / 'manifest.json'} has no {' / '.join(missing)}: the bundle does not "
                          "say what it is meant to be sampled with; write it again (fourdnex convert "
                          "--preset NAME, or save_bundle(..., preset=...))")
+    preset = manifest["sampling_preset"]
+    if isinstance(preset, dict) and "sigma_schedule" not in preset:
+        preset = {**preset, "sigma_schedule": LEGACY_SIGMA_SCHEDULE}
     try:
-        return SamplingPreset.from_dict(manifest["sampling_preset"]), SixDSpec.from_dict(manifest["recipe"])
+        return SamplingPreset.from_dict(preset), SixDSpec.from_dict(manifest["recipe"])
     except (TypeError, ValueError) as e:
         raise ValueError(f"{Path(directory) / 'manifest.json'}: {e}") from e
+
+
+def preset_notes(manifest: dict[str, Any]) -> dict[str, str]:
+    """What :func:`read_presets` fills in for a bundle (its ``manifest.json`` dict) written before a preset field
+    existed: field -> note (empty for a current bundle)."""
+    preset = manifest.get("sampling_preset", {})
+    if isinstance(preset, dict) and "sigma_schedule" not in preset:
+        return {"sigma_schedule": f"not recorded by this bundle (written before the field existed): "
+                                  f"{LEGACY_SIGMA_SCHEDULE!r}, the official 4DNeX schedule; older releases of "
+                                  "fourdnex_jax sampled 'diffusers_0_37'"}
+    return {}
+
+
+def read_scheduler(directory: str | os.PathLike) -> UniPCConfig:
+    """The UniPC config of a bundle (``scheduler/scheduler_config.json``; Wan2.1's when the folder has none)."""
+    sched = Path(directory) / "scheduler"
+    return UniPCConfig.from_dir(sched) if (sched / "scheduler_config.json").exists() else UniPCConfig()
 
 
 def resolve_settings(directory: str | os.PathLike = DEFAULT_BUNDLE, sample: Any = None, *,
@@ -169,8 +196,7 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_di
     proc = directory / "image_processor" / "preprocessor_config.json"
     clip_pre = (CLIPPreprocessConfig.from_hf_config(json.loads(proc.read_text())) if proc.exists()
                 else CLIPPreprocessConfig())
-    sched = directory / "scheduler"
-    scheduler = UniPCConfig.from_dir(sched) if (sched / "scheduler_config.json").exists() else UniPCConfig()
+    scheduler = read_scheduler(directory)
     info_path = directory / "bundle.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
     return Bundle(tokenizer=UMT5Tokenizer.from_dir(directory / "tokenizer"), clip_preprocess=clip_pre,

@@ -78,7 +78,6 @@ from fourdnex_jax.pipelines.programs import Layout
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model, size_multiple
 from fourdnex_jax.recipe import MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK, SixDSpec, condition_video
 from fourdnex_jax.sampling import step_cache
-from fourdnex_jax.sampling.flow_matching import make_schedule
 from fourdnex_jax.sampling.unipc import UniPCConfig
 from fourdnex_jax.utils.progress import Progress, Stage
 
@@ -140,7 +139,7 @@ class ImageTo4D:
         self.settings, self.spec, self.tokenizer, self.clip_preprocess = settings, spec, tokenizer, clip_preprocess
         self.dit_config, self.vae_config = transformer.config, vae.config
         self.multiple = size_multiple(transformer.config, vae.config)
-        self.schedule = make_schedule(s.solver, s.num_steps, s.flow_shift, scheduler)
+        self.schedule = s.schedule(scheduler)
         if mesh is None:
             mesh = sharding.data_mesh(devices)
         self.mesh, self.rules = mesh, tuple(rules)

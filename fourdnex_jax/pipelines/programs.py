@@ -44,7 +44,7 @@ from fourdnex_jax.models import towers as towers_lib
 from fourdnex_jax.models.transformer import layouts
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.recipe import MODALITY_LAYOUT, SixDSpec, dit_input, guided_mask
-from fourdnex_jax.sampling.flow_matching import classifier_free_guidance, make_schedule, solver_fns
+from fourdnex_jax.sampling.flow_matching import classifier_free_guidance, solver_fns
 
 #: The pipeline's models, in the order its stages finish with them (and :meth:`ImageTo4D.release` may free them);
 #: a bundle holds one checkpoint of each.
@@ -164,7 +164,7 @@ def denoise_step(dit, solver_state, cond: jax.Array, text: jax.Array, neg: jax.A
                  row: jax.Array, t: jax.Array, residual: jax.Array | None = None, *, guidance_scale: float,
                  solver: str, mode: str = "plain", cfg_over_data: bool = False):
     """One solver step: the guided velocity (:func:`guided_velocity`) of ``solver_state.x`` at timestep ``t``,
-    then ``solver``'s update with the schedule's table row ``row`` (``make_schedule(...).table[i]``). Returns the
+    then ``solver``'s update with the schedule's table row ``row`` (``settings.schedule(...).table[i]``). Returns the
     new solver state, and for ``mode='full'`` also the block residual: ``(state, residual)``."""
     _, step_fn = solver_fns(solver)
     v, new_residual = guided_velocity(dit, solver_state.x, cond, text, neg, clip, t, guidance_scale=guidance_scale,
@@ -286,7 +286,7 @@ def abstract_inputs(settings: SampleSettings, layout: Layout, height: int, width
     cond_video = _sds((b, settings.num_frames, height, 2 * width, 3), jnp.float32, img)
     init_fn, _ = solver_fns(settings.solver)
     solver_state = jax.tree.map(lambda x: _sds(x.shape, x.dtype, img), jax.eval_shape(init_fn, latent))
-    table = make_schedule(settings.solver, settings.num_steps, settings.flow_shift, scheduler).table
+    table = settings.schedule(scheduler).table
     row, t = _sds(table.shape[1:], table.dtype, repl), _sds((), jnp.float32, repl)
     rows = (2 if settings.guidance_scale > 1.0 else 1) * b
     tokens = (latent.shape[1] // dit.patch_size[0]) * (latent.shape[2] // dit.patch_size[1]) * (

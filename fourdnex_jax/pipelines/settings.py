@@ -3,7 +3,7 @@
 Where each value comes from:
 
 * the **preset** (the :class:`~fourdnex_jax.recipe.SamplingPreset` fields: frames, pixel area, steps, CFG,
-  negative prompt, text length, flow shift, solver) is a property of the trained model, recorded in its bundle
+  negative prompt, text length, flow shift, solver, sigma schedule) is a property of the trained model, recorded in its bundle
   (``manifest.json: sampling_preset``, read by :mod:`fourdnex_jax.pipelines.bundle`);
 * ``config.sample`` holds every field of :class:`SampleSettings`; a preset field left ``None`` takes the bundle's
   value, a set one (``--config.sample.num_steps=8``) overrides it;
@@ -19,7 +19,8 @@ import dataclasses
 from typing import Any, Mapping
 
 from fourdnex_jax.recipe import SamplingPreset
-from fourdnex_jax.sampling.flow_matching import SOLVERS
+from fourdnex_jax.sampling.flow_matching import SOLVERS, make_schedule
+from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, UniPCConfig, check_sigma_schedule
 
 #: ``weight_quant`` values: 'none' (the checkpoint's dtypes) or 'int8' (weight-only, the DiT's block linears).
 WEIGHT_QUANT = ("none", "int8")
@@ -35,7 +36,10 @@ class SampleSettings:
     """Resolved sampling settings (no field is optional). Sizes are per modality, in pixels.
 
     ``max_area``: H * W of each modality; the image decides the aspect ratio (:mod:`fourdnex_jax.pipelines.inputs`).
-    ``seed``: the first image's seed (image i gets ``seed + i`` unless seeds are given), ``0 <= seed < 2**31``.
+    ``sigma_schedule``: the UniPC flow-sigma formula (:data:`~fourdnex_jax.sampling.unipc.SIGMA_SCHEDULES`;
+    ``"diffusers_0_34"``, the official 4DNeX one, unless the preset or an override says otherwise).
+    ``seed``: every image's seed unless seeds are given (the official rule: the same seed for every image, so an
+    image's result does not depend on its position in a list), ``0 <= seed < 2**31``.
     ``batch_size``: images per sampling call per batch shard (the mesh's ``data`` x ``fsdp`` shards; per pair of
     ``data`` shards when CFG's two branches go over ``data``). ``release_after_use``: each model's weights are
     deleted from the devices once the call no longer needs them (text encoder after the prompts, CLIP after the
@@ -53,6 +57,7 @@ class SampleSettings:
     text_len: int
     flow_shift: float
     solver: str
+    sigma_schedule: str = OFFICIAL_SIGMA_SCHEDULE
     seed: int = 42
     batch_size: int = 1
     resize_mode: str = "aspect"
@@ -68,6 +73,7 @@ class SampleSettings:
                 raise ValueError(f"{name}={value!r}: use an integer >= 1")
         if self.solver not in SOLVERS:
             raise ValueError(f"solver={self.solver!r}; use one of {SOLVERS}")
+        check_sigma_schedule(self.sigma_schedule)
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode={self.resize_mode!r}; use one of {RESIZE_MODES}")
         if self.weight_quant not in WEIGHT_QUANT:
@@ -112,6 +118,12 @@ class SampleSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def schedule(self, scheduler: UniPCConfig = UniPCConfig()):
+        """The solver schedule these settings sample with (timesteps, sigmas, coefficient table): ``solver`` with
+        ``num_steps``, ``flow_shift`` and ``sigma_schedule`` on the model's UniPC config ``scheduler`` (the bundle's
+        ``scheduler/scheduler_config.json``). The one place the pipeline, the plan and the tests get it from."""
+        return make_schedule(self.solver, self.num_steps, self.flow_shift, scheduler, self.sigma_schedule)
 
 
 def size_multiple(transformer_config, vae_config) -> tuple[int, int]:

@@ -58,14 +58,18 @@ def euler_table_step(state: EulerState, velocity: jax.Array, row: jax.Array) -> 
 SOLVERS = ("unipc", "euler")
 
 
-def make_schedule(solver: str, num_steps: int, flow_shift: float, unipc_config=None):
+def make_schedule(solver: str, num_steps: int, flow_shift: float, unipc_config=None,
+                  sigma_schedule: str = unipc.OFFICIAL_SIGMA_SCHEDULE):
     """The :class:`~fourdnex_jax.sampling.unipc.Schedule` of ``solver`` ('unipc': Wan's default scheduler, its
-    config with ``flow_shift`` replaced; 'euler': diffusers' FlowMatchEulerDiscreteScheduler)."""
+    config with ``flow_shift`` replaced, sigmas by ``sigma_schedule``, one of
+    :data:`~fourdnex_jax.sampling.unipc.SIGMA_SCHEDULES`; 'euler': diffusers' FlowMatchEulerDiscreteScheduler,
+    whose schedule is the same in diffusers 0.34.0 and >= 0.37, so ``sigma_schedule`` is only checked)."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    unipc.check_sigma_schedule(sigma_schedule)
     if solver == "unipc":
         cfg = unipc_config or unipc.UniPCConfig()
-        return unipc.unipc_schedule(num_steps, dataclasses.replace(cfg, flow_shift=float(flow_shift)))
+        return unipc.unipc_schedule(num_steps, dataclasses.replace(cfg, flow_shift=float(flow_shift)), sigma_schedule)
     if solver == "euler":
         return euler_schedule(num_steps, float(flow_shift))
     raise ValueError(f"unknown solver {solver!r}; use one of {SOLVERS}")

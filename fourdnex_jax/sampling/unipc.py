@@ -4,9 +4,20 @@ Wan2.1's ``scheduler/scheduler_config.json`` (what 4DNeX samples with): ``use_fl
 ``prediction_type="flow_prediction"``, ``flow_shift=3.0`` (480P), ``solver_order=2``, ``solver_type="bh2"``,
 ``predict_x0=True``, ``lower_order_final=True``, ``final_sigmas_type="zero"``, ``disable_corrector=[]``.
 
-Schedule (exactly diffusers' ``set_timesteps``): ``s = linspace(1, 1/1000, N + 1)[:-1]`` (float64), shifted
-``shift * s / (1 + (shift - 1) s)``, the first sigma nudged to ``1 - 1e-6``; model timesteps are ``int64(1000 s)``
-(truncated: 999, 993, 986, ... for N = 50, shift 3); sigmas are float32 with a final 0 appended.
+Sigma schedule: two formulas, by name (:data:`SIGMA_SCHEDULES`), because diffusers changed ``set_timesteps`` for
+flow sigmas in 0.37 and the official 4DNeX code pins diffusers 0.34.0 (it does not load on >= 0.35). With
+``shift(s) = shift * s / (1 + (shift - 1) s)`` (float64):
+
+* ``"diffusers_0_34"`` (:data:`OFFICIAL_SIGMA_SCHEDULE`, the default; diffusers 0.34.0 .. 0.36.x, what 4DNeX runs):
+  ``sigmas = flip(shift(1 - linspace(1, 1/1000, N + 1)))[:-1]``, i.e. ``sigma_k = shift(0.999 (N - k) / N)``, no
+  nudge of the first sigma. Timesteps for N = 4, shift 3: 999, 899, 749, 499; N = 50: 999, 992, 985, 978, ...;
+* ``"diffusers_0_37"`` (diffusers >= 0.37): ``s = linspace(1, 1/1000, N + 1)[:-1]``, shifted, the first sigma
+  nudged to ``1 - 1e-6``, i.e. ``sigma_k = shift(1 - 0.999 k / N)``. N = 4: 999, 900, 750, 500; N = 50: 999, 993,
+  986, 979, ...
+
+Either way model timesteps are ``int64(1000 sigma)`` (truncated) and sigmas float32 with the final 0 appended.
+``tests/sampling/test_sampling_schedulers.py`` pins the first against a fixture recorded from diffusers 0.34.0
+(``tests/fixtures/official_0_34``) and the second against the installed diffusers (>= 0.37).
 
 Static shapes: every step of UniPC-p (bh2, x0-prediction) is a *linear* combination of the current sample, the
 sample before the previous predictor, and the last three data predictions ``m = x - sigma * v``. The coefficients
@@ -30,6 +41,19 @@ import numpy as np
 
 #: Coefficient table columns (one row per step), see :func:`unipc_step`.
 COLUMNS = ("sigma", "c_self", "c_last", "c_prev", "c_prev2", "c_this", "p_x", "p_this", "p_prev")
+
+#: Flow-sigma formulas of ``set_timesteps`` by name (module docstring); the first is the official 4DNeX one.
+SIGMA_SCHEDULES = ("diffusers_0_34", "diffusers_0_37")
+OFFICIAL_SIGMA_SCHEDULE = "diffusers_0_34"
+
+
+def check_sigma_schedule(name: str) -> str:
+    """``name`` if it is one of :data:`SIGMA_SCHEDULES`, else ValueError naming the choices."""
+    if name not in SIGMA_SCHEDULES:
+        raise ValueError(f"sigma_schedule={name!r}; use one of {SIGMA_SCHEDULES} ('diffusers_0_34': the official "
+                         "4DNeX schedule, diffusers 0.34.0; 'diffusers_0_37': the formula of diffusers >= 0.37)")
+    return name
+
 
 # diffusers' UniPCMultistepScheduler fields that do not change the flow-matching computation (beta schedule of the
 # unused discrete-time branch, thresholding switched off, ...). Checked but ignored.
@@ -115,13 +139,18 @@ class Schedule(NamedTuple):
     orders: np.ndarray
 
 
-def unipc_sigmas(num_steps: int, cfg: UniPCConfig = UniPCConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """(timesteps int64 (N,), sigmas float32 (N + 1,)) exactly as diffusers' ``set_timesteps`` makes them."""
+def unipc_sigmas(num_steps: int, cfg: UniPCConfig = UniPCConfig(),
+                 sigma_schedule: str = OFFICIAL_SIGMA_SCHEDULE) -> tuple[np.ndarray, np.ndarray]:
+    """(timesteps int64 (N,), sigmas float32 (N + 1,)) exactly as diffusers' ``set_timesteps`` makes them, in the
+    version ``sigma_schedule`` names (module docstring)."""
     n_train = cfg.num_train_timesteps
-    s = np.linspace(1, 1 / n_train, num_steps + 1)[:-1]
-    s = cfg.flow_shift * s / (1 + (cfg.flow_shift - 1) * s)
-    if np.fabs(s[0] - 1) < 1e-6:
-        s[0] -= 1e-6
+    shift = lambda s: cfg.flow_shift * s / (1 + (cfg.flow_shift - 1) * s)  # noqa: E731
+    if check_sigma_schedule(sigma_schedule) == "diffusers_0_34":
+        s = np.flip(shift(1.0 - np.linspace(1, 1 / n_train, num_steps + 1)))[:-1].copy()
+    else:
+        s = shift(np.linspace(1, 1 / n_train, num_steps + 1)[:-1])
+        if np.fabs(s[0] - 1) < 1e-6:
+            s[0] -= 1e-6
     timesteps = (s * n_train).copy().astype(np.int64)
     last = 0.0 if cfg.final_sigmas_type == "zero" else s[-1]
     return timesteps, np.concatenate([s, [last]]).astype(np.float32)
@@ -205,8 +234,9 @@ def unipc_coefficients(sigmas: np.ndarray, cfg: UniPCConfig = UniPCConfig()) -> 
     return table.astype(np.float32), orders
 
 
-def unipc_schedule(num_steps: int, cfg: UniPCConfig = UniPCConfig()) -> Schedule:
-    timesteps, sigmas = unipc_sigmas(num_steps, cfg)
+def unipc_schedule(num_steps: int, cfg: UniPCConfig = UniPCConfig(),
+                   sigma_schedule: str = OFFICIAL_SIGMA_SCHEDULE) -> Schedule:
+    timesteps, sigmas = unipc_sigmas(num_steps, cfg, sigma_schedule)
     table, orders = unipc_coefficients(sigmas, cfg)
     return Schedule("unipc", timesteps, sigmas, table, orders)
 

@@ -1,6 +1,7 @@
 """End-to-end parity of the JAX image-to-4D pipeline with a PyTorch reference at tiny size, fp32, noise injected.
 
-The reference is diffusers' ``WanImageToVideoPipeline`` with 4DNeX's ``prepare_latents`` (a small subclass below:
+The reference is the installed diffusers' (the oracle environment, >= 0.37; the official 4DNeX pin 0.34.0 is
+pinned by ``tests/pipelines/test_official_pipeline.py``) ``WanImageToVideoPipeline`` with 4DNeX's ``prepare_latents`` (a small subclass below:
 condition frame = [image | slanted-plane XYZ init] width-concatenated, zero frames after it, VAE mode, guided mask
 1 / 0.5) and the 4DNeX DiT subclass of ``fourdnex_jax.testing.torch_reference`` (domain embeddings + shared RoPE), with tiny random
 UMT5 + tokenizer, CLIP + image processor and VAE; the JAX models hold the same weights through the project's
@@ -147,8 +148,15 @@ def run_torch(torch_parts, image, noise, solver, steps):
 def test_pipeline_matches_diffusers(parts, solver):
     torch_parts, jax_parts, image = parts
     steps = 4
+    # the installed diffusers' flow-sigma formula (>= 0.37: 'diffusers_0_37'; the official 0.34.0 run is pinned by
+    # tests/pipelines/test_official_pipeline.py)
+    import diffusers
+
+    sigma_schedule = ("diffusers_0_37" if tuple(int(v) for v in diffusers.__version__.split(".")[:2]) >= (0, 37)
+                      else "diffusers_0_34")
     settings = SampleSettings(num_frames=T, max_area=H * W, num_steps=steps, solver=solver, flow_shift=3.0,
-                              guidance_scale=5.0, negative_prompt="", text_len=512, batch_size=1)
+                              sigma_schedule=sigma_schedule, guidance_scale=5.0, negative_prompt="", text_len=512,
+                              batch_size=1)
     # 2 devices on a data mesh: with CFG the two branches go over `data`, so a call takes pipe.batch (= 1) image
     pipe = ImageTo4D(*jax_parts, settings, spec=SixDSpec(), devices=jax.devices()[:2])
     assert pipe.layout.cfg_over_data and pipe.batch == 1
