@@ -9,10 +9,15 @@ run, or ours), or a training run folder itself (``fourdnex train --out``; its to
 the shipped tiny bundle. ``--transformer`` takes the DiT (base + adapter) from another bundle. The architecture and
 the sampling preset (frames, pixel area, steps, solver, flow shift, CFG, negative prompt, text length) come from the
 bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``, ``resize_mode=cover_crop``,
-``weight_quant=int8``, ``step_cache_interval=2``, ``seed``, ``batch_size``; ``--config-help`` lists them), and a
+``weight_quant=int8``, ``step_cache_interval=2``, ``sigma_schedule``, ``seed``, ``batch_size``; ``--config-help``
+lists them), and a
 value the model cannot run is an error before any weights load. The image keeps its aspect ratio at the preset's
 area (4DNeX's sizing; the chosen size is in summary.json: ``sizing``). Without ``--prompt``, ``IMG.txt`` next to
-the image is used when it exists (else the empty caption); the prompt always gets the recipe's suffix.
+the image is used when it exists (else the empty caption); the prompt always gets the recipe's suffix. Every image
+starts from the noise of one seed (``--seed``, default ``config.sample.seed`` = 42, as 4DNeX), so its result does
+not depend on its place in the list; ``--noise FILE.npy`` gives the exact initial latent instead (e.g. the official
+run's), ``--official-outputs`` also writes the official 4DNeX files (``official_canvas.mp4``,
+``official_pointmap.npz``).
 
 A list file has one image per line: ``path`` or ``path<TAB>prompt`` (relative paths are relative to the list
 file); results go to ``OUT/<image stem>/``. The models run on the mesh of ``config.sharding`` (``mesh_shape`` over
@@ -62,6 +67,15 @@ _BASE = flags.DEFINE_string("base", None, "With a training run as --checkpoint: 
 _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this bundle folder (same layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (with --images: one sub-folder per image).")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
+_SEED = flags.DEFINE_integer("seed", None, "Seed of every image's initial noise (default: config.sample.seed, 42; "
+                             "the same seed for every image, as 4DNeX, so a result never depends on the image's "
+                             "place in --images).")
+_NOISE = flags.DEFINE_string("noise", None, "A .npy float32 initial latent used for every image instead of the "
+                             "seeded noise: (T', h, 2w, 16) or the official (1, 16, T', h, 2w) layout, e.g. the "
+                             "official run's torch noise (README: reproducing an official run).")
+_OFFICIAL = flags.DEFINE_bool("official-outputs", False, "Also write the official 4DNeX layout per image: "
+                              "official_canvas.mp4 ([RGB | XYZ], 24 fps, truncated to uint8) and "
+                              "official_pointmap.npz (pcd, rgb, colors in [0, 1]; xyz = 2 pcd - 1).")
 _DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run (jax.distributed.initialize, e.g. one "
                                  "process per host): every process gets the same flags; each image is written once, "
@@ -121,6 +135,27 @@ def _inputs() -> tuple[list[tuple[Path, str | None]], list[Path], list[str]]:
     return kept, kept_outs, failed
 
 
+def _noise(settings, config_dir: Path, transformer_dir: Path, images: list[Path]):
+    """The --noise array, checked against every image's initial latent from the configs alone (before any
+    weights load); None without --noise."""
+    if not _NOISE.value:
+        return None
+    from fourdnex_jax.media.io import check_image, load_npy_checked
+    from fourdnex_jax.pipelines.inputs import noise_latent, sample_size
+    from fourdnex_jax.pipelines.programs import latent_shape
+    from fourdnex_jax.pipelines.settings import size_multiple
+    from fourdnex_jax.weights.restore import read_config
+
+    noise = load_npy_checked(_NOISE.value, "noise")
+    dit_config, _ = read_config(transformer_dir, "transformer")
+    vae_config, _ = read_config(config_dir, "vae")
+    multiple = size_multiple(dit_config, vae_config)
+    for path in images:
+        size = sample_size(*check_image(path), settings.max_area, multiple, settings.resize_mode)
+        noise_latent(noise, latent_shape(settings, vae_config, *size), f"--noise {_NOISE.value}", str(path))
+    return noise
+
+
 def main(argv) -> int:
     del argv
     t_start = time.perf_counter()
@@ -153,29 +188,35 @@ def main(argv) -> int:
     devices = jax.devices()[: _DEVICES.value] if _DEVICES.value else jax.devices()
     # config.sharding: the mesh (its -1 axis takes the devices left); every weight restored straight into its shard
     mesh, rules = sharding.make_mesh(config.sharding, devices), sharding.rules_of(config.sharding)
+    seed = {} if _SEED.value is None else {"seed": _SEED.value}  # --seed over config.sample.seed
     with Stage(f"loading models from {ckpt}") as load:
         if runs.is_run(ckpt):
             if _TRANSFORMER.value:
                 raise UsageError("--transformer does not combine with a training run as --checkpoint")
             base_dir, _, _ = runs.base_bundle_of(ckpt, _BASE.value)
-            settings = bundle_lib.resolve_settings(base_dir, config.sample)  # checked against the base's configs
+            settings = bundle_lib.resolve_settings(base_dir, config.sample, **seed)  # checked against the base's
+            noise = _noise(settings, base_dir, base_dir, [p for p, _ in items])
             bundle = runs.load_run_bundle(ckpt, _BASE.value, mesh=mesh, rules=rules)
         else:
-            settings = bundle_lib.resolve_settings(ckpt, config.sample, transformer_dir=_TRANSFORMER.value)
+            settings = bundle_lib.resolve_settings(ckpt, config.sample, transformer_dir=_TRANSFORMER.value, **seed)
+            noise = _noise(settings, ckpt, Path(_TRANSFORMER.value or ckpt), [p for p, _ in items])
             bundle = bundle_lib.load_bundle(ckpt, transformer_dir=_TRANSFORMER.value, mesh=mesh, rules=rules)
     with Stage("setting up the sampler"):
         pipe = ImageTo4DPipeline.from_bundle(bundle, settings, mesh=mesh, rules=rules, executable_cache=_AOT_CACHE.value,
                                              transformer=_TRANSFORMER.value, timings={"load_models": load.seconds},
                                              run_info={"checkpoint": str(ckpt), "config": config.name})
-    results = pipe.generate([p for p, _ in items], [given for _, given in items],
-                            summary={"compilation_cache": _COMPILATION_CACHE.value})
+    extra = {"compilation_cache": _COMPILATION_CACHE.value}
+    if noise is not None:
+        extra["initial_noise"] = f"given: --noise {_NOISE.value}"
+    results = pipe.generate([p for p, _ in items], [given for _, given in items], noise=noise, summary=extra)
     # multi-process: each process writes the images it owns (None: another process's)
     mine = [k for k, r in enumerate(results) if r is not None]
     items, outs, results = [items[k] for k in mine], [outs[k] for k in mine], [results[k] for k in mine]
     camera_lines = []
     with Stage(("geometry + exports" if _POSTPROCESS.value else "writing outputs") + f" of {len(results)} result(s)"):
         for (path, _), out, res in zip(items, outs, results):
-            written = res.save(out, geometry=_POSTPROCESS.value, fps=_FPS.value, overwrite=_OVERWRITE.value)
+            written = res.save(out, geometry=_POSTPROCESS.value, fps=_FPS.value, overwrite=_OVERWRITE.value,
+                               official=_OFFICIAL.value)
             if _POSTPROCESS.value:  # the cameras, then whether the frames form one 4D scene
                 geo = written["geometry"]
                 for msg in (geo["message"], geo["scene_4d"]["message"]):
@@ -191,6 +232,7 @@ def main(argv) -> int:
           + (", int8 weights" if s.weight_quant == "int8" else "")
           + (f", step cache every {s.step_cache_interval} ({pipe.pipe.stats['dit_cached']} cached DiT evaluations)"
              if s.step_cache_interval else "") + "): rgb.mp4 xyz.mp4 pointmaps.npz summary.json"
+          + (" official_canvas.mp4 official_pointmap.npz" if _OFFICIAL.value else "")
           + (" cameras.json depth.npz scene.glb viewer.html novel_orbit.mp4" if _POSTPROCESS.value else ""))
     note = pipe.domain_notice()
     if note:  # once per run, however many inputs

@@ -318,6 +318,34 @@ def load_npz_checked(path: PathLike, what: str = "arrays") -> dict[str, np.ndarr
                          "it again") from e
 
 
+def load_npy_checked(path: PathLike, what: str = "array") -> np.ndarray:
+    """One .npy array, every failure an InputError naming the file: missing, not an .npy, a header that steers the
+    reader (object / pickled dtype, Fortran order) or declares more data than the file holds (never allocated)."""
+    data = _read_input_bytes(path, what)
+    name = os.fspath(path)
+    if not data.startswith(b"\x93NUMPY"):
+        kind = "an .npz archive" if data.startswith(b"PK\x03\x04") else f"a file starting with {data[:8]!r}"
+        raise InputError(f"{name}: not an .npy array ({kind}); save one array with np.save")
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"format version {version}")
+        shape, fortran, dtype = read_header(buf, max_header_size=10_000)
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise InputError(f"{name}: not a readable .npy header ({e}); save the array with np.save") from e
+    if dtype.hasobject or dtype.kind not in "biuf" or fortran:
+        raise InputError(f"{name}: dtype {dtype}{' in Fortran order' if fortran else ''} is not a plain numeric "
+                         "C-order array (object arrays are never unpickled); save it with np.save")
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize != len(data) - buf.tell():
+        raise InputError(f"{name}: the header declares shape {tuple(shape)} {dtype} ({count * dtype.itemsize} bytes) "
+                         f"but the file holds {len(data) - buf.tell()}; the file is truncated or damaged")
+    return np.frombuffer(data, dtype, count, offset=buf.tell()).reshape(shape).copy()
+
+
 def read_mask(path: PathLike) -> np.ndarray:
     """A mask PNG (any mode) -> (H, W) bool, True where the (first channel of the) pixel is non-zero."""
     from PIL import Image

@@ -28,7 +28,7 @@ from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 from fourdnex_jax.pipelines import domain as domain_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
-from fourdnex_jax.pipelines.inputs import caption_for_image
+from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.utils.errors import InputError
@@ -108,16 +108,18 @@ class Result:
         """(T, H, W) float32 z-depth in each recovered camera, 0 where invalid."""
         return self.registration.depth
 
-    def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False
-             ) -> dict[str, Any]:
+    def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False,
+             official: bool = False) -> dict[str, Any]:
         """Writes the files ``fourdnex generate`` writes into ``out_dir`` (published as a unit: the previous
         result or the new one, never a mix) and returns the summary written; ``geometry=False`` leaves out
-        cameras, depth and the exports. A folder already holding a result is kept unless ``overwrite``. The
-        registration is computed once: :attr:`cameras` / :attr:`depth` read before or after share it."""
+        cameras, depth and the exports; ``official=True`` adds the official 4DNeX layout (``official_canvas.mp4``
+        at 24 fps, ``official_pointmap.npz``: :mod:`fourdnex_jax.pipelines.outputs`). A folder already holding a
+        result is kept unless ``overwrite``. The registration is computed once: :attr:`cameras` / :attr:`depth`
+        read before or after share it."""
         if geometry:
             _ = self.registration  # computed here once, reused by save_result and by later reads of .cameras
         return save_result(self.output, out_dir, geometry=geometry, summary=self.summary, fps=fps,
-                           overwrite=overwrite, registration=self._registration)
+                           overwrite=overwrite, registration=self._registration, official=official)
 
 
 class ImageTo4DPipeline:
@@ -178,18 +180,24 @@ class ImageTo4DPipeline:
                    timings=timings, run_info=run_info)
 
     def __call__(self, image: ImageLike, prompt: str | None = None, *, seed: int | None = None,
-                 progress: bool = True) -> Result:
+                 noise: np.ndarray | None = None, progress: bool = True) -> Result:
         """One image (path, PIL image or array) and its caption (default: ``IMG.txt`` next to a path, else
-        empty) -> its :class:`Result`. ``seed`` defaults to ``settings.seed``."""
-        return self.generate([image], [prompt], seeds=None if seed is None else [seed], progress=progress)[0]
+        empty) -> its :class:`Result`. ``seed`` defaults to ``settings.seed``; ``noise``: the exact initial
+        latent instead of the seeded one (see :meth:`generate`)."""
+        return self.generate([image], [prompt], seeds=None if seed is None else [seed], noise=noise,
+                             progress=progress)[0]
 
     def generate(self, images: Sequence[ImageLike], prompts: Sequence[str | None] | None = None, *,
-                 seeds: Sequence[int] | None = None, progress: bool = True,
+                 seeds: Sequence[int] | None = None, noise: Any = None, progress: bool = True,
                  summary: dict[str, Any] | None = None) -> list[Result | None]:
         """Many images in one run (batched by size, split over the mesh) -> one :class:`Result` each (in a
         multi-process run: for the images this process owns, None for the others; every process makes the same
-        call). ``prompts``: one per image (None: its ``IMG.txt`` or empty); ``summary``: extra keys recorded in
-        every result's ``summary.json``."""
+        call). ``prompts``: one per image (None: its ``IMG.txt`` or empty); ``seeds``: one per image (default:
+        ``settings.seed`` for every image, as 4DNeX does, so a result does not depend on its position in the list);
+        ``noise``: the initial latent, one float32 array for every image or a list with one per image, each
+        (T', h, 2w, 16) or (1, 16, T', h, 2w) (the official NCTHW ``randn_tensor`` output) for the image's sampling
+        size (:func:`fourdnex_jax.pipelines.inputs.noise_latent`); ``summary``: extra keys recorded in every
+        result's ``summary.json``."""
         prompts = list(prompts) if prompts is not None else [None] * len(images)
         if len(prompts) != len(images):
             raise InputError(f"prompts: {len(images)} images but {len(prompts)} prompts")
@@ -197,9 +205,10 @@ class ImageTo4DPipeline:
         arrays = [as_image(i) for i in images]
         captions = [p if p is not None else (caption_for_image(s) if s is not None else "")
                     for p, s in zip(prompts, sources)]
+        latents = self._noise(noise, arrays, sources)
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
-        outputs = self.pipe(arrays, captions, seeds, progress=progress, timings=timings)
+        outputs = self.pipe(arrays, captions, seeds, noise=latents, progress=progress, timings=timings)
         gen_s = time.perf_counter() - t0
         checks = [domain_lib.check_image(self.domain, o.image) if o is not None else None for o in outputs]
         names = [s or f"image {i}" for i, s in enumerate(sources)]
@@ -213,9 +222,26 @@ class ImageTo4DPipeline:
                 continue
             info = self._summary(o, timings, gen_s, len(outputs))
             info["input"] = src
+            info["initial_noise"] = ("seeded: jax.random.normal(jax.random.key(seed), float32)" if noise is None
+                                     else "given (noise=)")
             info["input_domain"] = dict(check, note=domain_lib.notice([check], [src or "image"], self.checkpoint))
             results.append(Result(o, dict(info, **(summary or {})), source=src))
         return results
+
+    def _noise(self, noise: Any, arrays: Sequence[np.ndarray], sources: Sequence[str | None]
+               ) -> list[np.ndarray] | None:
+        """``noise`` (None, one array for all images, or one per image) -> one (T', h, 2w, 16) latent per image."""
+        if noise is None:
+            return None
+        many = isinstance(noise, (list, tuple))
+        if many and len(noise) != len(arrays):
+            raise InputError(f"noise: {len(arrays)} images but {len(noise)} initial latents")
+        out = []
+        for i, (a, src) in enumerate(zip(arrays, sources)):
+            expected = self.pipe.latent_shape(*self.pipe.sample_size(a))
+            out.append(noise_latent(noise[i] if many else noise, expected, f"noise[{i}]" if many else "noise",
+                                    src or f"image {i}"))
+        return out
 
     def domain_notice(self) -> str | None:
         """The one-line out-of-domain note of the last :meth:`generate` run (None when every input was like the

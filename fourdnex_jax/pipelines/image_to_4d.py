@@ -14,7 +14,8 @@
      VAE-normalised (no XYZ mu/sigma: reference quirk 8) -- exactly the training condition
      (:func:`fourdnex_jax.recipe.condition_video`);
   5. :meth:`~ImageTo4D.prepare_latents` + :meth:`~ImageTo4D.denoise`: noise (T', h, 2w, 16) from each image's
-     seed (or injected), sampled with UniPC (Wan's scheduler) or Euler; guided mask 1 (RGB) / 0.5 (XYZ) on latent
+     seed (default: ``settings.seed`` for every image, the official rule, so a result never depends on the
+     image's position in the list; or injected), sampled with UniPC (Wan's scheduler) or Euler; guided mask 1 (RGB) / 0.5 (XYZ) on latent
      frame 0; classifier-free guidance batched with the conditional pass (one DiT call of 2B per step);
   6. :meth:`~ImageTo4D.decode`: the XYZ half of the latent un-normalised (``z * spec.xyz_latent_std +
      spec.xyz_latent_mean``, the bundle's recipe), the fused latent VAE-de-normalised and decoded in one pass (the
@@ -283,8 +284,6 @@ class ImageTo4D:
             for i, sd in enumerate(seeds):
                 if not 0 <= int(sd) < 2**31:
                     raise ValueError(f"seeds[{i}]={sd} out of range: use 0 <= seed < 2**31")
-        elif not self.settings.seed + len(images) <= 2**31:
-            raise ValueError(f"settings.seed={self.settings.seed}: seed + image index must stay below 2**31")
         if noise is not None:
             if len(noise) != len(images):
                 raise ValueError(f"noise: {len(images)} images but {len(noise)} initial latents")
@@ -394,13 +393,15 @@ class ImageTo4D:
                  timings: dict[str, float] | None = None) -> list[ImageTo4DOutput | None]:
         """One :class:`ImageTo4DOutput` per image (in a multi-process run: for the images this process owns, None
         for the others; every process must make the same call). ``images``: (h, w, 3) uint8 of any size (resized
-        here); ``prompts``: captions (the recipe's suffix is added); ``seeds`` default to ``settings.seed + index``;
-        ``noise`` replaces the seeded initial latents (parity tests). ``on_step(i, latents)`` sees each step's
+        here); ``prompts``: captions (the recipe's suffix is added); ``seeds`` default to ``settings.seed`` for
+        every image (4DNeX's rule: one seed for all, so each result is independent of the list order and of the
+        batching); ``noise`` (one (T', h, 2w, 16) float32 latent per image) replaces the seeded initial latents,
+        e.g. the official run's. ``on_step(i, latents)`` sees each step's
         (B, T', h, 2w, 16) latents of every batch. ``timings`` accumulates seconds per stage."""
         s = self.settings
         # 1. Check inputs
         self.check_inputs(images, prompts, seeds, noise)
-        seeds = [int(sd) for sd in seeds] if seeds is not None else [s.seed + i for i in range(len(images))]
+        seeds = [int(sd) for sd in seeds] if seeds is not None else [int(s.seed)] * len(images)
         timings = timings if timings is not None else {}
 
         # 2. Prepare the images: resize each to its sampling size; batch the images of one size together

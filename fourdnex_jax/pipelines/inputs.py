@@ -12,6 +12,11 @@ Sizing (``settings.resize_mode``):
   training clips were made (:func:`fourdnex_jax.media.resize.cover_crop_plan`).
 
 Images are (H, W, 3) uint8.
+
+Initial noise (:func:`noise_latent`): the latent sampling starts from, per image, (T', h, 2w, 16) float32 (this
+project's NTHWC layout) or (1, 16, T', h, 2w) float32 (the official code's NCTHW ``randn_tensor`` output, e.g.
+``torch.randn((1, 16, 13, 60, 180), generator=torch.Generator().manual_seed(42)).numpy()`` for a 3:2 image at the
+14B preset), so a run can start from exactly the official run's noise.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from fourdnex_jax.media.resize import BICUBIC, cover_crop_plan, resize_rgb, resize_uint8
+from fourdnex_jax.utils.errors import InputError
 
 #: (H, W) proportions of the frame ``'cover_crop'`` fills: the 4DNeX training clips' 480 x 720.
 COVER_CROP_ASPECT = (2, 3)
@@ -68,6 +74,21 @@ def prepare_image(image: np.ndarray, max_area: int, multiple: tuple[int, int], m
     sizing = {"mode": mode, "input_height": int(h), "input_width": int(w), "height": int(out_h),
               "width": int(out_w), "max_area": int(max_area), "multiple": [int(m) for m in multiple]}
     return out, sizing
+
+
+def noise_latent(noise: Any, expected: tuple[int, int, int, int], source: str, image: str) -> np.ndarray:
+    """``noise`` as the (T', h, 2w, C) float32 initial latent of ``image`` (whose sampling size gives ``expected``),
+    from this project's layout or the official (1, C, T', h, 2w) one; anything else raises ValueError naming
+    ``source`` (the argument or file) and both accepted shapes."""
+    a = np.asarray(noise)
+    t, h, w2, c = expected
+    official = (1, c, t, h, w2)
+    if a.dtype != np.float32 or a.shape not in (tuple(expected), official):
+        raise InputError(f"{source}: {a.dtype} array of shape {a.shape}; {image} needs float32 of shape "
+                         f"{tuple(expected)} (T', h, 2w, C) or {official} (the official NCTHW layout)")
+    if not np.isfinite(a).all():
+        raise InputError(f"{source}: holds NaN or infinite values; pass finite noise")
+    return np.ascontiguousarray(np.moveaxis(a[0], 0, -1) if a.shape == official else a)
 
 
 def caption_for_image(path: str | os.PathLike) -> str:
