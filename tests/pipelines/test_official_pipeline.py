@@ -39,7 +39,9 @@ def official():
     with np.load(FIXTURE / "pipeline.npz") as z:
         arrays = {k: z[k] for k in z.files}
     seeds, shapes = meta["weight_seeds"], meta["shapes"]
-    weights = {name: seeded_state_dict(shapes[name], seeds[name]) for name in shapes}
+    weights = {name: seeded_state_dict(shapes[name], seeds[name]) for name in seeds}
+    for name, tied in shapes["tied"].items():  # e.g. UMT5's encoder.embed_tokens is its shared embedding
+        weights[name].update({k: weights[name][v] for k, v in tied.items()})
     t5 = load_umt5_from_hf(weights["text_encoder"], UMT5Config.from_hf_config(meta["umt5"]))
     clip = load_clip_vision_from_hf(weights["image_encoder"], CLIPVisionConfig.from_hf_config(meta["clip"]))
     vae = load_vae_from_diffusers(weights["vae"], config=WanVAEConfig.from_diffusers_config(meta["vae"]))
