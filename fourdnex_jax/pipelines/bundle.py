@@ -10,7 +10,8 @@
 So a converted 4DNeX checkpoint and the bundled tiny model (``checkpoints/tiny``) load the same way. A bundle
 describes itself: ``manifest.json`` records the sampling preset the model is meant for (``sampling_preset``: a
 :class:`~fourdnex_jax.recipe.SamplingPreset`, frames / area / steps / CFG / negative prompt / text length / flow
-shift / solver / sigma schedule) and the 6D recipe it was trained with (``recipe``: a :class:`~fourdnex_jax.recipe.SixDSpec`, XYZ
+shift / solver / sigma schedule) and the 6D recipe it was trained with (``recipe``: a
+:class:`~fourdnex_jax.recipe.SixDSpec`, XYZ
 latent mean/std, mask values, layout, XYZ normalisation). :func:`read_presets` reads them, and
 :func:`resolve_settings` turns them plus a config's overrides into checked
 :class:`~fourdnex_jax.pipelines.settings.SampleSettings` from the JSON files alone, before any weights load.

@@ -15,7 +15,8 @@
      (:func:`fourdnex_jax.recipe.condition_video`);
   5. :meth:`~ImageTo4D.prepare_latents` + :meth:`~ImageTo4D.denoise`: noise (T', h, 2w, 16) from each image's
      seed (default: ``settings.seed`` for every image, the official rule, so a result never depends on the
-     image's position in the list; or injected), sampled with UniPC (Wan's scheduler) or Euler; guided mask 1 (RGB) / 0.5 (XYZ) on latent
+     image's position in the list; or injected), sampled with UniPC (Wan's scheduler) or Euler; guided mask 1
+     (RGB) / 0.5 (XYZ) on latent
      frame 0; classifier-free guidance batched with the conditional pass (one DiT call of 2B per step);
   6. :meth:`~ImageTo4D.decode`: the XYZ half of the latent un-normalised (``z * spec.xyz_latent_std +
      spec.xyz_latent_mean``, the bundle's recipe), the fused latent VAE-de-normalised and decoded in one pass (the

@@ -3,7 +3,8 @@
 Where each value comes from:
 
 * the **preset** (the :class:`~fourdnex_jax.recipe.SamplingPreset` fields: frames, pixel area, steps, CFG,
-  negative prompt, text length, flow shift, solver, sigma schedule) is a property of the trained model, recorded in its bundle
+  negative prompt, text length, flow shift, solver, sigma schedule) is a property of the trained model, recorded in
+  its bundle
   (``manifest.json: sampling_preset``, read by :mod:`fourdnex_jax.pipelines.bundle`);
 * ``config.sample`` holds every field of :class:`SampleSettings`; a preset field left ``None`` takes the bundle's
   value, a set one (``--config.sample.num_steps=8``) overrides it;

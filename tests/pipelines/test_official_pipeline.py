@@ -25,8 +25,13 @@ from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.recipe import SixDSpec
 from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.testing.seeded_weights import seeded_state_dict
-from fourdnex_jax.weights.from_diffusers import (apply_adapter, load_clip_vision_from_hf, load_umt5_from_hf,
-                                                 load_vae_from_diffusers, transformer_from_source)
+from fourdnex_jax.weights.from_diffusers import (
+    apply_adapter,
+    load_clip_vision_from_hf,
+    load_umt5_from_hf,
+    load_vae_from_diffusers,
+    transformer_from_source,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_0_34"
 

@@ -1,12 +1,13 @@
 """End-to-end parity of the JAX image-to-4D pipeline with a PyTorch reference at tiny size, fp32, noise injected.
 
-The reference is the installed diffusers' (the oracle environment, >= 0.37; the official 4DNeX pin 0.34.0 is
-pinned by ``tests/pipelines/test_official_pipeline.py``) ``WanImageToVideoPipeline`` with 4DNeX's ``prepare_latents`` (a small subclass below:
-condition frame = [image | slanted-plane XYZ init] width-concatenated, zero frames after it, VAE mode, guided mask
-1 / 0.5) and the 4DNeX DiT subclass of ``fourdnex_jax.testing.torch_reference`` (domain embeddings + shared RoPE), with tiny random
-UMT5 + tokenizer, CLIP + image processor and VAE; the JAX models hold the same weights through the project's
-loaders. Compared: schedule (exact), the encoded condition (text, CLIP, condition latent), every step's latents
-and the decoded video (4DNeX's decode: XYZ half x 1.70 - 0.13, VAE de-normalisation, fused decode)."""
+The reference is the installed diffusers' ``WanImageToVideoPipeline`` (the oracle environment, >= 0.37; the
+official pin, 0.34.0, is tested by ``tests/pipelines/test_official_pipeline.py``) with 4DNeX's
+``prepare_latents`` (a small subclass below: condition frame = [image | slanted-plane XYZ init]
+width-concatenated, zero frames after it, VAE mode, guided mask 1 / 0.5) and the 4DNeX DiT subclass of
+``fourdnex_jax.testing.torch_reference`` (domain embeddings + shared RoPE), with tiny random UMT5 + tokenizer,
+CLIP + image processor and VAE; the JAX models hold the same weights through the project's loaders. Compared:
+schedule (exact), the encoded condition (text, CLIP, condition latent), every step's latents and the decoded video
+(4DNeX's decode: XYZ half x 1.70 - 0.13, VAE de-normalisation, fused decode)."""
 
 import string
 

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 HF_BOOKKEEPING_KEYS = frozenset({
     # _attn_implementation_autoset: written by transformers 4.48-4.50 (4.49.0 is the official 4DNeX pin) into the
     # config.json of a model that picked its attention kernel; bookkeeping only
-    "_attn_implementation_autoset", "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+    "_attn_implementation_autoset",
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
     "return_dict", "output_hidden_states", "output_attentions", "chunk_size_feed_forward", "id2label", "label2id",
     "problem_type", "is_encoder_decoder", "initializer_range", "initializer_factor", "projection_dim",
     "attention_dropout", "dropout", "tie_word_embeddings",

@@ -10,7 +10,8 @@ from typing import Any, Mapping
 HF_BOOKKEEPING_KEYS = frozenset({
     # _attn_implementation_autoset: written by transformers 4.48-4.50 (4.49.0 is the official 4DNeX pin) into the
     # config.json of a model that picked its attention kernel; bookkeeping only
-    "_attn_implementation_autoset", "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
+    "_attn_implementation_autoset",
+    "_name_or_path", "architectures", "model_type", "transformers_version", "torch_dtype", "dtype",
     "tokenizer_class", "output_past", "use_cache", "is_encoder_decoder", "num_decoder_layers",
     "decoder_start_token_id", "pad_token_id", "eos_token_id", "bos_token_id", "initializer_factor",
     "dropout_rate", "classifier_dropout", "scalable_attention", "tie_word_embeddings", "return_dict",
