@@ -101,9 +101,11 @@ def test_load_npy_checked(tmp_path):
 
 @pytest.mark.integration
 def test_generate_cli_seed_noise_order_and_official_outputs(bundle, pipe, tmp_path):
-    """``fourdnex generate``: a list and its reverse give the same per-image files; ``--seed`` is every image's seed;
-    ``--noise`` (official layout) reproduces the seeded run; ``--official-outputs`` writes the official files; a
-    --noise of the wrong shape is one line naming the file and the shape, before any weights load."""
+    """``fourdnex generate``: a list with ``--seed 5 --official-outputs`` and the reversed list started from
+    ``--noise`` = seed 5's noise in the official layout give the same per-image files (order-free seeds, the exact
+    noise path); the official files are written; a --noise of the wrong shape is one line naming the file and the
+    shape, before any weights load."""
+    import av
     from PIL import Image
 
     names = ["a", "b"]
@@ -111,38 +113,36 @@ def test_generate_cli_seed_noise_order_and_official_outputs(bundle, pipe, tmp_pa
         Image.fromarray(img).save(tmp_path / f"{name}.png")
     (tmp_path / "fwd.txt").write_text("a.png\ta ball\nb.png\ta box\n")
     (tmp_path / "bwd.txt").write_text("b.png\ta box\na.png\ta ball\n")
+    np.save(tmp_path / "noise.npy", np.moveaxis(pipe.pipe.noise(5, H, W), -1, 0)[None].copy())  # (1, 16, T', h, 2w)
 
     def generate(*args):
         cmd = [sys.executable, "-m", "fourdnex_jax", "generate", "--checkpoint", str(bundle), "--nopostprocess",
                *args]
-        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=1200)
 
-    for name in ("fwd", "bwd"):
-        r = generate("--images", str(tmp_path / f"{name}.txt"), "--out", str(tmp_path / name), "--seed", "5",
-                     "--official-outputs")
-        assert r.returncode == 0, r.stderr[-2000:]
+    np.save(tmp_path / "bad.npy", np.zeros((2, 4, 6, 16), np.float32))
+    r = generate("--image", str(tmp_path / "a.png"), "--out", str(tmp_path / "bad"), "--noise",
+                 str(tmp_path / "bad.npy"))
+    assert r.returncode != 0 and not (tmp_path / "bad").exists() and "Traceback" not in r.stderr
+    assert f"--noise {tmp_path / 'bad.npy'}: float32 array of shape (2, 4, 6, 16); " in r.stderr
+    assert "loading models" not in r.stderr.split("--noise")[0]
+    r = generate("--images", str(tmp_path / "fwd.txt"), "--out", str(tmp_path / "fwd"), "--seed", "5",
+                 "--official-outputs")
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = generate("--images", str(tmp_path / "bwd.txt"), "--out", str(tmp_path / "bwd"), "--noise",
+                 str(tmp_path / "noise.npy"))
+    assert r.returncode == 0, r.stderr[-2000:]
     for name in names:
         a, b = (load_npz(tmp_path / d / name / "pointmaps.npz") for d in ("fwd", "bwd"))
         np.testing.assert_array_equal(a["xyz"], b["xyz"])
         summary = json.loads((tmp_path / "fwd" / name / "summary.json").read_text())
         assert summary["seed"] == 5 and summary["schedule"]["sigma_schedule"] == "diffusers_0_34"
+        assert "official_pointmap.npz" in summary["files"]
+        given = json.loads((tmp_path / "bwd" / name / "summary.json").read_text())["initial_noise"]
+        assert given == f"given: --noise {tmp_path / 'noise.npy'}"
         official = load_npz(tmp_path / "fwd" / name / "official_pointmap.npz")
         np.testing.assert_allclose(2 * official["pcd"].reshape(a["xyz"].shape) - 1, a["xyz"], atol=1e-6)
         assert read_video(tmp_path / "fwd" / name / "official_canvas.mp4").shape == (T, H, 2 * W, 3)
-        import av
-
         with av.open(str(tmp_path / "fwd" / name / "official_canvas.mp4")) as c:
             assert c.streams.video[0].average_rate == OFFICIAL_FPS
-    # --noise: the seeded noise of image a, in the official layout
-    np.save(tmp_path / "noise.npy", np.moveaxis(pipe.pipe.noise(5, H, W), -1, 0)[None].copy())
-    r = generate("--image", str(tmp_path / "a.png"), "--prompt", "a ball", "--out", str(tmp_path / "n"),
-                 "--noise", str(tmp_path / "noise.npy"))
-    assert r.returncode == 0, r.stderr[-2000:]
-    np.testing.assert_array_equal(load_npz(tmp_path / "n" / "pointmaps.npz")["xyz"],
-                                  load_npz(tmp_path / "fwd" / "a" / "pointmaps.npz")["xyz"])
-    np.save(tmp_path / "bad.npy", np.zeros((2, 4, 6, 16), np.float32))
-    r = generate("--image", str(tmp_path / "a.png"), "--out", str(tmp_path / "bad"), "--noise",
-                 str(tmp_path / "bad.npy"))
-    assert r.returncode != 0 and not (tmp_path / "bad").exists()
-    assert f"--noise {tmp_path / 'bad.npy'}: float32 array of shape (2, 4, 6, 16)" in r.stderr
-    assert "loading models" not in r.stderr.split("--noise")[0] or "Traceback" not in r.stderr
+        assert not (tmp_path / "bwd" / name / "official_canvas.mp4").exists()
