@@ -17,6 +17,7 @@ and, computed on first use by the closed-form registration (:mod:`fourdnex_jax.g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -28,37 +29,21 @@ from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 from fourdnex_jax.pipelines import domain as domain_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
-from fourdnex_jax.pipelines.inputs import caption_for_image
+from fourdnex_jax.media.images import MIN_SIDE, ImageLike, TargetSize, load_image
+from fourdnex_jax.pipelines.inputs import caption_for_image, resize_target
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import default_bundle
 
-#: What a pipeline call accepts as one image.
-ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
 
 
-def as_image(image: ImageLike) -> np.ndarray:
-    """A path, a PIL image or an (H, W, 3) / (H, W) array -> (H, W, 3) uint8 (floats must lie in [0, 1])."""
-    if isinstance(image, (str, os.PathLike)):
-        from fourdnex_jax.media.io import read_image
-
-        return read_image(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL here
-        return np.asarray(image.convert("RGB"), np.uint8)
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise InputError(f"image: expected an (H, W, 3) array, got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    if np.issubdtype(a.dtype, np.floating):
-        if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
-            raise InputError("image: a float array must hold values in [0, 1] (or pass uint8 in [0, 255])")
-        return np.round(a * 255.0).astype(np.uint8)
-    raise InputError(f"image: dtype {a.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
+def as_image(image: ImageLike, *, target: TargetSize | None = None, min_side: int | None = MIN_SIDE
+             ) -> np.ndarray:
+    """A path, a PIL image or an array -> (H, W, 3) uint8, decoded exactly as ``fourdnex generate`` decodes it
+    (:func:`fourdnex_jax.media.images.load_image`: 16-bit and 32-bit pixels scaled, transparency composited over
+    white, EXIF orientation applied, floats in [0, 1]; an image under ``min_side`` pixels a side refused)."""
+    return load_image(image, target=target, min_side=min_side)[0]
 
 
 @dataclasses.dataclass
@@ -106,13 +91,16 @@ class Result:
         """(T, H, W) float32 z-depth in each recovered camera, 0 where invalid."""
         return self.registration.depth
 
-    def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False
-             ) -> dict[str, Any]:
+    def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False,
+             inputs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
         """Writes the files ``fourdnex generate`` writes into ``out_dir`` (published as a unit: the previous
         result or the new one, never a mix) and returns the summary written; ``geometry=False`` leaves out
-        cameras, depth and the exports. A folder already holding a result is kept unless ``overwrite``."""
+        cameras, depth and the exports. A folder already holding a result is kept unless ``overwrite``, which
+        replaces only a folder fourdnex wrote (its own files; the user's other files stay); a folder holding this
+        result's input image or one of ``inputs`` is refused."""
+        inputs = [*inputs, *([self.source] if self.source else [])]
         return save_result(self.output, out_dir, geometry=geometry, summary=self.summary, fps=fps,
-                           overwrite=overwrite)
+                           overwrite=overwrite, inputs=inputs)
 
 
 class ImageTo4DPipeline:
@@ -181,7 +169,11 @@ class ImageTo4DPipeline:
         if len(prompts) != len(images):
             raise InputError(f"prompts: {len(images)} images but {len(prompts)} prompts")
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
-        arrays = [as_image(i) for i in images]
+        s = self.settings
+        target = functools.partial(resize_target, max_area=s.max_area, multiple=self.pipe.multiple,
+                                   mode=s.resize_mode)  # a large JPEG decodes at reduced size (media/images.py)
+        decoded = [load_image(i, target=target, min_side=MIN_SIDE) for i in images]
+        arrays = [rgb for rgb, _ in decoded]
         captions = [p if p is not None else (caption_for_image(s) if s is not None else "")
                     for p, s in zip(prompts, sources)]
         timings: dict[str, float] = {}
@@ -194,12 +186,13 @@ class ImageTo4DPipeline:
         self.last_run = {"checks": [checks[i] for i in mine], "names": [names[i] for i in mine], "generate_s": gen_s,
                          "timings": timings}
         results = []
-        for o, src, check in zip(outputs, sources, checks):
+        for o, src, check, (_, decode) in zip(outputs, sources, checks, decoded):
             if o is None:  # another process's image
                 results.append(None)
                 continue
             info = self._summary(o, timings, gen_s, len(outputs))
             info["input"] = src
+            info["input_decode"] = decode
             info["input_domain"] = dict(check, note=domain_lib.notice([check], [src or "image"], self.checkpoint))
             results.append(Result(o, dict(info, **(summary or {})), source=src))
         return results
