@@ -76,6 +76,9 @@ def describe_os_error(e: OSError, path: str | os.PathLike | None = None, what: s
     if code in (errno.ENOSPC, errno.EDQUOT):
         return (f"{where}no space left on the device (disk full or quota reached); free some space or write to "
                 "another disk (nothing was published: a previous result is unchanged)")
+    if code == errno.EFBIG:
+        return (f"{where}file too large (for this file system, or over the process's file-size limit: ulimit -f); "
+                "write to another disk or raise the limit (nothing was published)")
     if code == errno.EMFILE or code == errno.ENFILE:
         return f"{where}too many open files; raise the limit (ulimit -n) or close other programs"
     if code == errno.EBUSY:
@@ -95,7 +98,7 @@ def os_error_in(e: BaseException) -> OSError | None:
         if isinstance(e, OSError) and e.errno is not None:
             return e
         text = str(e)
-        for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENAMETOOLONG, errno.ELOOP):
+        for code in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENAMETOOLONG, errno.ELOOP):
             if os.strerror(code) in text:
                 return OSError(code, os.strerror(code))
         e = e.__cause__ or e.__context__
