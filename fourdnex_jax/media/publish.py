@@ -47,6 +47,10 @@ MARKER = ".fourdnex-output.json"
 MARKER_FORMAT = "fourdnex-output/1"
 
 
+#: The longest output folder name: ``.NAME.tmp-XXXXXXXX`` must fit a file system's 255-byte names.
+_MAX_NAME = 255 - len(".") - len(".tmp-") - 8
+
+
 class OutputBusyError(InputError):
     """Another run holds the output folder's lock."""
 
@@ -101,6 +105,9 @@ def _protected(path: PathLike, inputs: Iterable[PathLike]) -> str | None:
 def check_output_parent(path: PathLike, *, flag: str = "--out") -> Path:
     """Checks that ``path`` can be (or is) a folder: not a file, no file among its parents."""
     path = Path(path)
+    if len(os.fsencode(Path(os.path.abspath(path)).name)) > _MAX_NAME:
+        raise InputError(f"{flag} {path}: folder name too long (at most {_MAX_NAME} bytes, so that its temporary "
+                         "sibling fits the 255-byte limit); use a shorter name")
     if os.path.lexists(path) and not path.is_dir():
         raise InputError(f"{flag} {path}: is a file, not a folder; pass a folder path (it is created)")
     for parent in path.absolute().parents:
@@ -155,6 +162,11 @@ def output_lock(path: PathLike, *, flag: str = "--out", inside: bool = False) ->
     if any(_within(real, held) for held in _HELD):
         yield
         return
+    reason = "the root folder" if real == Path(real.anchor) else None if inside else _protected(path, ())
+    if reason:
+        raise InputError(f"{flag} {path}: is {reason}, which is never replaced; nothing was changed: pass a new "
+                         f"folder (e.g. {flag} {Path(path) / 'result'})")
+    check_output_parent(path, flag=flag)
     created = inside and not os.path.lexists(real)
     (real if inside else real.parent).mkdir(parents=True, exist_ok=True)
     lock = real / CONTAINER_LOCK if inside else real.parent / f".{real.name}.lock"

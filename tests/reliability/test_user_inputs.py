@@ -34,8 +34,7 @@ from fourdnex_jax.media import io as mio
 from fourdnex_jax.media import publish
 from fourdnex_jax.utils import files
 from fourdnex_jax.utils.errors import InputError, OutputExistsError
-
-from tests.reliability.test_bad_input_corpus import ROOT, TINY, png, run_cli, snapshot
+from tests.reliability.test_bad_input_corpus import ROOT, TINY, png, snapshot
 
 HANG_S = 20  # a read that has not returned by then is a hang
 
@@ -446,6 +445,12 @@ def _case_user_file_named_like_output(t: Path):
     assert (out / "input.png").read_text() == "user's own" and (out / "rgb.mp4").exists()
 
 
+def _case_out_name_too_long(t: Path):
+    """A 250-byte --out name: refused before any work (its temporary sibling would not fit 255 bytes at the end)."""
+    one_line_error(lambda: publish.check_output_dir(t / ("r" * 250)), "folder name too long", "241")
+    one_line_error(lambda: publish.output_lock(t / ("r" * 250)).__enter__(), "too long")
+
+
 OUTPUT_CASES: dict[str, Callable[[Path], None]] = {
     "output/overwrite-keeps-notes.txt": _case_overwrite_keeps_user_files,
     "output/overwrite-refuses-unmarked-folder": _case_overwrite_refuses_unmarked_folder,
@@ -456,6 +461,7 @@ OUTPUT_CASES: dict[str, Callable[[Path], None]] = {
     "output/dotdot-png-own-folder": _case_dotdot_png_gets_its_own_folder,
     "output/symlink-out-refused": _case_symlink_out_refused,
     "output/user-file-named-like-output": _case_user_file_named_like_output,
+    "output/out-name-too-long": _case_out_name_too_long,
 }
 
 
@@ -569,7 +575,7 @@ def _cli_dev_zero(t: Path):
 
 def _cli_list_with_fifo_and_dotdot(t: Path):
     """An --images list: a named-pipe entry is skipped with one line; ``..png`` goes to OUT/_ (not the root)."""
-    png(t / "..png")
+    os.rename(png(t / "x.png"), t / "..png")
     fifo(t / "pipe.png")
     (t / "list.txt").write_text("..png\npipe.png\n")
     root = t / "out"
