@@ -29,7 +29,7 @@ from etils import epath
 
 from fourdnex_jax.media.images import ALPHA_BACKGROUND, decode_image, load_image  # noqa: F401 (re-exported)
 from fourdnex_jax.utils.errors import InputError
-from fourdnex_jax.utils.files import read_bytes
+from fourdnex_jax.utils.files import check_regular, read_bytes
 
 PathLike = str | os.PathLike
 
@@ -109,6 +109,9 @@ def atomic_save_json(path: PathLike, obj: Any) -> Path | epath.Path:
 
 
 def _bytes(path: PathLike) -> bytes:
+    """A data file's bytes (local or ``gs://``); a local pipe, device or folder is refused, never read."""
+    if not _is_remote(path) and os.path.exists(path):
+        check_regular(path, "data")
     return epath.Path(path).read_bytes()
 
 
