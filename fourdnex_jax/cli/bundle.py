@@ -22,8 +22,10 @@ _BASE = flags.DEFINE_string("base", None, "Bundle whose VAE / encoders / tokeniz
 def main(argv) -> int:
     del argv
     from fourdnex_jax.cli.runs import load_run_bundle
+    from fourdnex_jax.media.publish import check_output_dir
     from fourdnex_jax.pipelines.bundle import save_bundle
 
+    check_output_dir(_OUT.value, inputs=[p for p in (_RUN.value, _BASE.value) if p])  # before any weights load
     b = load_run_bundle(_RUN.value, _BASE.value)
     save_bundle(_OUT.value, transformer=b.transformer, vae=b.vae, text_encoder=b.text_encoder,
                 image_encoder=b.image_encoder, tokenizer_dir=b.directory / "tokenizer",

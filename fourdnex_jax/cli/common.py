@@ -32,7 +32,9 @@ COMMON_FLAGS = ("verbose", "config-help")
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 #: Python loggers of the libraries that log routine work at INFO (orbax logs every save/restore step through absl).
 LIBRARY_LOGGERS = ("absl", "jax", "jax._src", "orbax", "grain", "tensorflow", "tensorflow_datasets", "etils")
-#: Errors that are the user's to fix: printed as one line (traceback with --verbose), exit status 1.
+#: Errors that are the user's to fix: printed as one line (traceback with --verbose), exit status 1. Every other
+#: ``OSError`` (disk full, read-only file system, a name too long, a symlink loop) and ``MemoryError`` too
+#: (:func:`error_line`).
 USER_ERRORS = (InputError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError)
 
 
@@ -43,6 +45,43 @@ def one_line(e: BaseException) -> str:
     if isinstance(e, (KeyError, AttributeError)) and text[:1] in "'\"" and text[-1:] == text[:1]:
         text = text[1:-1].replace("\\n", " ").replace("\\'", "'")
     return " ".join(text.split())
+
+
+def error_line(e: BaseException) -> str:
+    """The message ``fourdnex CMD: error:`` prints for ``e``: an InputError's own text; an operating-system error
+    (also one a library reports in its message, e.g. tensorstore's disk full) in words with the file and the fix
+    (:func:`fourdnex_jax.utils.files.describe_os_error`); out of memory; else the exception on one line."""
+    from fourdnex_jax.utils.files import describe_os_error, os_error_in
+
+    if isinstance(e, InputError):
+        return str(e).strip() or type(e).__name__
+    if isinstance(e, MemoryError):
+        return ("out of memory (MemoryError); use smaller settings (fewer frames, a smaller area) or a machine with "
+                "more memory")
+    os_error = os_error_in(e)
+    if os_error is not None:
+        line = describe_os_error(os_error)
+        return line if os_error is e else f"{line} ({type(e).__name__})"
+    text = one_line(e) or type(e).__name__
+    return text if len(text) <= 600 else text[:600] + " ..."
+
+
+def quiet_background_errors() -> None:
+    """Keeps the tracebacks of library threads (tensorstore / orbax callbacks into a closed asyncio loop, worker
+    threads, ``__del__`` of their objects) off the console: the failure they belong to reaches the main thread and
+    is reported there in one line. ``--verbose`` leaves Python's default hooks in place."""
+    import threading
+
+    main, default = threading.main_thread(), sys.excepthook
+
+    def excepthook(kind, value, tb):  # PyErr_Print from a C++ thread calls this with that thread current
+        if threading.current_thread() is main:
+            default(kind, value, tb)
+
+    sys.excepthook = excepthook
+    threading.excepthook = lambda args: None
+    sys.unraisablehook = lambda unraisable: None
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 def set_log_level(verbose: bool) -> None:
@@ -145,6 +184,8 @@ def run(command: str, module: ModuleType, argv: list[str], program: str = "fourd
     messages name the command (``python -m fourdnex_jax.dev`` for the developer commands)."""
     verbose = verbose_in(argv)
     set_log_level(verbose)
+    if not verbose:
+        quiet_background_errors()
     if any(a in HELP_ARGS for a in argv):
         print(help_text(command, module, program))
         return 0
@@ -172,11 +213,10 @@ def run(command: str, module: ModuleType, argv: list[str], program: str = "fourd
     except UsageError as e:
         print(f"{program} {command}: usage error: {e} (see `{program} {command} --help`)", file=sys.stderr)
         return 2
-    except USER_ERRORS as e:
+    except (*USER_ERRORS, OSError, MemoryError) as e:
         if verbose:
             traceback.print_exc()
-        msg = str(e).strip() or type(e).__name__
-        print(f"{program} {command}: error: {msg}" + ("" if verbose else " (--verbose for the traceback)"),
+        print(f"{program} {command}: error: {error_line(e)}" + ("" if verbose else " (--verbose for the traceback)"),
               file=sys.stderr)
         return 1
 

@@ -42,6 +42,7 @@ rest are written, and the exit status is 1. The same files as ``ImageTo4DPipelin
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,34 +98,47 @@ _POSTPROCESS = flags.DEFINE_bool("postprocess", True, "Recover cameras and depth
                                  "a novel-view video (fourdnex_jax.geometry) after generation.")
 
 
+def _run_inputs() -> list[str]:
+    """Every path the run reads: a folder holding one is never an output folder."""
+    return [p for p in (_IMAGE.value, _IMAGES.value, _CHECKPOINT.value, _BASE.value, _TRANSFORMER.value) if p]
+
+
 def _inputs() -> tuple[list[tuple[Path, str | None]], list[Path], list[str]]:
-    """The (image, prompt) pairs and output folders to generate, every image decoded and every output folder
-    checked before any model loads; with --images a bad entry is reported and skipped (the third list: one line
-    per skipped entry), with --image it is an error."""
-    from fourdnex_jax.media.io import check_image, check_output_dir
-    from fourdnex_jax.pipelines.inputs import read_image_list
+    """The (image, prompt) pairs and output folders to generate, every image decoded (and its caption file read)
+    and every output folder checked before any model loads; with --images a bad entry is reported and skipped (the
+    third list: one line per skipped entry), with --image it is an error."""
+    from fourdnex_jax.media.images import MIN_SIDE
+    from fourdnex_jax.media.io import check_image
+    from fourdnex_jax.media.publish import check_output_dir, check_output_parent
+    from fourdnex_jax.pipelines.inputs import caption_for_image, output_name, read_image_list
 
     if not _OUT.value or (_IMAGE.value is None) == (_IMAGES.value is None):
         raise UsageError("give --out and exactly one of --image / --images")
+    protect = _run_inputs()
     if _IMAGE.value:
-        check_image(_IMAGE.value)
-        return [(Path(_IMAGE.value), _PROMPT.value)], [check_output_dir(_OUT.value, _OVERWRITE.value)], []
-    if not Path(_IMAGES.value).is_file():
+        check_image(_IMAGE.value, MIN_SIDE)
+        if _PROMPT.value is None:
+            caption_for_image(_IMAGE.value)  # a caption file that cannot be read fails here, not after the model
+        return ([(Path(_IMAGE.value), _PROMPT.value)],
+                [check_output_dir(_OUT.value, _OVERWRITE.value, inputs=protect)], [])
+    if not os.path.lexists(_IMAGES.value):
         raise InputError(f"--images {_IMAGES.value}: no such list file; pass a text file with one "
                          "'path[<TAB>prompt]' per line")
-    check_output_dir(_OUT.value, overwrite=True)  # the parent folder of the per-image folders: only not a file
+    check_output_parent(_OUT.value)  # the parent folder of the per-image folders: only not a file
     items = read_image_list(_IMAGES.value)
     if not items:
         raise InputError(f"--images {_IMAGES.value}: the list has no image; add one 'path[<TAB>prompt]' per line")
-    outs = [Path(_OUT.value) / p.stem for p, _ in items]
+    outs = [Path(_OUT.value) / output_name(p) for p, _ in items]
     if len(set(outs)) != len(outs):
         raise InputError(f"--images {_IMAGES.value}: two images share a file stem (their outputs would collide); "
                          "rename one")
     kept, kept_outs, failed = [], [], []
     for item, out in zip(items, outs):
         try:
-            check_image(item[0])
-            check_output_dir(out, _OVERWRITE.value)
+            check_image(item[0], MIN_SIDE)
+            if item[1] is None:
+                caption_for_image(item[0])
+            check_output_dir(out, _OVERWRITE.value, inputs=protect)
         except InputError as e:
             failed.append(str(e))
             continue
@@ -156,8 +170,25 @@ def _noise(settings, config_dir: Path, transformer_dir: Path, images: list[Path]
     return noise
 
 
+#: Bytes a result takes per frame and pixel of the sampling area, about (pointmaps.npz 16; with the geometry
+#: also depth, PLY, GLB and videos): the free space `generate` asks for before any model loads.
+RESULT_BYTES_PER_PIXEL = {True: 64, False: 20}
+
+
 def main(argv) -> int:
     del argv
+    from fourdnex_jax.media.publish import output_lock
+
+    if _IMAGES.value and _OUT.value:  # a container of per-image results: its lock lives inside it
+        with output_lock(_OUT.value, inside=True):
+            return _main()
+    if _OUT.value:
+        with output_lock(_OUT.value):  # one writer per --out, from the checks to the publishing rename
+            return _main()
+    return _main()
+
+
+def _main() -> int:
     t_start = time.perf_counter()
     items, outs, failed = _inputs()
     for line in failed:
@@ -174,6 +205,7 @@ def main(argv) -> int:
         process_id=_PROCESS_ID.value))
 
     from fourdnex_jax.cli import runs
+    from fourdnex_jax.media.publish import check_writable
     from fourdnex_jax.pipelines import bundle as bundle_lib
     from fourdnex_jax.pipelines.aot import enable_compilation_cache
     from fourdnex_jax.pipelines.api import ImageTo4DPipeline
@@ -189,17 +221,22 @@ def main(argv) -> int:
     # config.sharding: the mesh (its -1 axis takes the devices left); every weight restored straight into its shard
     mesh, rules = sharding.make_mesh(config.sharding, devices), sharding.rules_of(config.sharding)
     seed = {} if _SEED.value is None else {"seed": _SEED.value}  # --seed over config.sample.seed
+    if runs.is_run(ckpt):
+        if _TRANSFORMER.value:
+            raise UsageError("--transformer does not combine with a training run as --checkpoint")
+        base_dir, _, _ = runs.base_bundle_of(ckpt, _BASE.value)
+        settings = bundle_lib.resolve_settings(base_dir, config.sample, **seed)  # checked against the base's configs
+        noise = _noise(settings, base_dir, base_dir, [p for p, _ in items])
+    else:
+        settings = bundle_lib.resolve_settings(ckpt, config.sample, transformer_dir=_TRANSFORMER.value, **seed)
+        noise = _noise(settings, ckpt, Path(_TRANSFORMER.value or ckpt), [p for p, _ in items])
+    # the destination can take the results: writable, and about the space they need (before any model runs)
+    check_writable(outs[0].parent, len(items) * settings.num_frames * settings.max_area
+                   * RESULT_BYTES_PER_PIXEL[_POSTPROCESS.value])
     with Stage(f"loading models from {ckpt}") as load:
         if runs.is_run(ckpt):
-            if _TRANSFORMER.value:
-                raise UsageError("--transformer does not combine with a training run as --checkpoint")
-            base_dir, _, _ = runs.base_bundle_of(ckpt, _BASE.value)
-            settings = bundle_lib.resolve_settings(base_dir, config.sample, **seed)  # checked against the base's
-            noise = _noise(settings, base_dir, base_dir, [p for p, _ in items])
             bundle = runs.load_run_bundle(ckpt, _BASE.value, mesh=mesh, rules=rules)
         else:
-            settings = bundle_lib.resolve_settings(ckpt, config.sample, transformer_dir=_TRANSFORMER.value, **seed)
-            noise = _noise(settings, ckpt, Path(_TRANSFORMER.value or ckpt), [p for p, _ in items])
             bundle = bundle_lib.load_bundle(ckpt, transformer_dir=_TRANSFORMER.value, mesh=mesh, rules=rules)
     with Stage("setting up the sampler"):
         pipe = ImageTo4DPipeline.from_bundle(bundle, settings, mesh=mesh, rules=rules, executable_cache=_AOT_CACHE.value,
@@ -216,7 +253,7 @@ def main(argv) -> int:
     with Stage(("geometry + exports" if _POSTPROCESS.value else "writing outputs") + f" of {len(results)} result(s)"):
         for (path, _), out, res in zip(items, outs, results):
             written = res.save(out, geometry=_POSTPROCESS.value, fps=_FPS.value, overwrite=_OVERWRITE.value,
-                               official=_OFFICIAL.value)
+                               official=_OFFICIAL.value, inputs=_run_inputs())
             if _POSTPROCESS.value:  # the cameras, then whether the frames form one 4D scene
                 geo = written["geometry"]
                 for msg in (geo["message"], geo["scene_4d"]["message"]):

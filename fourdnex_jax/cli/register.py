@@ -27,7 +27,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # closed-form host work
 
 from fourdnex_jax.geometry.register import NORMALIZATIONS
 from fourdnex_jax.geometry.scene import load_pointmaps, postprocess_scene
-from fourdnex_jax.media.io import check_output_dir, publish_dir
+from fourdnex_jax.media.publish import check_output_dir, publish_dir
 from fourdnex_jax.geometry.trajectories import KINDS
 
 _POINTMAPS = flags.DEFINE_string("pointmaps", None, "pointmaps.npz with xyz (T, H, W, 3) [, valid, rgb, centers, "
@@ -54,9 +54,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous result in
 
 def main(argv) -> int:
     del argv
-    check_output_dir(_OUT.value, _OVERWRITE.value)
+    check_output_dir(_OUT.value, _OVERWRITE.value, inputs=[_POINTMAPS.value])
     arrays = load_pointmaps(_POINTMAPS.value)  # every input checked before any work
-    with publish_dir(_OUT.value, _OVERWRITE.value) as tmp:
+    with publish_dir(_OUT.value, _OVERWRITE.value, writer="register", inputs=[_POINTMAPS.value]) as tmp:
         summary = postprocess_scene(arrays["xyz"], arrays.get("valid"), arrays.get("rgb"), _NORMALIZATION.value,
                                     tmp, centers=arrays.get("centers"), scale=arrays.get("scale"),
                                     trajectory=_TRAJECTORY.value, video=_VIDEO.value, fps=_FPS.value,

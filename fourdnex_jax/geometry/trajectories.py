@@ -10,12 +10,12 @@ nerfstudio ``transforms.json`` (``frames[].transform_matrix``, OpenGL axes).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from fourdnex_jax.geometry.se3 import look_at
+from fourdnex_jax.utils.files import read_json
 
 KINDS = ("orbit", "dolly", "spiral")
 GL_TO_CV = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -43,7 +43,7 @@ def make_trajectory(kind: str, num_frames: int, pivot_depth: float, amplitude_de
 
 def load_trajectory(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     """(c2w (F, 4, 4) OpenCV, K (3, 3) or None) from a JSON file (see module docstring)."""
-    obj = json.loads(Path(path).read_text())
+    obj = read_json(path, what="trajectory", fix="write it again (see the module docstring for the layout)")
     if "cam_to_world" in obj:
         return np.asarray(obj["cam_to_world"], np.float64), (np.asarray(obj["K"], np.float64) if "K" in obj else None)
     if "frames" in obj:

@@ -6,8 +6,10 @@ half-written output; a remote object store (``gs://``) makes the one upload atom
 created. Images use Pillow and videos PyAV (FFmpeg), both imported lazily so the rest of the package works without
 them; every decode error surfaces as an exception.
 
-A folder of outputs is published as a unit by :func:`publish_dir` (written into a hidden temporary sibling, then
-renamed over the target), so a killed writer leaves the previous complete result or none.
+A folder of outputs is published as a unit by :func:`fourdnex_jax.media.publish.publish_dir` (written into a hidden
+temporary sibling, marked as ours, then renamed over the target), so a killed writer leaves the previous complete
+result or none. Files a user hands in are read through :mod:`fourdnex_jax.utils.files` (regular files only, size
+caps) and images decoded by :mod:`fourdnex_jax.media.images`.
 
 Frames are (T, H, W, 3) uint8 RGB; images (H, W, 3) uint8 RGB (masks (H, W) bool). Readers of user input raise
 :class:`~fourdnex_jax.utils.errors.InputError` naming the file.
@@ -15,18 +17,19 @@ Frames are (T, H, W, 3) uint8 RGB; images (H, W, 3) uint8 RGB (masks (H, W) bool
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.utils.errors import InputError, OutputExistsError
+from fourdnex_jax.media.images import ALPHA_BACKGROUND, decode_image, load_image  # noqa: F401 (re-exported)
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.files import check_regular, read_bytes
 
 PathLike = str | os.PathLike
 
@@ -61,88 +64,6 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path | epa
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def check_output_dir(path: PathLike, overwrite: bool = False, *, flag: str = "--out") -> Path:
-    """Checks that ``path`` can receive a result published by :func:`publish_dir` (call it before any work):
-    a file there, or a non-empty folder without ``overwrite``, raises
-    :class:`~fourdnex_jax.utils.errors.InputError` / :class:`~fourdnex_jax.utils.errors.OutputExistsError`."""
-    path = Path(path)
-    if path.is_file() or (path.exists() and not path.is_dir()):
-        raise InputError(f"{flag} {path}: is a file, not a folder; pass a folder path (it is created)")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise OutputExistsError(f"{flag} {path}: already holds a result; it is kept: pass --overwrite to replace it "
-                                "(overwrite=True in Python) or choose another folder")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{flag} {path}: {parent} is a file, not a folder; choose another path")
-            break
-    return path
-
-
-def _remove_stale(path: Path) -> None:
-    """Temporary / retired siblings of ``path`` left by a killed publish (hidden names, never a result)."""
-    import shutil
-
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    for stale in path.parent.glob(f".{path.name}.old-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def publish_dir(path: PathLike, overwrite: bool = False, *, flag: str = "--out") -> Iterator[Path]:
-    """Writes a folder as a unit: yields a fresh hidden sibling ``.NAME.tmp-XXXX`` to write into; on a clean exit it
-    is fsynced and renamed to ``path``. So ``path`` holds either the previous complete result or the new complete
-    one, never a mix, whatever point a kill -9 hits (between the two renames of an overwrite ``path`` is briefly
-    absent: none rather than a mix). The previous result is kept unless ``overwrite`` (checked first, by
-    :func:`check_output_dir`); on an exception the temporary folder is removed and ``path`` is untouched. A
-    local path only."""
-    import shutil
-
-    final = check_output_dir(path, overwrite, flag=flag)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(final)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; the published folder gets ordinary permissions
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            retired = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.old-"))
-            os.replace(final, retired / "result")
-            os.replace(tmp, final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(root: Path) -> None:
-    """Every file and folder under ``root`` on disk before the publishing rename (so a power loss cannot publish
-    a folder of empty files)."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path | epath.Path:
@@ -188,6 +109,9 @@ def atomic_save_json(path: PathLike, obj: Any) -> Path | epath.Path:
 
 
 def _bytes(path: PathLike) -> bytes:
+    """A data file's bytes (local or ``gs://``); a local pipe, device or folder is refused, never read."""
+    if not _is_remote(path) and os.path.exists(path):
+        check_regular(path, "data")
     return epath.Path(path).read_bytes()
 
 
@@ -202,74 +126,24 @@ def load_npz(path: PathLike) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-#: Background a transparent pixel is composited over (white, as image-to-3D inputs with a cut-out object expect).
-ALPHA_BACKGROUND = (255, 255, 255)
-
-
-def _read_input_bytes(path: PathLike, what: str) -> bytes:
-    try:
-        data = _bytes(path)
-    except FileNotFoundError as e:
-        raise InputError(f"{os.fspath(path)}: no such {what} file; check the path") from e
-    except IsADirectoryError as e:
-        raise InputError(f"{os.fspath(path)}: is a folder, not a {what} file; pass the file itself") from e
-    except PermissionError as e:
-        raise InputError(f"{os.fspath(path)}: cannot read the {what} file (permission denied); fix its "
-                         "permissions") from e
-    if not data:
-        raise InputError(f"{os.fspath(path)}: the {what} file is empty; re-export it")
-    return data
-
-
-def image_to_rgb8(im) -> np.ndarray:
-    """A decoded Pillow image in any mode -> (H, W, 3) uint8 RGB: 16-bit greyscale (``I;16*``, ``I``) scaled by
-    255/65535 (rounded), palette / LA / RGBA / transparent images composited over :data:`ALPHA_BACKGROUND`, every
-    other mode (L, 1, CMYK, YCbCr, 48-bit RGB, which Pillow reads as 8-bit) through Pillow's RGB conversion."""
-    from PIL import Image
-
-    mode = im.mode
-    if mode.startswith("I;16") or mode == "I":
-        grey = np.asarray(im).astype(np.float64)
-        grey = np.round(np.clip(grey, 0, 65535) * (255.0 / 65535.0)).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=-1))
-    if mode == "F":
-        raise InputError("32-bit float images are not read (their range is unknown); convert to 8/16-bit PNG, or "
-                         "pass an array in [0, 1] to the Python API")
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    if mode in ("LA", "La", "PA", "RGBa"):
-        im = im.convert("RGBA")
-    if im.mode == "RGBA":
-        bg = Image.new("RGBA", im.size, (*ALPHA_BACKGROUND, 255))
-        return np.asarray(Image.alpha_composite(bg, im).convert("RGB"))
-    return np.asarray(im.convert("RGB"))
+def _read_input_bytes(path: PathLike, what: str, kind: str = "image") -> bytes:
+    """The bytes of a file a user handed in (:func:`fourdnex_jax.utils.files.read_bytes`: a regular file within its
+    kind's size cap; every failure an InputError naming it)."""
+    return read_bytes(path, kind, what=what)
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """PNG/JPEG (any mode) -> (H, W, 3) uint8 RGB, EXIF orientation applied (:func:`image_to_rgb8` says how each
-    mode converts). A missing, empty, truncated or undecodable file raises
-    :class:`~fourdnex_jax.utils.errors.InputError` naming it."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    data = _read_input_bytes(path, "image")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # a truncated file fails here, not half-way through a later resize
-            oriented = ImageOps.exif_transpose(im)
-            return image_to_rgb8(oriented)
-    except InputError as e:
-        raise InputError(f"{os.fspath(path)}: {e}") from e
-    except UnidentifiedImageError as e:
-        raise InputError(f"{os.fspath(path)}: not a PNG/JPEG image (unrecognised content, {len(data)} bytes); pass "
-                         "an image file") from e
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise InputError(f"{os.fspath(path)}: not a readable PNG/JPEG image ({type(e).__name__}: {e}); re-export "
-                         "it or pass another file") from e
+    """An image file (any mode) -> (H, W, 3) uint8 RGB, EXIF orientation applied
+    (:func:`fourdnex_jax.media.images.decode_image` says how each mode converts). A missing, empty, truncated,
+    undecodable or non-regular file raises :class:`~fourdnex_jax.utils.errors.InputError` naming it."""
+    return decode_image(path)[0]
 
 
-def check_image(path: PathLike) -> tuple[int, int]:
-    """Decodes ``path`` fully (as :func:`read_image`) and returns its (H, W); raises InputError like it."""
-    return read_image(path).shape[:2]
+def check_image(path: PathLike, min_side: int | None = None) -> tuple[int, int]:
+    """Decodes ``path`` fully (a JPEG at reduced size: every byte is still decoded) and returns its source (H, W);
+    raises InputError like :func:`read_image`, and for a shorter side below ``min_side``."""
+    _, info = load_image(path, target=lambda h, w: (16, 16), min_side=min_side)
+    return info["source_height"], info["source_width"]
 
 
 def rgb_to_uint8(rgb: Any, what: str = "rgb") -> np.ndarray:
@@ -299,14 +173,17 @@ def load_npz_checked(path: PathLike, what: str = "arrays") -> dict[str, np.ndarr
     .npz (a JPEG, a text file, a single .npy), truncated, or holding pickled objects (never unpickled)."""
     import zipfile
 
-    data = _read_input_bytes(path, what)
+    data = _read_input_bytes(path, what, "npz")
     if not data.startswith(b"PK\x03\x04"):
         kind = "a single .npy array" if data.startswith(b"\x93NUMPY") else f"a file starting with {data[:8]!r}"
         raise InputError(f"{os.fspath(path)}: not an .npz archive ({kind}); pass the .npz written by np.savez "
                          "(e.g. a result's pointmaps.npz)")
     try:
+        _check_npz_sizes(data, path)
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
+    except InputError:
+        raise
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise InputError(f"{os.fspath(path)}: holds object (pickled) arrays, which are never loaded; save "
@@ -321,7 +198,7 @@ def load_npz_checked(path: PathLike, what: str = "arrays") -> dict[str, np.ndarr
 def load_npy_checked(path: PathLike, what: str = "array") -> np.ndarray:
     """One .npy array, every failure an InputError naming the file: missing, not an .npy, a header that steers the
     reader (object / pickled dtype, Fortran order) or declares more data than the file holds (never allocated)."""
-    data = _read_input_bytes(path, what)
+    data = _read_input_bytes(path, what, "npz")
     name = os.fspath(path)
     if not data.startswith(b"\x93NUMPY"):
         kind = "an .npz archive" if data.startswith(b"PK\x03\x04") else f"a file starting with {data[:8]!r}"
@@ -346,11 +223,40 @@ def load_npy_checked(path: PathLike, what: str = "array") -> np.ndarray:
     return np.frombuffer(data, dtype, count, offset=buf.tell()).reshape(shape).copy()
 
 
+#: An .npz may unpack to at most this multiple of its file size (or 256 MiB, whichever is more): compressed
+#: members (np.savez_compressed) may not inflate without bound.
+NPZ_INFLATION = 64
+
+
+def _check_npz_sizes(data: bytes, path: PathLike) -> None:
+    """Refuses an .npz whose members would allocate more than the file can hold: a member's array header declaring
+    more bytes than the member has, or members inflating past ``NPZ_INFLATION`` x the file size."""
+    import zipfile
+
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        infos = z.infolist()
+        total = sum(i.file_size for i in infos)
+        cap = max(256 * 2**20, NPZ_INFLATION * len(data))
+        if total > cap:
+            raise InputError(f"{os.fspath(path)}: its arrays unpack to {total} bytes, over {cap} ({NPZ_INFLATION}x "
+                             "the file); save it with np.savez (uncompressed) or check where it came from")
+        for info in infos:
+            with z.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                   else np.lib.format.read_array_header_2_0(f))
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if need > info.file_size:
+                    raise InputError(f"{os.fspath(path)}: member {info.filename} declares {shape} {dtype} "
+                                     f"({need} bytes) but holds {info.file_size}; the file is damaged: write it "
+                                     "again")
+
+
 def read_mask(path: PathLike) -> np.ndarray:
     """A mask PNG (any mode) -> (H, W) bool, True where the (first channel of the) pixel is non-zero."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(_bytes(path))) as im:
+    with Image.open(io.BytesIO(read_bytes(path, "image", what="mask"))) as im:
         arr = np.asarray(im)
     return (arr[..., 0] if arr.ndim == 3 else arr) > 0
 

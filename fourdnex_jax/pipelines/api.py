@@ -17,6 +17,7 @@ and, computed on first use by the closed-form registration (:mod:`fourdnex_jax.g
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -28,37 +29,21 @@ from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 from fourdnex_jax.pipelines import domain as domain_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
-from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent
+from fourdnex_jax.media.images import MIN_SIDE, ImageLike, TargetSize, load_image
+from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent, resize_target
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import default_bundle
 
-#: What a pipeline call accepts as one image.
-ImageLike = Any  # str | os.PathLike | PIL.Image.Image | np.ndarray
 
 
-def as_image(image: ImageLike) -> np.ndarray:
-    """A path, a PIL image or an (H, W, 3) / (H, W) array -> (H, W, 3) uint8 (floats must lie in [0, 1])."""
-    if isinstance(image, (str, os.PathLike)):
-        from fourdnex_jax.media.io import read_image
-
-        return read_image(image)
-    if hasattr(image, "convert") and hasattr(image, "size"):  # a PIL image, without importing PIL here
-        return np.asarray(image.convert("RGB"), np.uint8)
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise InputError(f"image: expected an (H, W, 3) array, got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype == np.uint8:
-        return np.ascontiguousarray(a)
-    if np.issubdtype(a.dtype, np.floating):
-        if not (np.isfinite(a).all() and a.min() >= 0.0 and a.max() <= 1.0):
-            raise InputError("image: a float array must hold values in [0, 1] (or pass uint8 in [0, 255])")
-        return np.round(a * 255.0).astype(np.uint8)
-    raise InputError(f"image: dtype {a.dtype}; pass uint8 in [0, 255] or floats in [0, 1]")
+def as_image(image: ImageLike, *, target: TargetSize | None = None, min_side: int | None = MIN_SIDE
+             ) -> np.ndarray:
+    """A path, a PIL image or an array -> (H, W, 3) uint8, decoded exactly as ``fourdnex generate`` decodes it
+    (:func:`fourdnex_jax.media.images.load_image`: 16-bit and 32-bit pixels scaled, transparency composited over
+    white, EXIF orientation applied, floats in [0, 1]; an image under ``min_side`` pixels a side refused)."""
+    return load_image(image, target=target, min_side=min_side)[0]
 
 
 @dataclasses.dataclass
@@ -109,17 +94,19 @@ class Result:
         return self.registration.depth
 
     def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False,
-             official: bool = False) -> dict[str, Any]:
+             official: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
         """Writes the files ``fourdnex generate`` writes into ``out_dir`` (published as a unit: the previous
         result or the new one, never a mix) and returns the summary written; ``geometry=False`` leaves out
         cameras, depth and the exports; ``official=True`` adds the official 4DNeX layout (``official_canvas.mp4``
         at 24 fps, ``official_pointmap.npz``: :mod:`fourdnex_jax.pipelines.outputs`). A folder already holding a
-        result is kept unless ``overwrite``. The registration is computed once: :attr:`cameras` / :attr:`depth`
-        read before or after share it."""
+        result is kept unless ``overwrite``, which replaces only a folder fourdnex wrote (its own files; the
+        user's other files stay); a folder holding this result's input image or one of ``inputs`` is refused.
+        The registration is computed once: :attr:`cameras` / :attr:`depth` read before or after share it."""
         if geometry:
             _ = self.registration  # computed here once, reused by save_result and by later reads of .cameras
+        inputs = [*inputs, *([self.source] if self.source else [])]
         return save_result(self.output, out_dir, geometry=geometry, summary=self.summary, fps=fps,
-                           overwrite=overwrite, registration=self._registration, official=official)
+                           overwrite=overwrite, registration=self._registration, official=official, inputs=inputs)
 
 
 class ImageTo4DPipeline:
@@ -202,7 +189,11 @@ class ImageTo4DPipeline:
         if len(prompts) != len(images):
             raise InputError(f"prompts: {len(images)} images but {len(prompts)} prompts")
         sources = [str(i) if isinstance(i, (str, os.PathLike)) else None for i in images]
-        arrays = [as_image(i) for i in images]
+        s = self.settings
+        target = functools.partial(resize_target, max_area=s.max_area, multiple=self.pipe.multiple,
+                                   mode=s.resize_mode)  # a large JPEG decodes at reduced size (media/images.py)
+        decoded = [load_image(i, target=target, min_side=MIN_SIDE) for i in images]
+        arrays = [rgb for rgb, _ in decoded]
         captions = [p if p is not None else (caption_for_image(s) if s is not None else "")
                     for p, s in zip(prompts, sources)]
         latents = self._noise(noise, arrays, sources)
@@ -216,7 +207,7 @@ class ImageTo4DPipeline:
         self.last_run = {"checks": [checks[i] for i in mine], "names": [names[i] for i in mine], "generate_s": gen_s,
                          "timings": timings}
         results = []
-        for o, src, check in zip(outputs, sources, checks):
+        for o, src, check, (_, decode) in zip(outputs, sources, checks, decoded):
             if o is None:  # another process's image
                 results.append(None)
                 continue
@@ -224,6 +215,7 @@ class ImageTo4DPipeline:
             info["input"] = src
             info["initial_noise"] = ("seeded: jax.random.normal(jax.random.key(seed), float32)" if noise is None
                                      else "given (noise=)")
+            info["input_decode"] = decode
             info["input_domain"] = dict(check, note=domain_lib.notice([check], [src or "image"], self.checkpoint))
             results.append(Result(o, dict(info, **(summary or {})), source=src))
         return results

@@ -24,7 +24,6 @@ export, keeping the encoders, VAE and presets of the bundle.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
 from pathlib import Path
@@ -40,6 +39,7 @@ from fourdnex_jax.weights.orbax import save_flat
 from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, SPECS
 from fourdnex_jax.weights.restore import checkpoint_problems, read_config, restore_model
 from fourdnex_jax.media.io import atomic_save_json
+from fourdnex_jax.media.publish import publish_dir
 from fourdnex_jax.models import params
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig
 from fourdnex_jax.models.text_encoder import UMT5Tokenizer
@@ -49,6 +49,7 @@ from fourdnex_jax.pipelines.settings import SampleSettings, check_model
 from fourdnex_jax.recipe import SamplingPreset, SixDSpec
 from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, UniPCConfig
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.utils.resources import shipped
 
 #: The bundled tiny model: ``checkpoints/tiny`` of the repository or of an installed wheel (None where this
@@ -191,18 +192,30 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_di
     tdir = Path(transformer_dir) if transformer_dir is not None else directory
     check_bundle(directory, transformer_dir, manifests=(
         manifest, manifest_lib.read_manifest(tdir) if transformer_dir is not None else None))
+    # the small files first (each read bounded, every failure naming its file), then the weights
+    fix = "the bundle is damaged: copy or convert it again"
+    proc = directory / "image_processor" / "preprocessor_config.json"
+    sched = directory / "scheduler" / "scheduler_config.json"
+    info_path = directory / "bundle.json"
+    try:
+        where = proc
+        clip_pre = (CLIPPreprocessConfig.from_hf_config(read_json(proc, what="image processor config", fix=fix))
+                    if os.path.lexists(proc) else CLIPPreprocessConfig())
+        where = sched
+        scheduler = UniPCConfig.from_dir(sched.parent) if os.path.lexists(sched) else UniPCConfig()
+    except InputError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise InputError(f"{where}: not a config this version reads ({type(e).__name__}: {e}); {fix}") from e
+    info = read_json(info_path, what="bundle info", fix=fix) if os.path.lexists(info_path) else {}
+    if not isinstance(info, dict):
+        raise InputError(f"{info_path}: holds a {type(info).__name__}, not a JSON object; {fix}")
+    tokenizer = UMT5Tokenizer.from_dir(directory / "tokenizer")
     models = {name: restore_model(tdir if name == "transformer" else directory, name, mesh, rules,
                                   **(transformer_overrides if name == "transformer" else {}))
               for name in MODELS}
-    proc = directory / "image_processor" / "preprocessor_config.json"
-    clip_pre = (CLIPPreprocessConfig.from_hf_config(json.loads(proc.read_text())) if proc.exists()
-                else CLIPPreprocessConfig())
-    scheduler = read_scheduler(directory)
-    info_path = directory / "bundle.json"
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    return Bundle(tokenizer=UMT5Tokenizer.from_dir(directory / "tokenizer"), clip_preprocess=clip_pre,
-                  scheduler=scheduler, directory=directory, manifest=manifest, preset=preset, spec=spec, info=info,
-                  **models)
+    return Bundle(tokenizer=tokenizer, clip_preprocess=clip_pre, scheduler=scheduler, directory=directory,
+                  manifest=manifest, preset=preset, spec=spec, info=info, **models)
 
 
 def _flat_numpy(model: nnx.Module, flt) -> dict[str, np.ndarray]:
@@ -214,39 +227,42 @@ def save_bundle(directory: str | os.PathLike, *, transformer: nnx.Module, vae: n
                 clip_preprocess: dict[str, Any], preset: SamplingPreset, spec: SixDSpec = SixDSpec(),
                 scheduler: UniPCConfig = UniPCConfig(), info: dict[str, Any] | None = None,
                 param_dtype: str = "float32") -> Path:
-    """Writes a bundle (``directory`` must not exist or be empty). ``tokenizer_dir`` holds ``tokenizer.json``
+    """Writes a bundle, published as a unit (:func:`fourdnex_jax.media.publish.publish_dir`; ``directory`` must
+    not exist or be empty). ``tokenizer_dir`` holds ``tokenizer.json``
     (+ optional config files), copied verbatim; ``clip_preprocess`` is a ``preprocessor_config.json`` dict;
     ``preset`` / ``spec``: what the model is meant to be sampled with and the recipe it was trained with
     (recorded in ``manifest.json``)."""
-    directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        raise FileExistsError(f"{directory} is not empty")
-    directory.mkdir(parents=True, exist_ok=True)
-    manifest = manifest_lib.new_manifest("bundle", "in-memory models")
-    manifest["sampling_preset"], manifest["recipe"] = preset.to_dict(), spec.to_dict()
-    models = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder, "image_encoder": image_encoder}
-    for name, model in models.items():
-        spec = SPECS[name]
-        flat = _flat_numpy(model, FROZEN if name == "transformer" else spec.param_filter)
-        save_flat(directory / name, flat)
-        atomic_save_json(directory / "configs" / f"{name}.json", spec.config_to_json(model.config, param_dtype))
-        manifest["models"][name] = {"checkpoint": name, "config": f"configs/{name}.json", "param_dtype": param_dtype,
-                                    "arrays": len(flat), "bytes_stored": int(sum(a.nbytes for a in flat.values()))}
-    adapter = _flat_numpy(transformer, TRAINABLE)
-    if adapter:
-        save_flat(directory / ADAPTER_CHECKPOINT, adapter)
-        cfg = transformer.config
-        manifest["adapter"] = {"checkpoint": ADAPTER_CHECKPOINT, "rank": cfg.lora_rank,
-                               "targets": list(cfg.lora_targets), "effective_scale": cfg.lora_alpha / cfg.lora_rank
-                               if cfg.lora_rank else 0.0, "tensors": len(adapter)}
-    shutil.copytree(tokenizer_dir, directory / "tokenizer")
-    atomic_save_json(directory / "image_processor" / "preprocessor_config.json",
-                     {"image_processor_type": "CLIPImageProcessor", **clip_preprocess})
-    atomic_save_json(directory / "scheduler" / "scheduler_config.json", scheduler.to_diffusers_config())
-    if info is not None:
-        atomic_save_json(directory / "bundle.json", info)
-    for name in ("tokenizer", "scheduler", "image_processor"):
-        manifest["copied"][name] = {str(p.relative_to(directory / name)): manifest_lib.file_record(p)
-                                    for p in sorted((directory / name).rglob("*")) if p.is_file()}
-    manifest_lib.write_manifest(directory, manifest)
-    return directory
+    final = Path(directory)
+    with publish_dir(final, writer="bundle", flag="bundle folder") as directory:
+        manifest = manifest_lib.new_manifest("bundle", "in-memory models")
+        manifest["sampling_preset"], manifest["recipe"] = preset.to_dict(), spec.to_dict()
+        models = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder,
+                  "image_encoder": image_encoder}
+        for name, model in models.items():
+            spec = SPECS[name]
+            flat = _flat_numpy(model, FROZEN if name == "transformer" else spec.param_filter)
+            save_flat(directory / name, flat)
+            atomic_save_json(directory / "configs" / f"{name}.json",
+                             spec.config_to_json(model.config, param_dtype))
+            manifest["models"][name] = {"checkpoint": name, "config": f"configs/{name}.json",
+                                        "param_dtype": param_dtype, "arrays": len(flat),
+                                        "bytes_stored": int(sum(a.nbytes for a in flat.values()))}
+        adapter = _flat_numpy(transformer, TRAINABLE)
+        if adapter:
+            save_flat(directory / ADAPTER_CHECKPOINT, adapter)
+            cfg = transformer.config
+            manifest["adapter"] = {"checkpoint": ADAPTER_CHECKPOINT, "rank": cfg.lora_rank,
+                                   "targets": list(cfg.lora_targets),
+                                   "effective_scale": cfg.lora_alpha / cfg.lora_rank if cfg.lora_rank else 0.0,
+                                   "tensors": len(adapter)}
+        shutil.copytree(tokenizer_dir, directory / "tokenizer")
+        atomic_save_json(directory / "image_processor" / "preprocessor_config.json",
+                         {"image_processor_type": "CLIPImageProcessor", **clip_preprocess})
+        atomic_save_json(directory / "scheduler" / "scheduler_config.json", scheduler.to_diffusers_config())
+        if info is not None:
+            atomic_save_json(directory / "bundle.json", info)
+        for name in ("tokenizer", "scheduler", "image_processor"):
+            manifest["copied"][name] = {str(p.relative_to(directory / name)): manifest_lib.file_record(p)
+                                        for p in sorted((directory / name).rglob("*")) if p.is_file()}
+        manifest_lib.write_manifest(directory, manifest)
+    return final

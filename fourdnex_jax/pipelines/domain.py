@@ -20,13 +20,13 @@ input will give a good result.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 
 from fourdnex_jax.media.io import atomic_save_json
+from fourdnex_jax.utils.files import read_json
 
 DOMAIN_FILE = "domain.json"
 FEATURES = ("luminance_mean", "luminance_std", "saturation_mean", "gradient_median", "flat_fraction",
@@ -81,9 +81,9 @@ def write_domain(bundle_dir: str | os.PathLike, domain: dict) -> Path:
 def load_domain(bundle_dir: str | os.PathLike) -> dict | None:
     """The bundle's ``domain.json``, or None when it declares no domain."""
     path = Path(bundle_dir) / DOMAIN_FILE
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    dom = json.loads(path.read_text())
+    dom = read_json(path, what="domain", fix="rebuild it with `fourdnex make-domain`")
     if list(dom.get("features", [])) != list(FEATURES):
         raise ValueError(f"{path}: features {dom.get('features')} are not this version's {list(FEATURES)}; "
                          "rebuild it with `fourdnex make-domain`")

@@ -21,6 +21,7 @@ project's NTHWC layout) or (1, 16, T', h, 2w) float32 (the official code's NCTHW
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 
 from fourdnex_jax.media.resize import BICUBIC, cover_crop_plan, resize_rgb, resize_uint8
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.files import read_text
 
 #: (H, W) proportions of the frame ``'cover_crop'`` fills: the 4DNeX training clips' 480 x 720.
 COVER_CROP_ASPECT = (2, 3)
@@ -44,7 +46,13 @@ def aspect_size(height: int, width: int, max_area: int, multiple: tuple[int, int
     mh, mw = multiple
     h = round(math.sqrt(max_area * ratio)) // mh * mh
     w = round(math.sqrt(max_area / ratio)) // mw * mw
-    return max(h, mh), max(w, mw)
+    # a side floored to 0 (a very thin image, e.g. 1 x 4000) takes one multiple, and the other side shrinks so the
+    # area stays within max_area (it would be 6.4x it for the tiny preset otherwise)
+    if h < mh:
+        h, w = mh, max(mw, max_area // mh // mw * mw)
+    elif w < mw:
+        h, w = max(mh, max_area // mw // mh * mh), mw
+    return h, w
 
 
 def sample_size(height: int, width: int, max_area: int, multiple: tuple[int, int], mode: str) -> tuple[int, int]:
@@ -54,6 +62,16 @@ def sample_size(height: int, width: int, max_area: int, multiple: tuple[int, int
     if mode == "cover_crop":
         return aspect_size(*COVER_CROP_ASPECT, max_area, multiple)
     raise ValueError(f"resize_mode={mode!r}; use 'aspect' or 'cover_crop'")
+
+
+def resize_target(height: int, width: int, max_area: int, multiple: tuple[int, int], mode: str) -> tuple[int, int]:
+    """The (H, W) an image of ``height x width`` is resized to under ``mode``, before any crop (the decoder may
+    decode a large JPEG at reduced size down to twice this, :mod:`fourdnex_jax.media.images`)."""
+    out_h, out_w = sample_size(height, width, max_area, multiple, mode)
+    if mode == "cover_crop":
+        plan = cover_crop_plan(height, width, out_h, out_w)
+        return plan.resized_h, plan.resized_w
+    return out_h, out_w
 
 
 def prepare_image(image: np.ndarray, max_area: int, multiple: tuple[int, int], mode: str = "aspect"
@@ -92,17 +110,34 @@ def noise_latent(noise: Any, expected: tuple[int, int, int, int], source: str, i
 
 
 def caption_for_image(path: str | os.PathLike) -> str:
-    """The caption stored next to an image: ``IMG.txt`` for ``IMG.png`` (stripped), or ``""`` when absent."""
+    """The caption stored next to an image: ``IMG.txt`` for ``IMG.png`` (stripped), or ``""`` when absent. A
+    caption file that is not a regular UTF-8 text file of at most ``LIMITS['caption']`` bytes raises
+    :class:`~fourdnex_jax.utils.errors.InputError` naming it (:mod:`fourdnex_jax.utils.files`)."""
     side = Path(path).with_suffix(".txt")
-    return side.read_text().strip() if side.exists() else ""
+    return read_text(side, "caption").strip() if os.path.lexists(side) else ""
+
+
+def output_name(image: str | os.PathLike) -> str:
+    """The name of an ``--images`` entry's result folder under ``--out``: the image's file stem, made safe. Leading
+    dots become ``_`` (the stem of ``..png`` is ``.``, which would name the output root itself; a hidden name could
+    pass for a temporary folder), an empty stem becomes ``image``, and a name over 120 bytes is cut and suffixed
+    with 8 hex digits of its hash (so the hidden siblings ``.NAME.tmp-XXXXXXXX`` still fit the 255-byte limit)."""
+    stem = Path(image).stem
+    name = stem.lstrip(".")
+    name = "_" * (len(stem) - len(name)) + name or "image"
+    if len(name.encode()) > 120:
+        digest = hashlib.sha256(os.fsencode(stem)).hexdigest()[:8]
+        name = name.encode()[:100].decode(errors="ignore") + "-" + digest
+    return name
 
 
 def read_image_list(path: str | os.PathLike) -> list[tuple[Path, str | None]]:
     """A list file: one ``image`` or ``image<TAB>prompt`` per line (blank lines and ``#`` comments skipped;
-    relative paths are relative to the list file) -> ``[(image path, prompt or None)]``."""
+    relative paths are relative to the list file) -> ``[(image path, prompt or None)]``. The list must be a regular
+    UTF-8 text file of at most ``LIMITS['list']`` bytes (else an InputError naming it)."""
     path = Path(path)
     items = []
-    for line in path.read_text().splitlines():
+    for line in read_text(path, "list", what="image list").splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         name, _, prompt = line.partition("\t")

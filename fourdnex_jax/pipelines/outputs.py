@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from fourdnex_jax.geometry.scene import postprocess_scene
-from fourdnex_jax.media.io import atomic_save_json, atomic_save_npz, publish_dir, write_png, write_video
+from fourdnex_jax.media.io import atomic_save_json, atomic_save_npz, write_png, write_video
+from fourdnex_jax.media.publish import publish_dir
 
 SATURATION = 0.999
 #: Frame rate of the official 4DNeX canvas video (``imageio.mimwrite(..., fps=24)``).
@@ -71,13 +72,14 @@ def official_layout(video: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray
 
 
 def save_result(result: Any, out_dir: str | os.PathLike, *, geometry: bool, summary: dict[str, Any] | None = None,
-                fps: int = 8, overwrite: bool = False, registration: Any = None, official: bool = False
-                ) -> dict[str, Any]:
+                fps: int = 8, overwrite: bool = False, registration: Any = None, official: bool = False,
+                inputs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
     """Writes one result into ``out_dir`` and returns the summary written: the caller's ``summary`` plus what the
     result knows and the files written. The folder is published as a unit
-    (:func:`fourdnex_jax.media.io.publish_dir`: written into a hidden temporary sibling, then renamed), so a kill
-    leaves the previous complete result or none, never a mix; a folder that already holds a result is kept
-    (:class:`~fourdnex_jax.utils.errors.OutputExistsError`) unless ``overwrite``.
+    (:func:`fourdnex_jax.media.publish.publish_dir`: written into a hidden temporary sibling, marked as ours, then
+    renamed), so a kill leaves the previous complete result or none, never a mix; a folder that already holds a
+    result is kept (:class:`~fourdnex_jax.utils.errors.OutputExistsError`) unless ``overwrite``, which replaces only
+    a folder fourdnex wrote and keeps the user's other files in it; a folder holding one of ``inputs`` is refused.
 
     ``result`` is one pipeline output: ``rgb`` (T, H, W, 3) uint8, ``xyz`` (T, H, W, 3) float32, ``image``
     (H, W, 3) uint8 (written as ``input.png``), ``prompt``, ``seed``, ``xyz_normalization``; ``valid`` (T, H, W)
@@ -87,7 +89,7 @@ def save_result(result: Any, out_dir: str | os.PathLike, *, geometry: bool, summ
     official 4DNeX layout from ``result.video`` (module docstring)."""
     if official and getattr(result, "video", None) is None:
         raise ValueError("official=True needs the decoded canvas (result.video, (T, H, 2W, 3) in [-1, 1])")
-    with publish_dir(out_dir, overwrite) as tmp:
+    with publish_dir(out_dir, overwrite, writer="generate", inputs=inputs) as tmp:
         return _write_result(result, tmp, geometry=geometry, summary=summary, fps=fps, registration=registration,
                              official=official)
 

@@ -30,7 +30,6 @@ corrector UniC at every step after the first (with the previous step's order), n
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple
@@ -120,7 +119,10 @@ class UniPCConfig:
     @classmethod
     def from_dir(cls, directory: str | os.PathLike) -> "UniPCConfig":
         """From a diffusers ``scheduler/`` folder (``scheduler_config.json``)."""
-        return cls.from_diffusers_config(json.loads((Path(directory) / "scheduler_config.json").read_text()))
+        from fourdnex_jax.utils.files import read_json
+
+        return cls.from_diffusers_config(read_json(Path(directory) / "scheduler_config.json",
+                                                   what="scheduler config", fix="copy the scheduler folder again"))
 
     def to_diffusers_config(self) -> dict[str, Any]:
         out = {"_class_name": "UniPCMultistepScheduler", **dataclasses.asdict(self)}

@@ -18,7 +18,6 @@ before it meets the table (CLIP's ``vision_model.`` prefix, UMT5's tied embeddin
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -42,6 +41,7 @@ from fourdnex_jax.models.vae.layers import DEFAULT_PRECISION
 from fourdnex_jax.models.vae.mapping import vae_weight_mapping
 from fourdnex_jax.models.vae.model import WanVAE
 from fourdnex_jax.utils.progress import Progress
+from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.weights.registry import SPECS, abstract_model, initial_trainable, split_config_drift
 from fourdnex_jax.weights.safetensors import CheckpointFileError, SafetensorsSource
 
@@ -93,12 +93,9 @@ def open_source(checkpoint: Checkpoint, weight_name: str) -> TensorSource:
 def read_config_json(directory: str | os.PathLike) -> dict[str, Any]:
     """``config.json`` of a diffusers / transformers model folder (:class:`CheckpointFileError` if absent/invalid)."""
     path = Path(directory) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise CheckpointFileError(f"{path} not found: a model folder needs its config.json") from e
-    except json.JSONDecodeError as e:
-        raise CheckpointFileError(f"{path} is not valid JSON: {e}") from e
+    if not os.path.lexists(path):
+        raise CheckpointFileError(f"{path} not found: a model folder needs its config.json")
+    return read_json(path, what="model config", fix="download the model folder again")
 
 
 def _renamed(component: str, source: TensorSource) -> TensorSource:

@@ -177,10 +177,10 @@ def export(src: str | Path, out: str | Path, *, models: Iterable[str] | None = N
     """Exports every model converted into ``src`` (or ``models``) and the adapter; returns the export manifest.
     ``out`` is published as a unit (written into a hidden sibling and renamed when complete: a crash or a kill
     leaves no partial export); a folder already holding files is kept unless ``overwrite``."""
-    from fourdnex_jax.media.io import check_output_dir, publish_dir
+    from fourdnex_jax.media.publish import check_output_dir, publish_dir
 
     src, out = Path(src), Path(out)
-    check_output_dir(out, overwrite)
+    check_output_dir(out, overwrite, inputs=[src])
     if not src.is_dir():
         raise InputError(f"--src {src}: no such folder (pass a bundle, converted folder or training export)")
     # a training run's folder has configs + checkpoints but no conversion record
@@ -194,7 +194,7 @@ def export(src: str | Path, out: str | Path, *, models: Iterable[str] | None = N
         problems += checkpoint_problems(src, ADAPTER_CHECKPOINT)
     if problems:
         raise InputError(f"damaged folder {src}: {'; '.join(problems)}; copy or convert it again")
-    with publish_dir(out, overwrite) as tmp:
+    with publish_dir(out, overwrite, writer="export", inputs=[src]) as tmp:
         manifest = manifest_lib.new_manifest("jax-to-torch", src)
         for name in names:
             entry = export_model(src, name, tmp, source_manifest["models"].get(name),

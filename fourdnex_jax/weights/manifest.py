@@ -13,7 +13,6 @@ bundles (torch-to-jax output, :func:`fourdnex_jax.pipelines.bundle.save_bundle`)
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from importlib import metadata as importlib_metadata
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.weights.safetensors import sha256_file
 
 FORMAT = "fourdnex_jax.convert/1"
@@ -62,10 +62,7 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path} not found: {directory} is not a finished conversion (run `fourdnex convert` "
                          "first, or the conversion was interrupted: convert again into a new folder)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e}); the folder is damaged: copy or convert it again") from e
+    manifest = read_json(path, what="manifest", fix="the folder is damaged: copy or convert it again")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise InputError(f"{path}: format {found!r}, expected {FORMAT!r}; convert the weights again with this "

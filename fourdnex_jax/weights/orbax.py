@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -47,6 +46,7 @@ from orbax.checkpoint._src.serialization import type_handler_registry as registr
 from orbax.checkpoint._src.serialization import type_handlers
 
 from fourdnex_jax.media.io import atomic_save_json
+from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.utils.tree import flatten, nest
 
 #: Bytes of slices handed to tensorstore but not yet written, before the filler waits (bounds host memory).
@@ -190,7 +190,7 @@ def file_index_problems(directory: str | os.PathLike, limit: int = 2) -> list[st
     if not index.is_file():
         return []
     try:
-        files = json.loads(index.read_text())["files"]
+        files = read_json(index, what="checkpoint file index")["files"]
         files = {str(k): int(v) for k, v in files.items()}
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
         return [f"{index} unreadable ({type(e).__name__})"]

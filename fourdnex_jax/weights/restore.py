@@ -29,6 +29,7 @@ from fourdnex_jax.models import params
 from fourdnex_jax.models.transformer import TRAINABLE
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, sharded_targets
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.utils.schema import check_dataclass_values
 from fourdnex_jax.weights.orbax import file_index_problems, restore_flat
 from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, CONFIGS_DIR, SPECS
@@ -57,7 +58,7 @@ def read_config(directory: str | Path, name: str) -> tuple[Any, str]:
         raise InputError(f"{path} not found: {directory} has no {name} config (was {name} converted into it? "
                          "convert it again, or pass the right folder)")
     try:
-        obj = json.loads(path.read_text())
+        obj = read_json(path, what=f"{name} config", fix="the folder is damaged: convert it again")
         if not isinstance(obj, dict) or not isinstance(obj.get("config"), dict):
             raise InputError(f"{path}: not a config file of this version (no 'config' object); convert again")
         check_dataclass_values(SPECS[name].config_class, obj["config"], str(path))

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Sequence
@@ -33,6 +34,7 @@ import ml_dtypes
 import numpy as np
 
 from fourdnex_jax.media.io import atomic_save_json
+from fourdnex_jax.utils.files import read_json
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -59,7 +61,7 @@ def model_files(directory: str | os.PathLike, name: str) -> tuple[list[Path], di
     single = directory / f"{name}.safetensors"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text())["weight_map"]
+            weight_map = read_json(index, what="safetensors index", fix="download the folder again")["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
             raise CheckpointFileError(f"{index} is not a valid safetensors index (need a 'weight_map'): {e}") from e
@@ -110,6 +112,9 @@ def read_header(path: str | os.PathLike) -> FileHeader:
     path = Path(path)
     try:
         size = path.stat().st_size
+        if not stat.S_ISREG(path.stat().st_mode):  # a pipe would block, a device stream without end
+            raise CheckpointFileError(f"{path}: not a regular file (a pipe, device or folder); pass the .safetensors "
+                                      "file itself")
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:

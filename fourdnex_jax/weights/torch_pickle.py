@@ -38,6 +38,7 @@ import ml_dtypes
 import numpy as np
 
 from fourdnex_jax.media.io import atomic_write
+from fourdnex_jax.utils.files import check_regular
 
 
 class PtFormatError(ValueError):
@@ -140,6 +141,7 @@ def load_pt(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found")
+    check_regular(path, ".pt")  # a pipe or device is refused, never opened for reading (it would block)
     if not zipfile.is_zipfile(path):
         raise PtFormatError(f"{path} is not a torch zip checkpoint (legacy pre-1.6 format or not a .pt file); "
                             "re-save it with torch.save from torch >= 1.6")

@@ -273,11 +273,12 @@ def convert(src: str | Path, out: str | Path, *, adapter: str | Path | None = No
     Integrity: every source file's sha256 is computed while it streams and recorded; a file of a Hugging Face
     cache snapshot is compared with the hash the hub published (:func:`hub_sha256`), and a mismatch (a damaged
     download) fails the conversion; so does any NaN/inf in a converted tensor."""
-    from fourdnex_jax.media.io import check_output_dir, publish_dir
+    from fourdnex_jax.media.publish import check_output_dir, publish_dir
 
     sampling_preset = SAMPLING_PRESETS[preset]  # an unknown name fails before any work
     src, out, skip = Path(src), Path(out), tuple(skip)
-    check_output_dir(out, overwrite)
+    inputs = [src] + ([adapter] if adapter is not None else [])
+    check_output_dir(out, overwrite, inputs=inputs)
     problems = _check_components(src, skip)
     prepared: dict[str, PreparedModel] = {}
     for name, spec in SPECS.items():
@@ -309,7 +310,7 @@ def convert(src: str | Path, out: str | Path, *, adapter: str | Path | None = No
         if bad:
             raise ConversionError(f"cannot convert {adapter}: NaN/inf in {len(bad)} adapter tensor(s): {bad[:8]}; the "
                                   "adapter file is damaged: download it again")
-    with publish_dir(out, overwrite) as tmp:
+    with publish_dir(out, overwrite, writer="convert", inputs=inputs) as tmp:
         manifest = _write(src, tmp, prepared, skip, adapter, adapter_obj, adapter_cfg, adapter_values,
                           sampling_preset, progress, log)
     return manifest

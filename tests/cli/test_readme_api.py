@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 #: What `fourdnex generate` writes for one image with geometry (tests/test_packaging.py runs the command).
 GENERATE_FILES = {"rgb.mp4", "xyz.mp4", "pointmaps.npz", "input.png", "summary.json", "cameras.json", "depth.npz",
-                  "transforms.json", "scene.glb", "viewer.html", "novel_orbit.mp4", "ply", "images"}
+                  "transforms.json", "scene.glb", "viewer.html", "novel_orbit.mp4", "ply", "images",
+                  ".fourdnex-output.json"}
 
 
 def readme_snippet() -> str:

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from fourdnex_jax.media import io as mio
+from fourdnex_jax.media import publish
 from fourdnex_jax.utils.errors import InputError, OutputExistsError
 
 
@@ -110,28 +111,29 @@ def test_rgb_to_uint8():
 
 def test_publish_dir_keeps_previous_result_and_replaces_as_a_unit(tmp_path):
     out = tmp_path / "res"
-    with mio.publish_dir(out) as d:
+    with publish.publish_dir(out) as d:
         (d / "a.txt").write_text("one")
     assert (out / "a.txt").read_text() == "one" and oct(out.stat().st_mode & 0o777) != "0o700"
+    assert publish.read_marker(out)["entries"] == ["a.txt"]  # the marker: written last, lists what we wrote
     with pytest.raises(OutputExistsError, match="--overwrite"):
-        with mio.publish_dir(out):
+        with publish.publish_dir(out):
             pass
     with pytest.raises(RuntimeError):  # a failing writer leaves the previous result untouched, no temp folder
-        with mio.publish_dir(out, overwrite=True) as d:
+        with publish.publish_dir(out, overwrite=True) as d:
             (d / "a.txt").write_text("half")
             raise RuntimeError("boom")
     assert (out / "a.txt").read_text() == "one"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
-    with mio.publish_dir(out, overwrite=True) as d:
+    with publish.publish_dir(out, overwrite=True) as d:
         (d / "b.txt").write_text("two")
-    assert sorted(p.name for p in out.iterdir()) == ["b.txt"]  # not a mix of the two results
+    assert sorted(p.name for p in out.iterdir()) == [publish.MARKER, "b.txt"]  # not a mix of the two results
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res"]
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="is a file"):
-        mio.check_output_dir(tmp_path / "file")
+        publish.check_output_dir(tmp_path / "file")
     with pytest.raises(InputError, match="is a file"):
-        mio.check_output_dir(tmp_path / "file" / "sub")
+        publish.check_output_dir(tmp_path / "file" / "sub")
     os.makedirs(tmp_path / ".res.tmp-stale")  # left by a killed publish: removed by the next one
-    with mio.publish_dir(out, overwrite=True) as d:
+    with publish.publish_dir(out, overwrite=True) as d:
         (d / "c.txt").write_text("three")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "res"]

@@ -70,10 +70,13 @@ def edit_json(path: Path, edit: Callable[[dict], None]) -> None:
 
 
 def previous_result(tmp: Path) -> Path:
+    """A folder holding a result fourdnex wrote (published with its marker)."""
+    from fourdnex_jax.media.publish import publish_dir
+
     out = tmp / "prev"
-    out.mkdir()
-    (out / "summary.json").write_text('{"previous": true}')
-    (out / "rgb.mp4").write_bytes(b"previous video")
+    with publish_dir(out, writer="test") as d:
+        (d / "summary.json").write_text('{"previous": true}')
+        (d / "rgb.mp4").write_bytes(b"previous video")
     return out
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import os
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.files import read_json, read_text
 
 
 def _token_content(value) -> str | None:
@@ -52,7 +54,7 @@ class UMT5Tokenizer:
 
         directory = Path(directory)
         path = directory / "tokenizer.json"
-        if not path.exists():
+        if not os.path.lexists(path):
             hint = (" It holds only spiece.model: convert it once with transformers "
                     "(T5TokenizerFast.from_pretrained(dir).save_pretrained(dir)) to get tokenizer.json."
                     if (directory / "spiece.model").exists() else "")
@@ -60,9 +62,16 @@ class UMT5Tokenizer:
         settings: dict = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins, as in transformers
             f = directory / name
-            if f.exists():
-                settings.update(json.loads(f.read_text()))
-        return cls(Tokenizer.from_file(str(path)),
+            if os.path.lexists(f):
+                settings.update(read_json(f, what="tokenizer config", fix="copy the tokenizer folder again"))
+        try:
+            tok = Tokenizer.from_str(read_text(path, "tokenizer", what="tokenizer"))
+        except Exception as e:  # the tokenizers library raises its own exception type for a bad file
+            if isinstance(e, InputError):
+                raise
+            raise InputError(f"{path}: not a tokenizer.json the tokenizers library reads ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:300]}); copy the tokenizer folder again") from e
+        return cls(tok,
                    pad_token=_token_content(settings.get("pad_token")) or "<pad>",
                    padding_side=settings.get("padding_side", "right"),
                    truncation_side=settings.get("truncation_side", "right"))
