@@ -3,12 +3,13 @@ and 3D exports.
 
     fourdnex generate --image IMG [--prompt TEXT] [--checkpoint DIR] --out DIR [--config.sample.KEY=VALUE]
     fourdnex generate --images LIST.txt [--checkpoint DIR] --out DIR      # many images, one model load
+    fourdnex generate --example --out DIR     # the shipped example image (any directory, after pip install)
 
 ``--checkpoint``: a model bundle (``fourdnex convert`` of the real 4DNeX weights, ``fourdnex bundle`` of a training
 run, or ours), or a training run folder itself (``fourdnex train --out``; its towers from ``--base``); default:
-the shipped tiny bundle. ``--transformer`` takes the DiT (base + adapter) from another bundle. The architecture and
-the sampling preset (frames, pixel area, steps, solver, flow shift, CFG, negative prompt, text length) come from the
-bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``, ``resize_mode=cover_crop``,
+the shipped tiny bundle (also named ``tiny``). ``--transformer`` takes the DiT (base + adapter) from another bundle.
+The architecture and the sampling preset (frames, pixel area, steps, solver, flow shift, CFG, negative prompt, text
+length) come from the bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``, ``resize_mode=cover_crop``,
 ``weight_quant=int8``, ``step_cache_interval=2``, ``seed``, ``batch_size``; ``--config-help`` lists them), and a
 value the model cannot run is an error before any weights load. The image keeps its aspect ratio at the preset's
 area (4DNeX's sizing; the chosen size is in summary.json: ``sizing``). Without ``--prompt``, ``IMG.txt`` next to
@@ -54,11 +55,14 @@ CONFIG = config_flags.DEFINE_config_file("config", str(config_path("tiny")), "Ex
                                          lock_config=True)
 _IMAGE = flags.DEFINE_string("image", None, "Input image (PNG/JPEG).")
 _IMAGES = flags.DEFINE_string("images", None, "List file: one 'path[<TAB>prompt]' per line.")
+_EXAMPLE = flags.DEFINE_bool("example", False, "Use the shipped example image (a held-out synthetic scene, with its "
+                             "caption; fourdnex_jax.example_image()) instead of --image.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Caption of the image (default: IMG.txt next to it, else empty).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder, or a training run folder (default: the "
-                                  "shipped tiny bundle).")
+                                  "shipped tiny bundle, also named 'tiny').")
 _BASE = flags.DEFINE_string("base", None, "With a training run as --checkpoint: the bundle whose VAE / encoders / "
-                            "tokenizer / preset go with it (default: the run's base folder, when it is a bundle).")
+                            "tokenizer / preset go with it ('tiny': the shipped one; default: the bundle the run's data "
+                            "records, else the run's base folder).")
 _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this bundle folder (same layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (with --images: one sub-folder per image).")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
@@ -90,11 +94,14 @@ def _inputs() -> tuple[list[tuple[Path, str | None]], list[Path], list[str]]:
     from fourdnex_jax.media.io import check_image, check_output_dir
     from fourdnex_jax.pipelines.inputs import read_image_list
 
-    if not _OUT.value or (_IMAGE.value is None) == (_IMAGES.value is None):
-        raise UsageError("give --out and exactly one of --image / --images")
-    if _IMAGE.value:
-        check_image(_IMAGE.value)
-        return [(Path(_IMAGE.value), _PROMPT.value)], [check_output_dir(_OUT.value, _OVERWRITE.value)], []
+    if not _OUT.value or (_IMAGE.value is not None) + (_IMAGES.value is not None) + _EXAMPLE.value != 1:
+        raise UsageError("give --out and exactly one of --image / --images / --example")
+    if _IMAGE.value or _EXAMPLE.value:
+        from fourdnex_jax.utils.resources import example_image
+
+        image = example_image() if _EXAMPLE.value else Path(_IMAGE.value)
+        check_image(image)
+        return [(image, _PROMPT.value)], [check_output_dir(_OUT.value, _OVERWRITE.value)], []
     if not Path(_IMAGES.value).is_file():
         raise InputError(f"--images {_IMAGES.value}: no such list file; pass a text file with one "
                          "'path[<TAB>prompt]' per line")
@@ -121,6 +128,18 @@ def _inputs() -> tuple[list[tuple[Path, str | None]], list[Path], list[str]]:
     return kept, kept_outs, failed
 
 
+#: Result folders published by this run (each one whole), for what Ctrl-C reports.
+_PUBLISHED: list[Path] = []
+
+
+def interrupted_note() -> str:
+    """What Ctrl-C leaves (common.interrupted): nothing, or the results already published (never a half one)."""
+    if not _PUBLISHED:
+        return "nothing written to --out"
+    return (f"{len(_PUBLISHED)} complete result(s) written before it ({', '.join(map(str, _PUBLISHED))}), no "
+            "partial one")
+
+
 def main(argv) -> int:
     del argv
     t_start = time.perf_counter()
@@ -138,16 +157,13 @@ def main(argv) -> int:
         distributed=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value))
 
-    from fourdnex_jax.cli import runs
     from fourdnex_jax.pipelines import bundle as bundle_lib
+    from fourdnex_jax.pipelines import runs
     from fourdnex_jax.pipelines.aot import enable_compilation_cache
     from fourdnex_jax.pipelines.api import ImageTo4DPipeline
-    from fourdnex_jax.utils.resources import default_bundle
+    from fourdnex_jax.utils.resources import bundle_path
 
-    ckpt = Path(_CHECKPOINT.value) if _CHECKPOINT.value else default_bundle()
-    if not ckpt.is_dir():
-        raise InputError(f"--checkpoint {ckpt}: no such folder (a bundle from `fourdnex convert` / `fourdnex "
-                         "bundle`, or a training run folder)")
+    ckpt = bundle_path(_CHECKPOINT.value)  # None / 'tiny': the shipped bundle
     if _COMPILATION_CACHE.value:  # before anything compiles
         enable_compilation_cache(_COMPILATION_CACHE.value)
     devices = jax.devices()[: _DEVICES.value] if _DEVICES.value else jax.devices()
@@ -172,13 +188,15 @@ def main(argv) -> int:
     # multi-process: each process writes the images it owns (None: another process's)
     mine = [k for k, r in enumerate(results) if r is not None]
     items, outs, results = [items[k] for k in mine], [outs[k] for k in mine], [results[k] for k in mine]
-    camera_lines = []
+    camera_lines, files = [], {}
     with Stage(("geometry + exports" if _POSTPROCESS.value else "writing outputs") + f" of {len(results)} result(s)"):
         for (path, _), out, res in zip(items, outs, results):
             written = res.save(out, geometry=_POSTPROCESS.value, fps=_FPS.value, overwrite=_OVERWRITE.value)
+            _PUBLISHED.append(out)
+            files.update(dict.fromkeys(written["files"] + written.get("geometry", {}).get("files", [])))
             if _POSTPROCESS.value:
-                camera_lines.append(written["geometry"]["message"] if len(results) == 1
-                                    else f"{path.name}: {written['geometry']['message']}")
+                prefix = "" if len(results) == 1 else f"{path.name}: "
+                camera_lines += [prefix + written["geometry"]["transforms"], prefix + written["geometry"]["message"]]
     run, n = pipe.last_run, len(results)
     timings, s = run["timings"], settings
     sizes = sorted({f"{r.output.sizing['height']}x{r.output.sizing['width']}" for r in results})
@@ -189,8 +207,7 @@ def main(argv) -> int:
           f"{pipe.pipe.schedule.solver} {s.num_steps} steps, CFG {s.guidance_scale}, {len(devices)} device(s)"
           + (", int8 weights" if s.weight_quant == "int8" else "")
           + (f", step cache every {s.step_cache_interval} ({pipe.pipe.stats['dit_cached']} cached DiT evaluations)"
-             if s.step_cache_interval else "") + "): rgb.mp4 xyz.mp4 pointmaps.npz summary.json"
-          + (" cameras.json depth.npz scene.glb viewer.html novel_orbit.mp4" if _POSTPROCESS.value else ""))
+             if s.step_cache_interval else "") + "): " + " ".join(files))
     note = pipe.domain_notice()
     if note:  # once per run, however many inputs
         print(note)

@@ -29,18 +29,56 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """``fourdnex_jax X.Y.Z``: the installed distribution's version, else the package's (a source checkout)."""
+    from importlib import metadata
+
+    try:
+        return f"fourdnex_jax {metadata.version('fourdnex_jax')}"
+    except metadata.PackageNotFoundError:
+        from fourdnex_jax import __version__
+
+        return f"fourdnex_jax {__version__}"
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items())
     return ("usage: fourdnex SUBCOMMAND [flags]     (also: python -m fourdnex_jax SUBCOMMAND [flags])\n\n"
             f"subcommands:\n{rows}\n\n`fourdnex SUBCOMMAND --help` lists its flags; --verbose shows library logs "
-            "and tracebacks.")
+            "and tracebacks; --version prints the version.")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fourdnex`` command. Ctrl-C (SIGINT) anywhere: one line, exit status 130 (the cleanup of a half-written
+    result has run by then; see :func:`fourdnex_jax.cli.common.interrupted`); output into a closed pipe
+    (``fourdnex --help | head``): exit quietly."""
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        from fourdnex_jax.cli import common
+
+        common.catch_interrupts(argv[0] if argv and argv[0] in COMMANDS else "")
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        from fourdnex_jax.cli import common
+
+        common.closed_pipe()
+    except BaseException:
+        from fourdnex_jax.cli import common
+
+        if common.was_interrupted() or sys.exc_info()[0] is KeyboardInterrupt:
+            common.interrupted(argv[0] if argv else "")
+        raise
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("--version", "version"):
+        print(version())
         return 0
     name = argv[0]
     if name not in COMMANDS:
