@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from fourdnex_jax.utils import interrupts
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import config_path
 
@@ -192,7 +193,7 @@ def run(command: str, module: ModuleType, argv: list[str]) -> int:
         print(f"fourdnex {command}: usage error: {e} (see `fourdnex {command} --help`)", file=sys.stderr)
         return 2
     except USER_ERRORS as e:
-        if was_interrupted():  # a library turned the KeyboardInterrupt into this
+        if interrupts.hit():  # a library turned the KeyboardInterrupt into this
             raise KeyboardInterrupt from e
         if verbose:
             traceback.print_exc()
@@ -200,105 +201,6 @@ def run(command: str, module: ModuleType, argv: list[str]) -> int:
         print(f"fourdnex {command}: error: {msg}" + ("" if verbose else " (--verbose for the traceback)"),
               file=sys.stderr)
         return 1
-
-
-#: Seconds an interrupted command gets to unwind (its cleanup: a half-written result removed) before it is ended.
-INTERRUPT_GRACE_S = 10.0
-_INTERRUPT: dict[str, Any] = {"hit": False, "stderr": None, "command": ""}
-
-
-def catch_interrupts(command: str) -> None:
-    """Ctrl-C handling for one command (main thread, before any library loads). The first SIGINT silences stderr
-    (library threads and half-finished coroutines print tracebacks while a KeyboardInterrupt unwinds them), then
-    raises KeyboardInterrupt so every ``finally`` that removes a half-written result runs, and starts a watchdog
-    that ends the process after :data:`INTERRUPT_GRACE_S` seconds should the unwinding hang; a second SIGINT ends
-    it at once. Either way :func:`interrupted` prints the one line and exits 130. A SIGINT that the shell ignores
-    (a background job) stays ignored."""
-    import signal
-    import threading
-
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        return
-    _INTERRUPT["command"] = command
-
-    def handler(signum, frame):
-        if _INTERRUPT["hit"]:
-            interrupted(command)
-        _INTERRUPT["hit"] = True
-        try:
-            _INTERRUPT["stderr"] = os.dup(2)
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
-            os.close(devnull)
-        except OSError:
-            pass
-        timer = threading.Timer(INTERRUPT_GRACE_S, interrupted, args=(command,))
-        timer.daemon = True
-        timer.start()
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, handler)
-
-
-def was_interrupted() -> bool:
-    """Whether a SIGINT arrived (some libraries turn the KeyboardInterrupt into another error: an extension's
-    ImportError, orbax's Exception)."""
-    return bool(_INTERRUPT["hit"])
-
-
-def interrupted(command: str) -> None:
-    """Ctrl-C: one line on stderr, then exit status 130 (128 + SIGINT) straight away. Called once the
-    KeyboardInterrupt has unwound the command (so the cleanup of a half-written result has run) or by the
-    watchdog of :func:`catch_interrupts`; ``os._exit`` then skips the interpreter's teardown, which can crash (exit
-    139) or hang while XLA's and orbax's threads are still at work. The line says what the command kept: the
-    subcommand module's ``interrupted_note()`` when it has one, else "nothing written to --out" for the commands
-    that publish their --out as a unit."""
-    from fourdnex_jax.cli.main import COMMANDS
-
-    module = sys.modules.get(f"fourdnex_jax.cli.{COMMANDS[command][0]}") if command in COMMANDS else None
-    note = ""
-    try:
-        if module is not None and hasattr(module, "interrupted_note"):
-            note = module.interrupted_note()
-        else:
-            note = NOTHING_WRITTEN if command in ATOMIC_COMMANDS else ""
-    except Exception:  # noqa: BLE001 - the line must come out whatever state the command was left in
-        pass
-    from fourdnex_jax.utils.progress import line_open
-
-    name = f"fourdnex {command}" if command in COMMANDS else "fourdnex"
-    _exit_now(130, ("\n" if line_open() else "") + f"{name}: interrupted" + (f"; {note}" if note else ""))
-
-
-#: What an interrupted command that publishes its --out as a unit leaves there.
-NOTHING_WRITTEN = "nothing written to --out"
-#: Commands whose --out is published as a unit (an interrupt before the module is imported: nothing written).
-ATOMIC_COMMANDS = ("generate", "register", "render", "convert", "export", "bundle")
-
-
-def closed_pipe() -> None:
-    """stdout's reader went away (``fourdnex --help | head``): exit 141 (128 + SIGPIPE, as a shell tool that got
-    the signal) without a traceback; stdout points at /dev/null so the final flush cannot raise again."""
-    try:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except OSError:
-        pass
-    _exit_now(141, None)
-
-
-def _exit_now(status: int, line: str | None) -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    if line:
-        try:
-            fd = _INTERRUPT["stderr"] if _INTERRUPT["stderr"] is not None else sys.stderr.fileno()
-            os.write(fd, (line + "\n").encode())
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
 
 
 class UsageError(Exception):

@@ -49,27 +49,53 @@ def usage() -> str:
             "and tracebacks; --version prints the version.")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The ``fourdnex`` command. Ctrl-C (SIGINT) anywhere: one line, exit status 130 (the cleanup of a half-written
-    result has run by then; see :func:`fourdnex_jax.cli.common.interrupted`); output into a closed pipe
-    (``fourdnex --help | head``): exit quietly."""
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        from fourdnex_jax.cli import common
+#: What an interrupted command that publishes its --out as a unit has left there.
+NOTHING_WRITTEN = "nothing written to --out"
+#: Commands whose --out is published as a unit (written aside, then renamed).
+ATOMIC_COMMANDS = ("generate", "register", "render", "convert", "export", "bundle")
 
-        common.catch_interrupts(argv[0] if argv and argv[0] in COMMANDS else "")
+
+def interrupted_line(command: str) -> str:
+    """The one line Ctrl-C prints: what the command kept (its module's ``interrupted_note()`` when it has one, else
+    "nothing written to --out" for the commands that publish --out as a unit), on a line of its own."""
+    module = sys.modules.get(f"fourdnex_jax.cli.{COMMANDS[command][0]}") if command in COMMANDS else None
+    try:
+        note = (module.interrupted_note() if module is not None and hasattr(module, "interrupted_note")
+                else NOTHING_WRITTEN if command in ATOMIC_COMMANDS else "")
+    except Exception:  # noqa: BLE001 - the line must come out whatever state the command was left in
+        note = ""
+    progress = sys.modules.get("fourdnex_jax.utils.progress")
+    newline = "\n" if progress is not None and progress.line_open() else ""  # after an open progress line
+    return newline + (f"fourdnex {command}" if command in COMMANDS else "fourdnex") + ": interrupted" + (
+        f"; {note}" if note else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The ``fourdnex`` command. Ctrl-C (SIGINT) anywhere: one line, exit status 130, no traceback
+    (:mod:`fourdnex_jax.utils.interrupts`: at once, or after the cleanup of a half-written file); output into a
+    closed pipe (``fourdnex --help | head``): exit 141 quietly."""
+    from fourdnex_jax.utils import interrupts
+
+    argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in COMMANDS else ""
+
+    def leave():
+        interrupts.exit_now(130, interrupted_line(command))
+
+    interrupts.install(leave)
+    try:
         status = _main(argv)
         sys.stdout.flush()
         return status
-    except BrokenPipeError:
-        from fourdnex_jax.cli import common
-
-        common.closed_pipe()
+    except BrokenPipeError:  # stdout points at /dev/null so the final flush cannot raise again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        interrupts.exit_now(141)
     except BaseException:
-        from fourdnex_jax.cli import common
-
-        if common.was_interrupted() or sys.exc_info()[0] is KeyboardInterrupt:
-            common.interrupted(argv[0] if argv else "")
+        if interrupts.hit() or sys.exc_info()[0] is KeyboardInterrupt:
+            leave()
         raise
 
 

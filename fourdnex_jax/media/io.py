@@ -27,6 +27,7 @@ import numpy as np
 from etils import epath
 
 from fourdnex_jax.utils.errors import InputError, OutputExistsError
+from fourdnex_jax.utils.interrupts import cleanup_region
 
 PathLike = str | os.PathLike
 
@@ -47,6 +48,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path | epa
         return out
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with cleanup_region():  # Ctrl-C here unwinds, so the temporary file is removed (utils/interrupts.py)
+        return _atomic_write_local(path, write)
+
+
+def _atomic_write_local(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -99,6 +105,13 @@ def publish_dir(path: PathLike, overwrite: bool = False, *, flag: str = "--out")
     absent: none rather than a mix). The previous result is kept unless ``overwrite`` (checked first, by
     :func:`check_output_dir`); on an exception the temporary folder is removed and ``path`` is untouched. A
     local path only."""
+    with cleanup_region():  # Ctrl-C here unwinds, so the temporary folder is removed (utils/interrupts.py)
+        with _publish_dir(path, overwrite, flag) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _publish_dir(path: PathLike, overwrite: bool, flag: str) -> Iterator[Path]:
     import shutil
 
     final = check_output_dir(path, overwrite, flag=flag)
