@@ -53,6 +53,22 @@ def set_log_level(verbose: bool) -> None:
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    absl = logging.getLogger("absl")
+    for f in [f for f in absl.filters if isinstance(f, _RoutineLibraryWarnings)]:
+        absl.removeFilter(f)
+    if not verbose:
+        absl.addFilter(_RoutineLibraryWarnings())
+
+
+class _RoutineLibraryWarnings(logging.Filter):
+    """Drops the WARNINGs TFDS and orbax log through absl on every routine call (TFDS: "Using custom data
+    configuration" for each of our dataset configs; orbax: a checkpoint's missing metadata), shown with --verbose.
+    Errors always pass."""
+
+    SOURCES = ("tensorflow_datasets", "orbax")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(s in record.pathname for s in self.SOURCES)
 
 
 def verbose_in(argv: list[str]) -> bool:

@@ -41,14 +41,21 @@ from fourdnex_jax.utils.errors import InputError
 POINTMAP_ARRAYS = ("xyz", "valid", "rgb", "centers", "scale")
 
 
-def load_pointmaps(path: str | Path) -> dict[str, np.ndarray]:
+def load_pointmaps(path: str | Path, ignored: list[str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of a ``pointmaps.npz``, checked: ``xyz`` float (T, H, W, 3) required; optional ``valid`` bool
     (T, H, W), ``rgb`` (T, H, W, 3) uint8 or floats in [0, 1] (converted to uint8), ``centers`` (T, 3), ``scale``
-    scalar. A file that is not an .npz, holds pickled objects, lacks ``xyz``, has other arrays or shapes, or has
-    no finite valid point raises :class:`~fourdnex_jax.utils.errors.InputError` naming the file and the array."""
+    scalar. Other arrays next to ``xyz`` (the ground truth of ``examples/*_gt.npz``: ``depth``, ``c2w``,
+    ``intrinsics``) are left out and their names appended to ``ignored`` (for the caller to say so). A file that is
+    not an .npz, holds pickled objects, lacks ``xyz``, has other shapes, or has no finite valid point raises
+    :class:`~fourdnex_jax.utils.errors.InputError` naming the file and the array."""
     arrays = load_npz_checked(path, "pointmaps")
     where = f"{path}"
     unknown = sorted(set(arrays) - set(POINTMAP_ARRAYS))
+    if "xyz" in arrays and unknown:
+        arrays = {k: v for k, v in arrays.items() if k in POINTMAP_ARRAYS}
+        if ignored is not None:
+            ignored.extend(unknown)
+        unknown = []
     if "xyz" not in arrays or unknown:
         raise InputError(f"{where}: arrays {sorted(arrays)}; a pointmaps.npz holds 'xyz' (T, H, W, 3) and optionally "
                          f"{', '.join(repr(k) for k in POINTMAP_ARRAYS[1:])}"

@@ -178,6 +178,8 @@ def _save_towers_bundle(directory: Path, towers, tokenizer, clip_preprocess: dic
     pipeline, not a model."""
     import tempfile
 
+    from flax import nnx
+
     from fourdnex_jax.config import model_config
     from fourdnex_jax.models.transformer import WanTransformer3D
     from fourdnex_jax.pipelines.bundle import save_bundle
