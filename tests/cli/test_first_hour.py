@@ -85,3 +85,12 @@ def test_bundle_refuses_towers_that_did_not_encode_the_run(tmp_path):
     dec = next(v for p, v in params.flat_variables(a.vae, nnx.Param).items() if p.startswith("decoder"))
     dec[...] = dec[...] + 1.0
     assert fingerprint(Towers(a.vae, a.text_encoder, a.image_encoder)) == before
+
+
+def test_register_reads_the_shipped_ground_truth_npz_and_names_what_it_ignores():
+    from fourdnex_jax.geometry.scene import load_pointmaps
+
+    ignored = []
+    arrays = load_pointmaps(ROOT / "examples" / "synth_heldout_000000_gt.npz", ignored)
+    assert set(arrays) == {"xyz", "rgb", "valid", "centers", "scale"}
+    assert ignored == ["c2w", "depth", "intrinsics"]

@@ -13,9 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LINE = "fourdnex generate: interrupted; nothing written to --out"
-#: When to interrupt: after this long, or once stderr shows the stage (the last one runs inside the publishing of
-#: the result folder, where the interrupt unwinds to remove the half-written folder).
-POINTS = [0.5, 3.0, "loading models", "setting up the sampler", "sampling", "decoding", "geometry + exports"]
+#: When to interrupt: once stderr shows the stage (the imports of JAX and the models run before the first; the last
+#: runs inside the publishing of the result folder, where the interrupt unwinds to remove the half-written folder).
+#: A float: that many seconds after the first stage line (an instant inside loading / compiling).
+POINTS = ["loading models", 1.0, "setting up the sampler", "sampling", "decoding", "geometry + exports"]
 
 
 def _interrupt_at(point, tmp_path: Path):
@@ -26,14 +27,19 @@ def _interrupt_at(point, tmp_path: Path):
          "--out", out], cwd=tmp_path, env=dict(env, JAX_PLATFORMS="cpu"), stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     err = bytearray()
-    reader = threading.Thread(target=lambda: err.extend(iter(lambda: proc.stderr.read1(4096), b"")), daemon=True)
+
+    def read():
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            err.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
     reader.start()
     deadline = time.monotonic() + 600
+    marker = "loading models" if isinstance(point, float) else point
+    while marker.encode() not in err and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     if isinstance(point, float):
         time.sleep(point)
-    else:
-        while point.encode() not in err and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
     reached = proc.poll() is None
     proc.send_signal(signal.SIGINT)
     try:
