@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from fourdnex_jax.pipelines.api import ImageTo4DPipeline
 
         return ImageTo4DPipeline
+    if name == "example_image":  # the shipped example image's path (fourdnex_jax/utils/resources.py)
+        from fourdnex_jax.utils.resources import example_image
+
+        return example_image
     raise AttributeError(f"module 'fourdnex_jax' has no attribute {name!r}")

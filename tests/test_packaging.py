@@ -81,7 +81,7 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    for name in ("fourdnex_jax", "configs", "checkpoints"):
+    for name in ("fourdnex_jax", "configs", "checkpoints", "examples"):
         shutil.copytree(ROOT / name, src / name, ignore=ignore)
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
@@ -119,3 +119,21 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     for name in ("rgb.mp4", "xyz.mp4", "pointmaps.npz", "input.png", "cameras.json", "depth.npz", "scene.glb",
                  "viewer.html", "novel_orbit.mp4"):
         assert (work / "result" / name).is_file(), name
+
+    # README's "As a package" commands and its Python API block, as written, in a folder without the repository
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("### As a package"):]
+    block = section[section.index("```bash\n") + 8:section.index("\n```")]
+    commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("fourdnex ")]
+    assert [c[:2] for c in commands] == [["fourdnex", "--help"], ["fourdnex", "generate"]], commands
+    for command in commands:
+        res = run(venv / "bin" / command[0], *command[1:], timeout=900)
+        assert res.returncode == 0, (command, res.stderr[-3000:])
+    out = work / commands[1][commands[1].index("--out") + 1]
+    assert (out / "rgb.mp4").is_file() and json.loads((out / "summary.json").read_text())["input"].startswith(
+        str(installed))  # the example image shipped in the wheel
+    api_section = text[text.index("### Python API"):]
+    snippet = api_section[api_section.index("```python\n") + 10:]
+    api = run(venv / "bin" / "python", "-c", snippet[:snippet.index("\n```")], timeout=900)
+    assert api.returncode == 0 and "Result(" in api.stdout, api.stderr[-3000:]
+    assert (work / "out" / "api" / "rgb.mp4").is_file()

@@ -29,7 +29,9 @@ if [[ ! -x "$PY" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
 fi
 export JAX_PLATFORMS=${JAX_PLATFORMS:-cpu} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 case "$job" in
-  demo) exec "$PY" -m fourdnex_jax generate --image examples/synth_heldout_000000.png --out out/demo "$@" ;;
+  # --overwrite: the job always writes out/demo, so a second run replaces the previous demo result (only a folder
+  # holding a result of ours is replaced; see README)
+  demo) exec "$PY" -m fourdnex_jax generate --image examples/synth_heldout_000000.png --out out/demo --overwrite "$@" ;;
   test) exec "$PY" -m pytest "$@" ;;
   lint) exec "$VENV/bin/ruff" check "$@" . ;;
 esac

@@ -21,6 +21,7 @@ from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from fourdnex_jax.utils import interrupts
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import config_path
 
@@ -91,6 +92,22 @@ def set_log_level(verbose: bool) -> None:
     absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.WARNING)
     for name in LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(level)
+    absl = logging.getLogger("absl")
+    for f in [f for f in absl.filters if isinstance(f, _RoutineLibraryWarnings)]:
+        absl.removeFilter(f)
+    if not verbose:
+        absl.addFilter(_RoutineLibraryWarnings())
+
+
+class _RoutineLibraryWarnings(logging.Filter):
+    """Drops the WARNINGs TFDS and orbax log through absl on every routine call (TFDS: "Using custom data
+    configuration" for each of our dataset configs; orbax: a checkpoint's missing metadata), shown with --verbose.
+    Errors always pass."""
+
+    SOURCES = ("tensorflow_datasets", "orbax")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not any(s in record.pathname for s in self.SOURCES)
 
 
 def verbose_in(argv: list[str]) -> bool:
@@ -178,6 +195,21 @@ def config_help(config: Any, prefix: str = "config") -> list[str]:
     return rows
 
 
+def did_you_mean(error: Exception, module: ModuleType) -> str:
+    """`` (did you mean --out?)`` for an unknown flag close to one of the subcommand's own (``--output``), else
+    empty."""
+    import difflib
+
+    if not isinstance(error, flags.UnrecognizedFlagError) or "did you mean" in str(error).lower():
+        return ""  # absl names its own suggestion when one is close
+    name = error.flagname
+    names = [f.name for f in _module_flags(module)] + [n for n in COMMON_FLAGS
+                                                        if n != "config-help" or hasattr(module, "CONFIG")]
+    close = [n for n in names if len(n) >= 3 and (name.startswith(n) or n.startswith(name))]
+    close = close or difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return f" (did you mean --{close[0]}?)" if close else ""
+
+
 def run(command: str, module: ModuleType, argv: list[str], program: str = "fourdnex") -> int:
     """Runs subcommand ``command`` (``module``) on ``argv`` (its flags, without the program and command names)
     and returns the exit status: 0 done, 1 an error of the input (one line), 2 a usage error. ``program``: how the
@@ -189,11 +221,16 @@ def run(command: str, module: ModuleType, argv: list[str], program: str = "fourd
     if any(a in HELP_ARGS for a in argv):
         print(help_text(command, module, program))
         return 0
+    see = f"see `fourdnex {command} --help`" + (", `--config-help`" if hasattr(module, "CONFIG") else "")
     try:
         rest = FLAGS([f"{program} {command}", *_resolve_config_args(argv)])
+    except flags.IllegalFlagValueError as e:  # a required flag missing: --config-help needs none of them
+        if not (FLAGS.is_parsed() and _CONFIG_HELP.value and hasattr(module, "CONFIG")):
+            print(f"{program} {command}: usage error: {one_line(e)} ({see})", file=sys.stderr)
+            return 2
     except (flags.Error, ValueError, AttributeError, KeyError, TypeError) as e:
-        print(f"{program} {command}: usage error: {one_line(e)} (see `{program} {command} --help`, "
-              "`--config-help`)", file=sys.stderr)
+        hint = did_you_mean(e, module)
+        print(f"{program} {command}: usage error: {one_line(e)}{hint} ({see})", file=sys.stderr)
         return 2
     if _CONFIG_HELP.value:
         config = getattr(module, "CONFIG", None)
@@ -214,6 +251,8 @@ def run(command: str, module: ModuleType, argv: list[str], program: str = "fourd
         print(f"{program} {command}: usage error: {e} (see `{program} {command} --help`)", file=sys.stderr)
         return 2
     except (*USER_ERRORS, OSError, MemoryError) as e:
+        if interrupts.hit():  # a library turned the KeyboardInterrupt into this
+            raise KeyboardInterrupt from e
         if verbose:
             traceback.print_exc()
         print(f"{program} {command}: error: {error_line(e)}" + ("" if verbose else " (--verbose for the traceback)"),

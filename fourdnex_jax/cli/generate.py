@@ -3,14 +3,14 @@ and 3D exports.
 
     fourdnex generate --image IMG [--prompt TEXT] [--checkpoint DIR] --out DIR [--config.sample.KEY=VALUE]
     fourdnex generate --images LIST.txt [--checkpoint DIR] --out DIR      # many images, one model load
+    fourdnex generate --example --out DIR     # the shipped example image (any directory, after pip install)
 
 ``--checkpoint``: a model bundle (``fourdnex convert`` of the real 4DNeX weights, ``fourdnex bundle`` of a training
 run, or ours), or a training run folder itself (``fourdnex train --out``; its towers from ``--base``); default:
-the shipped tiny bundle. ``--transformer`` takes the DiT (base + adapter) from another bundle. The architecture and
-the sampling preset (frames, pixel area, steps, solver, flow shift, CFG, negative prompt, text length) come from the
-bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``, ``resize_mode=cover_crop``,
-``weight_quant=int8``, ``step_cache_interval=2``, ``sigma_schedule``, ``seed``, ``batch_size``; ``--config-help``
-lists them), and a
+the shipped tiny bundle (also named ``tiny``). ``--transformer`` takes the DiT (base + adapter) from another bundle.
+The architecture and the sampling preset (frames, pixel area, steps, solver, flow shift, CFG, negative prompt, text
+length) come from the bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``, ``resize_mode=cover_crop``,
+``weight_quant=int8``, ``step_cache_interval=2``, ``sigma_schedule``, ``seed``, ``batch_size``; ``--config-help`` lists them), and a
 value the model cannot run is an error before any weights load. The image keeps its aspect ratio at the preset's
 area (4DNeX's sizing; the chosen size is in summary.json: ``sizing``). Without ``--prompt``, ``IMG.txt`` next to
 the image is used when it exists (else the empty caption); the prompt always gets the recipe's suffix. Every image
@@ -60,11 +60,14 @@ CONFIG = config_flags.DEFINE_config_file("config", str(config_path("tiny")), "Ex
                                          lock_config=True)
 _IMAGE = flags.DEFINE_string("image", None, "Input image (PNG/JPEG).")
 _IMAGES = flags.DEFINE_string("images", None, "List file: one 'path[<TAB>prompt]' per line.")
+_EXAMPLE = flags.DEFINE_bool("example", False, "Use the shipped example image (a held-out synthetic scene, with its "
+                             "caption; fourdnex_jax.example_image()) instead of --image.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Caption of the image (default: IMG.txt next to it, else empty).")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder, or a training run folder (default: the "
-                                  "shipped tiny bundle).")
+                                  "shipped tiny bundle, also named 'tiny').")
 _BASE = flags.DEFINE_string("base", None, "With a training run as --checkpoint: the bundle whose VAE / encoders / "
-                            "tokenizer / preset go with it (default: the run's base folder, when it is a bundle).")
+                            "tokenizer / preset go with it ('tiny': the shipped one; default: the bundle the run's data "
+                            "records, else the run's base folder).")
 _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this bundle folder (same layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (with --images: one sub-folder per image).")
 _FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
@@ -112,15 +115,17 @@ def _inputs() -> tuple[list[tuple[Path, str | None]], list[Path], list[str]]:
     from fourdnex_jax.media.publish import check_output_dir, check_output_parent
     from fourdnex_jax.pipelines.inputs import caption_for_image, output_name, read_image_list
 
-    if not _OUT.value or (_IMAGE.value is None) == (_IMAGES.value is None):
-        raise UsageError("give --out and exactly one of --image / --images")
+    if not _OUT.value or (_IMAGE.value is not None) + (_IMAGES.value is not None) + _EXAMPLE.value != 1:
+        raise UsageError("give --out and exactly one of --image / --images / --example")
     protect = _run_inputs()
-    if _IMAGE.value:
-        check_image(_IMAGE.value, MIN_SIDE)
+    if _IMAGE.value or _EXAMPLE.value:
+        from fourdnex_jax.utils.resources import example_image
+
+        image = example_image() if _EXAMPLE.value else Path(_IMAGE.value)
+        check_image(image, MIN_SIDE)
         if _PROMPT.value is None:
-            caption_for_image(_IMAGE.value)  # a caption file that cannot be read fails here, not after the model
-        return ([(Path(_IMAGE.value), _PROMPT.value)],
-                [check_output_dir(_OUT.value, _OVERWRITE.value, inputs=protect)], [])
+            caption_for_image(image)  # a caption file that cannot be read fails here, not after the model
+        return ([(image, _PROMPT.value)], [check_output_dir(_OUT.value, _OVERWRITE.value, inputs=protect)], [])
     if not os.path.lexists(_IMAGES.value):
         raise InputError(f"--images {_IMAGES.value}: no such list file; pass a text file with one "
                          "'path[<TAB>prompt]' per line")
@@ -175,6 +180,18 @@ def _noise(settings, config_dir: Path, transformer_dir: Path, images: list[Path]
 RESULT_BYTES_PER_PIXEL = {True: 64, False: 20}
 
 
+#: Result folders published by this run (each one whole), for what Ctrl-C reports.
+_PUBLISHED: list[Path] = []
+
+
+def interrupted_note() -> str:
+    """What Ctrl-C leaves (common.interrupted): nothing, or the results already published (never a half one)."""
+    if not _PUBLISHED:
+        return "nothing written to --out"
+    return (f"{len(_PUBLISHED)} complete result(s) written before it ({', '.join(map(str, _PUBLISHED))}), no "
+            "partial one")
+
+
 def main(argv) -> int:
     del argv
     from fourdnex_jax.media.publish import output_lock
@@ -204,17 +221,14 @@ def _main() -> int:
         distributed=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
         process_id=_PROCESS_ID.value))
 
-    from fourdnex_jax.cli import runs
     from fourdnex_jax.media.publish import check_writable
     from fourdnex_jax.pipelines import bundle as bundle_lib
+    from fourdnex_jax.pipelines import runs
     from fourdnex_jax.pipelines.aot import enable_compilation_cache
     from fourdnex_jax.pipelines.api import ImageTo4DPipeline
-    from fourdnex_jax.utils.resources import default_bundle
+    from fourdnex_jax.utils.resources import bundle_path
 
-    ckpt = Path(_CHECKPOINT.value) if _CHECKPOINT.value else default_bundle()
-    if not ckpt.is_dir():
-        raise InputError(f"--checkpoint {ckpt}: no such folder (a bundle from `fourdnex convert` / `fourdnex "
-                         "bundle`, or a training run folder)")
+    ckpt = bundle_path(_CHECKPOINT.value)  # None / 'tiny': the shipped bundle
     if _COMPILATION_CACHE.value:  # before anything compiles
         enable_compilation_cache(_COMPILATION_CACHE.value)
     devices = jax.devices()[: _DEVICES.value] if _DEVICES.value else jax.devices()
@@ -249,15 +263,17 @@ def _main() -> int:
     # multi-process: each process writes the images it owns (None: another process's)
     mine = [k for k, r in enumerate(results) if r is not None]
     items, outs, results = [items[k] for k in mine], [outs[k] for k in mine], [results[k] for k in mine]
-    camera_lines = []
+    camera_lines, files = [], {}
     with Stage(("geometry + exports" if _POSTPROCESS.value else "writing outputs") + f" of {len(results)} result(s)"):
         for (path, _), out, res in zip(items, outs, results):
             written = res.save(out, geometry=_POSTPROCESS.value, fps=_FPS.value, overwrite=_OVERWRITE.value,
                                official=_OFFICIAL.value, inputs=_run_inputs())
-            if _POSTPROCESS.value:  # the cameras, then whether the frames form one 4D scene
+            _PUBLISHED.append(out)
+            files.update(dict.fromkeys(written["files"] + written.get("geometry", {}).get("files", [])))
+            if _POSTPROCESS.value:  # transforms.json's note, the cameras, then whether the frames form one 4D scene
+                prefix = "" if len(results) == 1 else f"{path.name}: "
                 geo = written["geometry"]
-                for msg in (geo["message"], geo["scene_4d"]["message"]):
-                    camera_lines.append(msg if len(results) == 1 else f"{path.name}: {msg}")
+                camera_lines += [prefix + geo["transforms"], prefix + geo["message"], prefix + geo["scene_4d"]["message"]]
     run, n = pipe.last_run, len(results)
     timings, s = run["timings"], settings
     sizes = sorted({f"{r.output.sizing['height']}x{r.output.sizing['width']}" for r in results})
@@ -268,9 +284,7 @@ def _main() -> int:
           f"{pipe.pipe.schedule.solver} {s.num_steps} steps, CFG {s.guidance_scale}, {len(devices)} device(s)"
           + (", int8 weights" if s.weight_quant == "int8" else "")
           + (f", step cache every {s.step_cache_interval} ({pipe.pipe.stats['dit_cached']} cached DiT evaluations)"
-             if s.step_cache_interval else "") + "): rgb.mp4 xyz.mp4 pointmaps.npz summary.json"
-          + (" official_canvas.mp4 official_pointmap.npz" if _OFFICIAL.value else "")
-          + (" cameras.json depth.npz scene.glb viewer.html novel_orbit.mp4" if _POSTPROCESS.value else ""))
+             if s.step_cache_interval else "") + "): " + " ".join(files))
     note = pipe.domain_notice()
     if note:  # once per run, however many inputs
         print(note)

@@ -27,18 +27,82 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def version() -> str:
+    """``fourdnex_jax X.Y.Z``: the installed distribution's version, else the package's (a source checkout)."""
+    from importlib import metadata
+
+    try:
+        return f"fourdnex_jax {metadata.version('fourdnex_jax')}"
+    except metadata.PackageNotFoundError:
+        from fourdnex_jax import __version__
+
+        return f"fourdnex_jax {__version__}"
+
+
 def usage() -> str:
     width = max(map(len, COMMANDS))
     rows = "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items())
     return ("usage: fourdnex SUBCOMMAND [flags]     (also: python -m fourdnex_jax SUBCOMMAND [flags])\n\n"
             f"subcommands:\n{rows}\n\n`fourdnex SUBCOMMAND --help` lists its flags; --verbose shows library logs "
-            "and tracebacks. (Developer commands: python -m fourdnex_jax.dev --help.)")
+            "and tracebacks; --version prints the version. (Developer commands: python -m fourdnex_jax.dev --help.)")
+
+
+#: What an interrupted command that publishes its --out as a unit has left there.
+NOTHING_WRITTEN = "nothing written to --out"
+#: Commands whose --out is published as a unit (written aside, then renamed).
+ATOMIC_COMMANDS = ("generate", "register", "render", "convert", "export", "bundle")
+
+
+def interrupted_line(command: str) -> str:
+    """The one line Ctrl-C prints: what the command kept (its module's ``interrupted_note()`` when it has one, else
+    "nothing written to --out" for the commands that publish --out as a unit), on a line of its own."""
+    module = sys.modules.get(f"fourdnex_jax.cli.{COMMANDS[command][0]}") if command in COMMANDS else None
+    try:
+        note = (module.interrupted_note() if module is not None and hasattr(module, "interrupted_note")
+                else NOTHING_WRITTEN if command in ATOMIC_COMMANDS else "")
+    except Exception:  # noqa: BLE001 - the line must come out whatever state the command was left in
+        note = ""
+    progress = sys.modules.get("fourdnex_jax.utils.progress")
+    newline = "\n" if progress is not None and progress.line_open() else ""  # after an open progress line
+    return newline + (f"fourdnex {command}" if command in COMMANDS else "fourdnex") + ": interrupted" + (
+        f"; {note}" if note else "")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``fourdnex`` command. Ctrl-C (SIGINT) anywhere: one line, exit status 130, no traceback
+    (:mod:`fourdnex_jax.utils.interrupts`: at once, or after the cleanup of a half-written file); output into a
+    closed pipe (``fourdnex --help | head``): exit 141 quietly."""
+    from fourdnex_jax.utils import interrupts
+
     argv = sys.argv[1:] if argv is None else argv
+    command = argv[0] if argv and argv[0] in COMMANDS else ""
+
+    def leave():
+        interrupts.exit_now(130, interrupted_line(command))
+
+    interrupts.install(leave)
+    try:
+        status = _main(argv)
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:  # stdout points at /dev/null so the final flush cannot raise again
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
+        interrupts.exit_now(141)
+    except BaseException:
+        if interrupts.hit() or sys.exc_info()[0] is KeyboardInterrupt:
+            leave()
+        raise
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())
+        return 0
+    if argv[0] in ("--version", "version"):
+        print(version())
         return 0
     name = argv[0]
     if name not in COMMANDS:

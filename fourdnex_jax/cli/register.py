@@ -55,7 +55,11 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace a previous result in
 def main(argv) -> int:
     del argv
     check_output_dir(_OUT.value, _OVERWRITE.value, inputs=[_POINTMAPS.value])
-    arrays = load_pointmaps(_POINTMAPS.value)  # every input checked before any work
+    ignored: list[str] = []
+    arrays = load_pointmaps(_POINTMAPS.value, ignored)  # every input checked before any work
+    if ignored:
+        print(f"fourdnex register: note: {_POINTMAPS.value}: arrays {ignored} ignored (used: "
+              f"{sorted(arrays)})", file=sys.stderr)
     with publish_dir(_OUT.value, _OVERWRITE.value, writer="register", inputs=[_POINTMAPS.value]) as tmp:
         summary = postprocess_scene(arrays["xyz"], arrays.get("valid"), arrays.get("rgb"), _NORMALIZATION.value,
                                     tmp, centers=arrays.get("centers"), scale=arrays.get("scale"),

@@ -111,7 +111,7 @@ def main(argv) -> int:
     write_captions(out, rows)
     dt = time.perf_counter() - t0
     print(f"synth-data: {len(rows)} clips ({new} new, {len(rows) - new} already there) of split {_SPLIT.value} "
-          f"({_FRAMES.value}x{_HEIGHT.value}x{_WIDTH.value}) in {dt:.1f}s = {len(rows) / dt * 60:.0f} clips/min "
-          f"-> {out}")
+          f"({_FRAMES.value}x{_HEIGHT.value}x{_WIDTH.value}) in {dt:.1f}s"
+          + (f" = {new / dt * 60:.0f} new clips/min" if new else "") + f" -> {out}")
     return 0
 

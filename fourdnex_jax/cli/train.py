@@ -7,13 +7,16 @@
 Trains on ``config.data.dir`` (an encoded6d dataset from the encode step). ``--synthetic`` instead trains on the
 synthetic dataset of ``config.data.synthetic_*``, building it first if missing (synthetic clips -> clips6d -> encode
 with random tiny encoders, ``fourdnex_jax.data.synthetic_dataset.ensure_synthetic_dataset``; ~1-2 min for the tiny
-config) under ``config.data.synthetic_dir``: an absolute folder, or one relative to the cache folder
+config; the encoders are kept as a bundle in ``towers/`` beside the data, which ``fourdnex bundle`` takes as the
+run's base: random towers, so that bundle samples noise, a check of the pipeline, not a model) under
+``config.data.synthetic_dir``: an absolute folder, or one relative to the cache folder
 (``$FOURDNEX_CACHE``, default ``~/.cache/fourdnex_jax``), never to the working directory. Resumes from the latest
 checkpoint in ``OUT/checkpoints`` (train state, data iterator, RNG). Writes ``OUT/metrics.jsonl``, TensorBoard
 events under ``OUT/tb`` and prints one progress line every ``train.log_every`` steps. Multi-host:
 ``--config.train.distributed=True`` (coordinator/process count/id from the config or the environment).
-The run folder goes to inference directly (``fourdnex generate --checkpoint OUT``) or as a bundle
-(``fourdnex bundle --run OUT --out BUNDLE``); in Python ``fourdnex_jax.training.checkpoint.load_trained_model(OUT)``.
+The run records which towers encoded its data (the dataset's ``towers.json``); it goes to inference directly
+(``fourdnex generate --checkpoint OUT``) or as a bundle (``fourdnex bundle --run OUT --out BUNDLE``, the command the
+last line prints), paired only with those towers; in Python ``fourdnex_jax.weights.runs.load_trained_model(OUT)``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,11 @@ def synthetic_root(config) -> Path:
     return d if d.is_absolute() else cache_dir() / d
 
 
+def interrupted_note() -> str:
+    """What Ctrl-C leaves (common.interrupted): the checkpoints saved so far."""
+    return (f"{_OUT.value} keeps its checkpoints; the same command resumes from the newest" if _OUT.value else "")
+
+
 def main(argv) -> int:
     del argv
     config = CONFIG.value
@@ -56,6 +64,7 @@ def main(argv) -> int:
     mesh_lib.maybe_initialize_distributed(config.train)  # before any other JAX call
     import jax
 
+    from fourdnex_jax.pipelines.runs import next_command
     from fourdnex_jax.training.trainer import Trainer
 
     t0 = time.perf_counter()
@@ -83,5 +92,5 @@ def main(argv) -> int:
                                         "first_step_s": summary["first_step_s"],
                                         "total_s": round(time.perf_counter() - t0, 1),
                                         "checkpoints": str(trainer.checkpointer.directory),
-                                        "next": f"fourdnex bundle --run {_OUT.value} --out BUNDLE"}), flush=True)
+                                        "next": next_command(_OUT.value)}), flush=True)
     return 0

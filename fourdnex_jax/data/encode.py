@@ -18,6 +18,10 @@ Sharding (:mod:`fourdnex_jax.sharding`): the encoders are placed by their parame
 (``mesh=``, e.g. ``sharding.make_mesh(config.sharding)``; default a ``data`` axis over ``devices``), as the sampling
 pipeline places them; each batch (padded to a multiple of the batch shards, data x fsdp) is split along the batch
 axis, one jitted call encodes all of it.
+
+Provenance: the dataset folder gets ``towers.json`` (:data:`TOWERS_RECORD`): the towers' content fingerprints
+(:func:`fourdnex_jax.models.towers.fingerprint`) and, when given, the bundle folder that holds them. A training run
+copies it into its metadata, so turning the run into a bundle can refuse towers its data was not encoded with.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from jax.sharding import Mesh
 
 from fourdnex_jax import sharding
 from fourdnex_jax.data import schema, staging, tfds_builders
+from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.utils.progress import Progress
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
 from fourdnex_jax.models import towers as towers_lib
@@ -135,11 +140,26 @@ def encoded_config_for(towers: Towers, num_frames: int, height: int, width: int,
                                         image_tokens=ic.num_positions, image_dim=ic.hidden_size, **kw)
 
 
+#: File in an encoded6d dataset folder naming the towers that encoded it (module docstring).
+TOWERS_RECORD = "towers.json"
+
+
+def read_towers_record(dataset_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``{"fingerprint": {tower: digest}, "bundle": folder or None}`` of an encoded dataset, None when it records
+    none (encoded before the record existed)."""
+    import json
+
+    path = Path(dataset_dir) / TOWERS_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def encode_dataset(clips_dir: str | os.PathLike, data_dir: str | os.PathLike, encoder: Encoder, towers: Towers, *,
                    splits: Sequence[str] = ("train",), batch_size: int = 8, shard_size: int = 64,
-                   progress: bool = True, **config_kw) -> Path:
+                   progress: bool = True, towers_bundle: str | os.PathLike | None = None, **config_kw) -> Path:
     """Encodes every record of ``splits`` of a built ``clips6d`` folder into the ``encoded6d`` dataset under
-    ``data_dir``. Resumable per shard (staging), atomic (TFDS build). Returns the dataset folder."""
+    ``data_dir``. Resumable per shard (staging), atomic (TFDS build). Records the towers (``towers.json``:
+    fingerprints, and ``towers_bundle``, the bundle folder that holds them, when given). Returns the dataset
+    folder."""
     import tensorflow_datasets as tfds
 
     info = tfds.builder_from_directory(os.fspath(clips_dir)).info
@@ -162,4 +182,8 @@ def encode_dataset(clips_dir: str | os.PathLike, data_dir: str | os.PathLike, en
             staging.write_shard(sdir, name, examples, {"kept": len(examples), "skipped": {}, "ids": {}})
         stage_dirs[split] = sdir
     tfds_builders.build(tfds_builders.Encoded6D, data_dir, cfg, stage_dirs)
-    return Path(data_dir) / tfds_builders.Encoded6D.name / cfg.name / str(tfds_builders.Encoded6D.VERSION)
+    folder = Path(data_dir) / tfds_builders.Encoded6D.name / cfg.name / str(tfds_builders.Encoded6D.VERSION)
+    atomic_save_json(folder / TOWERS_RECORD, {
+        "fingerprint": towers_lib.fingerprint(towers),
+        "bundle": None if towers_bundle is None else str(Path(towers_bundle).absolute())})
+    return folder

@@ -93,6 +93,14 @@ class _StagedBuilder(tfds.core.GeneratorBasedBuilder):
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "Dataset ... downloaded and prepared" to
+    # stdout for every build; these builders download nothing and their callers report their own progress.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager):
         del dl_manager
         if not self._stage_dirs:

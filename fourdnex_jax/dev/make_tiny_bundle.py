@@ -92,7 +92,8 @@ def cmd_encode() -> int:
     towers = Towers(vae, text, image)
     spec = encode.EncodeSpec(tokenizer, CLIPPreprocessConfig.from_hf_config(proc), config.data.text_len)
     folder = encode.encode_dataset(_CLIPS.value, _DATA_OUT.value, encode.Encoder(towers, spec), towers,
-                                   splits=tuple(_SPLITS.value), batch_size=8, shard_size=64, tag="tinybundle")
+                                   splits=tuple(_SPLITS.value), batch_size=8, shard_size=64, tag="tinybundle",
+                                   towers_bundle=stage)
     print(json.dumps({"stage": str(stage), "encoded": str(folder),
                       "splits": {s: len(tfds_builders.data_source(folder, s)) for s in _SPLITS.value}}))
     return 0
@@ -100,7 +101,7 @@ def cmd_encode() -> int:
 
 def cmd_assemble() -> int:
     from fourdnex_jax.pipelines.bundle import load_bundle, save_bundle
-    from fourdnex_jax.training.checkpoint import load_trained_model, read_meta
+    from fourdnex_jax.weights.runs import load_trained_model, read_meta
 
     stage = load_bundle(_STAGE.value)
     vae = stage.vae
@@ -109,11 +110,12 @@ def cmd_assemble() -> int:
         from flax import nnx
 
         from fourdnex_jax.models import params
+        from fourdnex_jax.models.towers import VAE_DECODER_SIDE
         from fourdnex_jax.weights.restore import restore_model
 
         vae = restore_model(_VAE.value, "vae")
         old, new = (params.flat_variables(m, nnx.Param) for m in (stage.vae, vae))
-        changed = [p for p in old if not p.startswith(("decoder", "post_quant_conv"))
+        changed = [p for p in old if not p.startswith(VAE_DECODER_SIDE)
                    and not np.array_equal(np.asarray(old[p][...]), np.asarray(new[p][...]))]
         if changed or old.keys() != new.keys():
             raise InputError(f"--vae {_VAE.value}: its encoder differs from the staged VAE's ({changed[:3]}...); the "

@@ -1,10 +1,17 @@
 """Exports of a registered dynamic point cloud: per-frame PLY, one animated GLB, a self-contained HTML player,
 ``cameras.json`` / ``transforms.json`` (nerfstudio) and ``depth.npz``.
 
+Axes: every array in memory, ``cameras.json``, ``depth.npz`` and the PLY files use the OpenCV convention, world =
+camera 0 (x right, y down, z forward; cameras look down +z); each file says so (cameras.json ``convention``, a PLY
+``comment axes`` header line). The GLB is in glTF's own convention (y up, right-handed, cameras look down -z):
+``GLTF_FROM_CV`` = diag(1, -1, -1) turns the world (points and cameras) about x, so glTF viewers show the floor
+below the sky. ``transforms.json`` holds nerfstudio's OpenGL camera axes (``c2w @ diag(1,-1,-1,1)``) in the OpenCV
+world, as its data parser expects.
+
 * PLY: binary little-endian, ``x y z`` float32 + ``red green blue`` uint8, world frame (= camera 0, OpenCV axes).
 * GLB (glTF 2.0): one node per frame holding a POINTS mesh (POSITION float32, COLOR_0 normalised uint8) and one
-  camera node per *registered* frame (glTF cameras look down -Z with +Y up, so the node matrix is
-  ``c2w @ diag(1,-1,-1,1)``), plus the registered cameras' path as a LINE_STRIP; ``extras`` carries the camera
+  camera node per *registered* frame (node matrix ``GLTF_FROM_CV @ c2w @ diag(1,-1,-1,1)``: glTF world, glTF
+  camera axes), plus the registered cameras' path as a LINE_STRIP; ``extras`` carries the camera
   status (which frames were rejected and why, and whether the camera's ``yfov`` is the estimate or a prior). Frames are played by a core-glTF animation: each frame node's scale is
   1 during its time step and 0 otherwise (STEP interpolation), so glTF viewers (Blender, three.js/gltf-viewer,
   Windows 3D Viewer) play the sequence; tools that ignore animations show all frames overlaid.
@@ -15,6 +22,8 @@
   (non-background) canvas pixels to ``<body data-drawn-pixels>`` (a headless browser check reads it).
 * cameras.json / transforms.json: strict JSON; a rejected frame's camera is ``null`` in cameras.json and left out
   of transforms.json; both say where the intrinsics come from (the estimate or a field-of-view prior).
+  transforms.json is written only when at least one camera is registered (nerfstudio cannot load one without
+  frames).
   Chosen over a rerun ``.rrd`` because it opens in any browser without installing a ~50 MB SDK/viewer and the
   recording format is tied to the rerun version that wrote it.
 """
@@ -30,7 +39,10 @@ import numpy as np
 
 from fourdnex_jax.media.io import atomic_save_json, atomic_write
 
-GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
+GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])  # OpenCV camera axes -> OpenGL/glTF camera axes (right-multiplied)
+GLTF_FROM_CV = GL_FROM_CV  # OpenCV world -> glTF world (y up, z towards camera 0; left-multiplied): the same flip
+#: The PLY header's statement of its axes.
+PLY_AXES = "axes OpenCV world = camera 0: x right, y down, z forward (camera 0 looks down +z)"
 
 
 def select_points(points: np.ndarray, colors: np.ndarray, keep: np.ndarray, stride: int = 1,
@@ -49,7 +61,7 @@ def select_points(points: np.ndarray, colors: np.ndarray, keep: np.ndarray, stri
 
 def ply_bytes(points: np.ndarray, colors: np.ndarray) -> bytes:
     n = len(points)
-    header = ("ply\nformat binary_little_endian 1.0\n"
+    header = (f"ply\nformat binary_little_endian 1.0\ncomment {PLY_AXES}\n"
               f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
               "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").encode()
     rec = np.zeros(n, dtype=[("p", "<f4", 3), ("c", "u1", 3)])
@@ -74,9 +86,11 @@ def write_ply(path: str | Path, points: np.ndarray, colors: np.ndarray) -> Path:
 # -- GLB ---------------------------------------------------------------------------------------------------------
 def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: np.ndarray, image_size, fps: float = 8.0,
               registered: np.ndarray | None = None, extras: dict | None = None) -> bytes:
-    """frames: per frame (points (N, 3) float32 world/OpenCV, colours (N, 3) uint8); c2w (T, 4, 4); K (3, 3) the
-    camera's intrinsics (estimate or prior); ``registered`` (T,) bool: only those frames get a camera node and a
-    point on the camera path (default all); ``extras`` (JSON-ready) is merged into the asset's ``extras``."""
+    """frames: per frame (points (N, 3) float32 world/OpenCV, colours (N, 3) uint8); c2w (T, 4, 4) OpenCV; K (3, 3)
+    the camera's intrinsics (estimate or prior); ``registered`` (T,) bool: only those frames get a camera node and
+    a point on the camera path (default all); ``extras`` (JSON-ready) is merged into the asset's ``extras``.
+    Written in glTF axes (module docstring): points and cameras are turned by ``GLTF_FROM_CV``."""
+    flip = np.diag(GLTF_FROM_CV)[:3].astype(np.float32)
     h, w = image_size
     buf = bytearray()
     views, accessors, meshes, nodes = [], [], [], []
@@ -104,7 +118,7 @@ def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: n
         if len(p) == 0:
             p, c = np.zeros((1, 3), np.float32), np.zeros((1, 3), np.uint8)
         rgba = np.concatenate([c, np.full((len(c), 1), 255, np.uint8)], 1)
-        pa = add(p.astype(np.float32), 5126, "VEC3", 34962, minmax=True)
+        pa = add(p.astype(np.float32) * flip, 5126, "VEC3", 34962, minmax=True)
         ca = add(rgba, 5121, "VEC4", 34962, normalized=True)
         meshes.append({"name": f"frame_{i:05d}", "primitives": [{"attributes": {"POSITION": pa, "COLOR_0": ca},
                                                                   "mode": 0}]})
@@ -116,10 +130,10 @@ def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: n
     cams = [{"type": "perspective", "perspective": {"yfov": yfov, "aspectRatio": w / h, "znear": 0.01}}]
     reg = np.ones(t, bool) if registered is None else np.asarray(registered, bool)
     for i in np.flatnonzero(reg):
-        m = (np.asarray(c2w[i], np.float64) @ GL_FROM_CV).T.reshape(-1)  # column-major
+        m = (GLTF_FROM_CV @ np.asarray(c2w[i], np.float64) @ GL_FROM_CV).T.reshape(-1)  # column-major
         nodes.append({"name": f"camera_{i:05d}", "camera": 0, "matrix": [float(x) for x in m]})
     if reg.sum() >= 2:
-        path_acc = add(np.asarray(c2w[reg, :3, 3], np.float32), 5126, "VEC3", 34962, minmax=True)
+        path_acc = add(np.asarray(c2w[reg, :3, 3], np.float32) * flip, 5126, "VEC3", 34962, minmax=True)
         meshes.append({"name": "camera_path", "primitives": [{"attributes": {"POSITION": path_acc}, "mode": 3}]})
         nodes.append({"name": "camera_path", "mesh": len(meshes) - 1})
     times = np.arange(t, dtype=np.float32) / fps
@@ -135,7 +149,8 @@ def glb_bytes(frames: list[tuple[np.ndarray, np.ndarray]], c2w: np.ndarray, K: n
             "cameras": cams, "accessors": accessors, "bufferViews": views,
             "buffers": [{"byteLength": len(buf)}],
             "animations": [{"name": "play", "channels": channels, "samplers": samplers}] if t > 1 else [],
-            "extras": {"axes": "OpenCV world (x right, y down, z forward) = camera 0; cameras use glTF axes",
+            "extras": {"axes": "glTF (x right, y up, z towards camera 0, which looks down -z): the OpenCV world of "
+                               "camera 0 (cameras.json, PLY) with y and z negated",
                        **(extras or {})}}
     if t <= 1:
         del gltf["animations"]
@@ -304,7 +319,16 @@ def transforms_dict(reg, image_size, image_paths: list[str] | None = None) -> di
             "frames": frames}
 
 
-def write_cameras(out_dir: str | Path, reg, image_size, image_paths=None) -> None:
+def write_cameras(out_dir: str | Path, reg, image_size, image_paths=None) -> str:
+    """Writes ``cameras.json`` and, when at least one camera is registered, ``transforms.json`` (nerfstudio's data
+    parser cannot read a file without frames: it fails deep inside with an IndexError). Returns the one line that
+    says which, for the console and the summary."""
     out = Path(out_dir)
     atomic_save_json(out / "cameras.json", cameras_dict(reg, image_size))
+    n, t = int(np.sum(reg.status.registered)), len(reg.status.registered)
+    if n == 0:
+        return (f"transforms.json: not written, no camera of the {t} frames is registered (nerfstudio needs at least "
+                "one; cameras.json says why each was rejected)")
     atomic_save_json(out / "transforms.json", transforms_dict(reg, image_size, image_paths))
+    return f"transforms.json: the {n} registered frame(s) of {t}" + ("" if n == t else " (the others are listed "
+                                                                      "under rejected_frames)")

@@ -2,15 +2,17 @@
 
 :func:`postprocess_scene` takes the arrays (``xyz`` (T, H, W, 3) in the first camera's frame, OpenCV axes, in the
 units named by ``normalization``; ``valid`` (T, H, W) bool; ``rgb`` (T, H, W, 3) uint8) and writes into
-``out_dir``: ``cameras.json``, ``transforms.json`` (+ ``images/``), ``depth.npz`` (``depth``, ``valid``,
-``residual``, ``inconsistent``, ``moving``, ``confidence``, ``K``, ``cam_to_world``, ``registered``),
-``ply/frame_*.ply``, ``scene.glb``, ``viewer.html`` and ``novel_<trajectory>.mp4``; it returns a summary dict
-whose ``message`` is the one console line about the cameras.
+``out_dir``: ``cameras.json``, ``transforms.json`` (when a camera is registered) + ``images/``, ``depth.npz``
+(``depth``, ``valid``, ``residual``, ``inconsistent``, ``moving``, ``confidence``, ``K``, ``cam_to_world``,
+``registered``), ``ply/frame_*.ply``, ``scene.glb``, ``viewer.html`` and ``novel_<trajectory>.mp4`` (unless nothing
+is in view); it returns a summary dict whose ``message`` is the one console line about the cameras and whose
+``transforms`` says whether transforms.json was written.
 
 Honesty contract (:mod:`fourdnex_jax.geometry.status`): every frame is ``registered`` or ``rejected`` with its
 reason and numbers (cameras.json, the summary); a rejected frame's camera is ``null`` in cameras.json, absent from
-transforms.json and the GLB, ``NaN`` in ``depth.npz: cam_to_world``, and its depth is all invalid
-(``depth.npz: registered[t]`` False); rejected intrinsics are replaced by a field-of-view prior, flagged as such.
+transforms.json (not written at all when no camera is registered) and the GLB, ``NaN`` in ``depth.npz:
+cam_to_world``, and its depth is all invalid (``depth.npz: registered[t]`` False); rejected intrinsics are replaced
+by a field-of-view prior, flagged as such.
 The point clouds (PLY, GLB, viewer, novel-view video) are the pointmaps themselves in the first camera's frame, so
 they never depend on a pose: a frame with valid points is never exported empty. ``drop_dynamic`` /
 ``min_confidence`` filter registered frames only (a rejected frame has no residuals to judge by).
@@ -39,14 +41,21 @@ from fourdnex_jax.utils.errors import InputError
 POINTMAP_ARRAYS = ("xyz", "valid", "rgb", "centers", "scale")
 
 
-def load_pointmaps(path: str | Path) -> dict[str, np.ndarray]:
+def load_pointmaps(path: str | Path, ignored: list[str] | None = None) -> dict[str, np.ndarray]:
     """The arrays of a ``pointmaps.npz``, checked: ``xyz`` float (T, H, W, 3) required; optional ``valid`` bool
     (T, H, W), ``rgb`` (T, H, W, 3) uint8 or floats in [0, 1] (converted to uint8), ``centers`` (T, 3), ``scale``
-    scalar. A file that is not an .npz, holds pickled objects, lacks ``xyz``, has other arrays or shapes, or has
-    no finite valid point raises :class:`~fourdnex_jax.utils.errors.InputError` naming the file and the array."""
+    scalar. Other arrays next to ``xyz`` (the ground truth of ``examples/*_gt.npz``: ``depth``, ``c2w``,
+    ``intrinsics``) are left out and their names appended to ``ignored`` (for the caller to say so). A file that is
+    not an .npz, holds pickled objects, lacks ``xyz``, has other shapes, or has no finite valid point raises
+    :class:`~fourdnex_jax.utils.errors.InputError` naming the file and the array."""
     arrays = load_npz_checked(path, "pointmaps")
     where = f"{path}"
     unknown = sorted(set(arrays) - set(POINTMAP_ARRAYS))
+    if "xyz" in arrays and unknown:
+        arrays = {k: v for k, v in arrays.items() if k in POINTMAP_ARRAYS}
+        if ignored is not None:
+            ignored.extend(unknown)
+        unknown = []
     if "xyz" not in arrays or unknown:
         raise InputError(f"{where}: arrays {sorted(arrays)}; a pointmaps.npz holds 'xyz' (T, H, W, 3) and optionally "
                          f"{', '.join(repr(k) for k in POINTMAP_ARRAYS[1:])}"
@@ -131,7 +140,7 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
         image_paths = [f"images/frame_{i:05d}.png" for i in range(t)]
         for i, name in enumerate(image_paths):
             write_png(out / name, rgb[i])
-    exports.write_cameras(out, reg, (h, w), image_paths)
+    transforms_note = exports.write_cameras(out, reg, (h, w), image_paths)
     depth_ok = reg.valid & reg_t
     c2w_out = np.where(st.registered[:, None, None], reg.c2w, np.nan)
     atomic_save_npz(out / "depth.npz", depth=np.where(depth_ok, reg.depth, 0.0).astype(np.float32),
@@ -150,17 +159,7 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
                                     "rejected_frames": [i for i in range(t) if not st.registered[i]]}}
     atomic_write_bytes(out / "scene.glb", exports.glb_bytes(frames, reg.c2w, st.K, (h, w), fps,
                                                             registered=st.registered, extras=glb_extras))
-    p0 = reg.points_world[0][reg.point_valid[0]]
-    look = np.zeros(3)  # where the trajectory's start camera sits: camera 0 when frame 0 is a camera-frame map
-    if st.intrinsics_source == "estimated" and len(p0) and np.median(p0[:, 2]) > 0:
-        pivot = float(np.median(p0[:, 2]))
-    elif len(p0):  # not a camera frame (rejected intrinsics): start looking at frame 0's cloud, framing it
-        centre = np.median(p0, 0)
-        radius = float(np.percentile(np.linalg.norm(p0 - centre, axis=-1), 98))
-        pivot = max(radius / np.tan(np.arctan(h / 2 / st.K[1, 1])) * 1.1, 1e-6)
-        look = centre - np.array([0.0, 0.0, pivot])
-    else:
-        pivot = 1.0
+    pivot, look = start_view(reg)
     light = [exports.select_points(reg.points_world[i], rgb[i], keep[i], 1, viewer_points_per_frame, i)
              for i in range(t)]
     html = exports.html_viewer(light, float(2 * np.arctan(h / 2 / st.K[1, 1])), fps, title=out.name, notes=notes,
@@ -173,17 +172,43 @@ def postprocess_scene(xyz: np.ndarray, valid: np.ndarray | None, rgb: np.ndarray
                    median_residual_px=float(np.median(meds)) if meds else None,
                    inconsistent_fraction=float(reg.inconsistent[used].mean()) if used.any() else None,
                    points_per_frame=[len(p) for p, _ in frames], registration_s=reg.timings["total_s"],
-                   files=["cameras.json", "transforms.json", "depth.npz", "ply/", "scene.glb", "viewer.html"])
+                   transforms=transforms_note,
+                   files=["cameras.json"] + (["transforms.json"] if (out / "transforms.json").exists() else [])
+                   + (["images/"] if write_images else []) + ["depth.npz", "ply/", "scene.glb", "viewer.html"])
     if video:  # the pointmaps seen along a trajectory around camera 0 (no recovered pose is needed)
         c2w = trajectories.make_trajectory(trajectory, t, pivot)
         c2w[:, :3, 3] += look
         res = render.render_video(reg.points_world, rgb, keep, c2w, st.K, h, w, splat=splat)
         name = f"novel_{trajectory}.mp4"
-        write_video(out / name, res["frames"], fps)
         summary.update(render_fps=res["fps"], hole_fraction=res["hole_fraction"],
                        novel_view_intrinsics=st.intrinsics_source)
-        summary["files"].append(name)
+        if res["hole_fraction"] > EMPTY_VIEW:  # an all-background video is no result
+            summary["novel_view"] = f"{name} not written: nothing of the scene in view along '{trajectory}'"
+        else:
+            write_video(out / name, res["frames"], fps)
+            summary["files"].append(name)
     return summary
+
+
+def start_view(reg: register.Registration) -> tuple[float, np.ndarray]:
+    """(pivot distance, offset of the start camera) of a novel-view trajectory around a registration's points: camera
+    0 looking at frame 0's median depth when frame 0 is a camera-frame map; else (rejected intrinsics) a camera
+    placed in front of frame 0's cloud (its median, 98 % radius) so that the cloud fills the view."""
+    st = reg.status
+    h = reg.depth.shape[1]
+    p0 = reg.points_world[0][reg.point_valid[0]]
+    if st.intrinsics_source == "estimated" and len(p0) and np.median(p0[:, 2]) > 0:
+        return float(np.median(p0[:, 2])), np.zeros(3)
+    if len(p0):
+        centre = np.median(p0, 0)
+        radius = float(np.percentile(np.linalg.norm(p0 - centre, axis=-1), 98))
+        pivot = max(radius / np.tan(np.arctan(h / 2 / st.K[1, 1])) * 1.1, 1e-6)
+        return pivot, centre - np.array([0.0, 0.0, pivot])
+    return 1.0, np.zeros(3)
+
+
+#: Rendered videos with more than this fraction of empty pixels are refused (nothing of the scene in view).
+EMPTY_VIEW = 0.999
 
 
 def postprocess_scene_file(pointmaps_npz_path: str | Path, out_dir: str | Path, *, normalization: str,
@@ -224,17 +249,47 @@ def load_scene(scene_dir: str | Path, pointmaps: str | Path | None = None) -> di
     return {"points": pts.astype(np.float32), "rgb": rgb, "valid": valid, "K": K, "depth": depth}
 
 
+def _find_pointmaps(scene_dir: Path, pointmaps: str | Path | None) -> Path | None:
+    for cand in ([Path(pointmaps)] if pointmaps else []) + [scene_dir / "pointmaps.npz",
+                                                             scene_dir.parent / "pointmaps.npz"]:
+        if cand.is_file():
+            return cand
+    return None
+
+
 def render_scene(scene_dir: str | Path, out_path: str | Path, *, trajectory: str = "orbit",
                  frames: int | None = None, size: tuple[int, int] | None = None, splat: int = 2, fps: int = 8,
                  hole_color: tuple[int, int, int] = (0, 0, 0), pointmaps: str | Path | None = None) -> dict:
-    """A novel-view mp4 of a :func:`load_scene` folder along ``trajectory`` (a kind of
-    :data:`trajectories.KINDS` with ``frames`` frames (default T) around frame 0's median depth, or a JSON file,
-    :func:`trajectories.load_trajectory`), at ``size`` (H, W) (default: the scene's; K rescaled, pixel centres at
-    integers). Returns the report printed by ``fourdnex render`` (frames, size, splatting fps, first-frame seconds,
-    hole fraction)."""
-    sc = load_scene(scene_dir, pointmaps)
-    K, depth, valid = sc["K"], sc["depth"], sc["valid"]
-    t, h, w = depth.shape
+    """A novel-view mp4 of a folder written by :func:`postprocess_scene` along ``trajectory`` (a kind of
+    :data:`trajectories.KINDS` with ``frames`` frames (default T), or a JSON file of world = camera 0 OpenCV
+    ``cam_to_world``, :func:`trajectories.load_trajectory`), at ``size`` (H, W) (default: the scene's; K rescaled,
+    pixel centres at integers). The points are those the folder's exports show: the pointmaps themselves
+    (``pointmaps``, default ``pointmaps.npz`` in the folder or next to it; registered again under the folder's
+    normalization, so they never depend on a recovered pose) and a generated trajectory starts where
+    :func:`postprocess_scene`'s novel view starts (:func:`start_view`). Without a pointmaps file, the folder's
+    depth placed by its registered cameras (:func:`load_scene`). A video with nothing of the scene in view (hole
+    fraction above :data:`EMPTY_VIEW`) is not written: ValueError saying why. Returns the report printed by
+    ``fourdnex render`` (frames, size, splatting fps, first-frame seconds, hole fraction)."""
+    scene_dir = Path(scene_dir)
+    found = _find_pointmaps(scene_dir, pointmaps)
+    look = np.zeros(3)
+    if found is not None:
+        cams = json.loads((scene_dir / "cameras.json").read_text())
+        arrays = load_pointmaps(found)
+        reg = register_pointmaps(arrays["xyz"], arrays.get("valid"), cams.get("normalization", "sequence"),
+                                 centers=arrays.get("centers"), scale=arrays.get("scale"))
+        points, valid, K = reg.points_world, reg.point_valid, np.asarray(reg.status.K)
+        rgb = arrays.get("rgb")
+        if rgb is None:
+            rgb = load_scene(scene_dir, found)["rgb"]
+        pivot, look = start_view(reg)
+        source = f"the pointmaps of {found}"
+    else:
+        sc = load_scene(scene_dir)
+        points, valid, K, rgb = sc["points"], sc["valid"], sc["K"], sc["rgb"]
+        pivot = float(np.median(sc["depth"][0][valid[0]])) if valid[0].any() else 1.0
+        source = f"the depth of the registered cameras of {scene_dir} (no pointmaps.npz found: --pointmaps)"
+    t, h, w = valid.shape
     oh, ow = size if size else (h, w)
     Ko = K.copy()
     Ko[0] *= ow / w
@@ -245,9 +300,14 @@ def render_scene(scene_dir: str | Path, out_path: str | Path, *, trajectory: str
         c2w, kf = trajectories.load_trajectory(trajectory)
         Ko = kf if kf is not None else Ko
     else:
-        pivot = float(np.median(depth[0][valid[0]])) if valid[0].any() else 1.0
         c2w = trajectories.make_trajectory(trajectory, frames or t, pivot)
-    res = render.render_video(sc["points"], sc["rgb"], valid, c2w, Ko, oh, ow, splat=splat, hole_color=hole_color)
+        c2w[:, :3, 3] += look
+    res = render.render_video(points, rgb, valid, c2w, Ko, oh, ow, splat=splat, hole_color=hole_color)
+    if res["hole_fraction"] > EMPTY_VIEW:
+        raise ValueError(f"trajectory {trajectory}: nothing of the scene is in view (hole fraction "
+                         f"{res['hole_fraction']:.4f}; points from {source}); no video written"
+                         + ("" if valid.any() else ": the scene has no point to render"))
     write_video(out_path, res["frames"], fps)
     return {"out": str(out_path), "frames": len(c2w), "size": [oh, ow], "fps": round(res["fps"], 2),
-            "first_frame_s": round(res["first_frame_s"], 3), "hole_fraction": round(res["hole_fraction"], 4)}
+            "first_frame_s": round(res["first_frame_s"], 3), "hole_fraction": round(res["hole_fraction"], 4),
+            "points_from": "pointmaps" if found is not None else "depth of the registered cameras"}

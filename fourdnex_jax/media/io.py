@@ -29,6 +29,7 @@ from etils import epath
 
 from fourdnex_jax.media.images import ALPHA_BACKGROUND, decode_image, load_image  # noqa: F401 (re-exported)
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.interrupts import cleanup_region
 from fourdnex_jax.utils.files import check_regular, read_bytes
 
 PathLike = str | os.PathLike
@@ -50,6 +51,11 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], Any]) -> Path | epa
         return out
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    with cleanup_region():  # Ctrl-C here unwinds, so the temporary file is removed (utils/interrupts.py)
+        return _atomic_write_local(path, write)
+
+
+def _atomic_write_local(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

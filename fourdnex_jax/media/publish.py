@@ -301,6 +301,18 @@ def _install(tmp: Path, final: Path, flag: str) -> Path | None:
 @contextlib.contextmanager
 def publish_dir(path: PathLike, overwrite: bool = False, *, flag: str = "--out", writer: str = "fourdnex",
                 inputs: Iterable[PathLike] = ()) -> Iterator[Path]:
+    """:func:`_publish_dir` inside a cleanup region: Ctrl-C there unwinds (utils/interrupts.py), so the temporary
+    folder is removed and ``path`` keeps the previous result or gets the complete new one."""
+    from fourdnex_jax.utils.interrupts import cleanup_region
+
+    with cleanup_region():
+        with _publish_dir(path, overwrite, flag=flag, writer=writer, inputs=inputs) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _publish_dir(path: PathLike, overwrite: bool = False, *, flag: str = "--out", writer: str = "fourdnex",
+                inputs: Iterable[PathLike] = ()) -> Iterator[Path]:
     """Writes a folder as a unit (module docstring): yields a fresh hidden sibling ``.NAME.tmp-XXXX`` to write into;
     on a clean exit :data:`MARKER` is written into it last (``writer`` and the entries written), the user's other
     entries of a previous result are carried in, everything is fsynced and the folder takes the place of ``path``.

@@ -37,6 +37,22 @@ class Towers(nnx.Module):
         self.vae, self.text_encoder, self.image_encoder = vae, text_encoder, image_encoder
 
 
+#: Parameters of the VAE that play no part in encoding (a decoder-only fine-tune keeps every latent valid).
+VAE_DECODER_SIDE = ("decoder", "post_quant_conv")
+
+
+def fingerprint(towers: Towers) -> dict[str, str]:
+    """What identifies the towers that encoded a dataset: ``{"vae", "text_encoder", "image_encoder"}`` ->
+    :func:`~fourdnex_jax.models.params.digest` of each (the VAE's encoding side and its latent statistics only), so
+    a training run can tell whether a bundle's towers are the ones its data was encoded with."""
+    from fourdnex_jax.models.params import digest
+
+    v = towers.vae.config
+    return {"vae": digest(towers.vae, lambda p: not p.startswith(VAE_DECODER_SIDE),
+                          extra=f"{list(v.latents_mean)}{list(v.latents_std)}"),
+            "text_encoder": digest(towers.text_encoder), "image_encoder": digest(towers.image_encoder)}
+
+
 def encode_prompts(towers: Towers, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """ids, mask (B, Lt) int32 -> UMT5 prompt embeddings (B, Lt, text_dim) fp32, zero past each prompt."""
     return wan_prompt_embeds(towers.text_encoder, ids, mask).astype(jnp.float32)

@@ -1,8 +1,10 @@
 """The short Python API, in the shape diffusers users know::
 
-    pipe = ImageTo4DPipeline.from_pretrained("checkpoints/tiny")
-    result = pipe("examples/synth_heldout_000000.png", "a red cube on a table")
+    from fourdnex_jax import ImageTo4DPipeline, example_image
+    pipe = ImageTo4DPipeline.from_pretrained()        # no argument (or "tiny"): the shipped tiny model
+    result = pipe(example_image(), "a red cube on a table")
     result.save("out/api")
+    print(result)  # shapes, the out-of-domain note (when it applies) and the cameras' status
 
 :meth:`ImageTo4DPipeline.from_pretrained` reads a bundle (the layout of ``fourdnex convert``; default: the shipped
 tiny bundle): its models, its sampling preset (``manifest.json: sampling_preset``, overridable by keyword) and its
@@ -10,7 +12,8 @@ recipe. Calling the pipeline takes one image -- a path (its caption from ``IMG.t
 given), a PIL image or an (H, W, 3) uint8 array -- or a list of them (:meth:`ImageTo4DPipeline.generate`) and
 returns :class:`Result` objects: ``rgb`` (T, H, W, 3) uint8, ``xyz`` (T, H, W, 3) float32, ``valid`` (T, H, W) bool,
 and, computed on first use by the closed-form registration (:mod:`fourdnex_jax.geometry`), ``cameras`` and
-``depth``. ``Result.save(dir)`` writes exactly the files ``fourdnex generate`` writes
+``depth``; ``note`` (the out-of-domain note, or None) and ``camera_status`` (the cameras' verdict, one line), both
+also in the result's ``repr``. ``Result.save(dir)`` writes exactly the files ``fourdnex generate`` writes
 (:func:`fourdnex_jax.pipelines.outputs.save_result`; the command is built on this class).
 """
 
@@ -34,7 +37,7 @@ from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent, resiz
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.utils.errors import InputError
-from fourdnex_jax.utils.resources import default_bundle
+from fourdnex_jax.utils.resources import bundle_path
 
 
 
@@ -93,6 +96,23 @@ class Result:
         """(T, H, W) float32 z-depth in each recovered camera, 0 where invalid."""
         return self.registration.depth
 
+    @property
+    def note(self) -> str | None:
+        """The out-of-domain note (the input looks unlike the images the bundle was trained on), or None."""
+        return (self.summary.get("input_domain") or {}).get("note")
+
+    @property
+    def camera_status(self) -> str:
+        """The cameras' verdict in one line (``cameras: 9/9 frames, ...`` or why they are not a result), as
+        ``fourdnex generate`` prints it last; computes the registration on first use."""
+        return self.registration.status.message()
+
+    def __repr__(self) -> str:
+        t, h, w = self.xyz.shape[:3]
+        lines = [f"Result({self.source or 'image'}: {t} frames of {h}x{w}, rgb uint8, xyz float32, valid bool)",
+                 self.camera_status]
+        return "\n".join(lines + ([self.note] if self.note else []))
+
     def save(self, out_dir: str | os.PathLike, *, geometry: bool = True, fps: int = 8, overwrite: bool = False,
              official: bool = False, inputs: Sequence[str | os.PathLike] = ()) -> dict[str, Any]:
         """Writes the files ``fourdnex generate`` writes into ``out_dir`` (published as a unit: the previous
@@ -136,13 +156,13 @@ class ImageTo4DPipeline:
     def from_pretrained(cls, bundle_dir: str | os.PathLike | None = None, *, transformer: str | os.PathLike | None
                         = None, sample: Any = None, devices=None, mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES,
                         executable_cache: str | os.PathLike | None = None, **overrides: Any) -> "ImageTo4DPipeline":
-        """Loads a bundle (default: the shipped tiny one) and sets up sampling with its preset. ``transformer``:
+        """Loads a bundle (None or ``"tiny"``: the shipped tiny one; else a bundle folder) and sets up sampling with its preset. ``transformer``:
         take the DiT (base + adapter) from another bundle folder; ``sample``: a config's ``sample`` section;
         ``overrides``: any :class:`~fourdnex_jax.pipelines.settings.SampleSettings` field (``num_steps=8``,
         ``solver='euler'``, ``seed=0``, ...). Settings are checked against the model configs before any weights
         load; ``devices`` / ``mesh`` / ``rules`` / ``executable_cache`` go to :class:`ImageTo4D` (with a ``mesh``
         the weights are restored straight into their shards on it, e.g. ``sharding.make_mesh(config.sharding)``)."""
-        directory = Path(bundle_dir) if bundle_dir is not None else default_bundle()
+        directory = bundle_path(bundle_dir)
         settings = bundle_lib.resolve_settings(directory, sample, transformer_dir=transformer, **overrides)
         t0 = time.perf_counter()
         bundle = bundle_lib.load_bundle(directory, transformer_dir=transformer, mesh=mesh, rules=rules)

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 
 from fourdnex_jax.config import model_config, validate
+from fourdnex_jax.data import encode as encode_lib
 from fourdnex_jax.data import loader
 from fourdnex_jax.models.transformer import flops
 from fourdnex_jax.training import checkpoint as ckpt_lib
@@ -153,7 +154,8 @@ class Trainer:
 
     def meta(self) -> dict[str, Any]:
         return {"base": self.base_ref, "config": self.config.to_dict(), "mesh": dict(self.mesh.shape),
-                "process_count": jax.process_count(), "dataset": str(self.dataset_dir)}
+                "process_count": jax.process_count(), "dataset": str(self.dataset_dir),
+                "towers": encode_lib.read_towers_record(self.dataset_dir)}  # which towers encoded the data
 
     def save(self, step: int) -> None:
         self.checkpointer.save(step, self.state, self.iterator.get_state(), self.meta())

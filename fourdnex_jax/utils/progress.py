@@ -5,6 +5,14 @@ from __future__ import annotations
 import sys
 import time
 
+#: Whether a progress line is open on stderr (written without its newline yet), so a last message (Ctrl-C's) can
+#: start on a line of its own.
+_LINE_OPEN = [False]
+
+
+def line_open() -> bool:
+    return _LINE_OPEN[0]
+
 
 class Progress:
     """``label: n/total ... elapsed`` on one stderr line, updated in place every ``every`` items (default: 20
@@ -21,8 +29,10 @@ class Progress:
             elapsed = time.perf_counter() - self.t0
             print(f"\r{self.label}: {self.n}/{self.total} {info} [{elapsed:.1f}s]", end="", file=sys.stderr,
                   flush=True)
+            _LINE_OPEN[0] = True
             if self.n >= self.total:
                 print(file=sys.stderr, flush=True)
+                _LINE_OPEN[0] = False
 
     @property
     def elapsed(self) -> float:
@@ -40,9 +50,11 @@ class Stage:
 
     def __enter__(self) -> "Stage":
         print(f"{self.label} ...", end="", file=sys.stderr, flush=True)
+        _LINE_OPEN[0] = True
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, kind, *_) -> None:
         self.seconds = time.perf_counter() - self.t0
         print(f" {'done' if kind is None else 'failed'} ({self.seconds:.1f}s)", file=sys.stderr, flush=True)
+        _LINE_OPEN[0] = False

@@ -1,5 +1,6 @@
-"""Files that ship with the package: the experiment configs (``configs/*.py``) and the tiny demo bundle
-(``checkpoints/tiny``).
+"""Files that ship with the package: the experiment configs (``configs/*.py``), the tiny demo bundle
+(``checkpoints/tiny``, named ``tiny`` wherever a bundle is asked for) and the example image
+(``examples/synth_heldout_000000.png``, :func:`example_image`).
 
 In the repository they live at the top level (``configs/``, ``checkpoints/tiny``: the one source, named by the docs
 and the tests); a wheel carries them inside the package (``fourdnex_jax/configs``, ``fourdnex_jax/checkpoints/tiny``,
@@ -50,6 +51,36 @@ def config_path(name_or_path: str) -> Path:
     if not found.is_file():
         raise ValueError(f"unknown config {name_or_path!r}: use one of {config_names()} or a path to a .py file")
     return found
+
+
+#: Bundles that ship with the package, by the name ``--checkpoint`` / ``--base`` / ``from_pretrained`` accept.
+SHIPPED_BUNDLES = {"tiny": "checkpoints/tiny"}
+#: The example image (with its caption ``.txt`` and ground truth ``_gt.npz`` next to it).
+EXAMPLE_IMAGE = "examples/synth_heldout_000000.png"
+
+
+def example_image() -> Path:
+    """The shipped example image (a held-out synthetic scene the tiny model was not trained on; its caption is the
+    ``.txt`` next to it), from the wheel or the checkout."""
+    found = shipped(EXAMPLE_IMAGE)
+    if found is None:
+        raise FileNotFoundError(f"this installation has no {EXAMPLE_IMAGE}: reinstall fourdnex_jax (pip install .)")
+    return found
+
+
+def bundle_path(name_or_path: str | Path | None) -> Path:
+    """A bundle folder: None or a shipped name (``"tiny"``) -> the shipped bundle; anything else is a path, which
+    must be a folder (FileNotFoundError saying that no argument / ``tiny`` is the shipped model otherwise). A
+    folder of yours called ``tiny`` is named ``./tiny``."""
+    if name_or_path is None or str(name_or_path) in SHIPPED_BUNDLES:
+        return default_bundle()
+    p = Path(name_or_path)
+    if not p.is_dir():
+        raise FileNotFoundError(
+            f"{p}: no such bundle folder (relative to {Path.cwd()}); the shipped tiny model is named "
+            f"'tiny' (`--checkpoint tiny`, `--base tiny`, `ImageTo4DPipeline.from_pretrained()` with no argument), "
+            "others are folders written by `fourdnex convert` or `fourdnex bundle`")
+    return p
 
 
 def default_bundle() -> Path:
