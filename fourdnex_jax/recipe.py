@@ -49,7 +49,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from fourdnex_jax.models.transformer import layouts
-from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, check_sigma_schedule
 
 POINTMAP_SUFFIX = " POINTMAP_STYLE."  # appended to every caption at train and inference time by 4DNeX
 XYZ_LATENT_MEAN, XYZ_LATENT_STD = -0.13, 1.70  # 4DNeX: x_hat = (x - mu) / sigma on XYZ latents only
@@ -145,12 +144,26 @@ class SixDSpec:
         return _strict(cls, d)
 
 
+#: The UniPC sigma schedules by the diffusers version whose formula they follow (fourdnex_jax/sampling/unipc.py);
+#: the official 4DNeX run uses diffusers 0.34.0's.
+SIGMA_SCHEDULES = ("diffusers_0_34", "diffusers_0_37")
+OFFICIAL_SIGMA_SCHEDULE = "diffusers_0_34"
+
+
+def check_sigma_schedule(name: str) -> str:
+    """``name`` if it is one of :data:`SIGMA_SCHEDULES`, else ValueError naming the choices."""
+    if name not in SIGMA_SCHEDULES:
+        raise ValueError(f"sigma_schedule={name!r}; use one of {SIGMA_SCHEDULES} ('diffusers_0_34': the official "
+                         "4DNeX schedule, diffusers 0.34.0; 'diffusers_0_37': the formula of diffusers >= 0.37)")
+    return name
+
+
 @dataclasses.dataclass(frozen=True)
 class SamplingPreset:
     """What a model is meant to be sampled with: frames per video, the per-modality pixel area, the solver.
 
     ``sigma_schedule``: the UniPC flow-sigma formula by diffusers version
-    (:data:`~fourdnex_jax.sampling.unipc.SIGMA_SCHEDULES`); default ``"diffusers_0_34"``, the one the official
+    (:data:`SIGMA_SCHEDULES`); default ``"diffusers_0_34"``, the one the official
     4DNeX code runs. A bundle written before this field existed gets that default
     (:func:`fourdnex_jax.pipelines.bundle.read_presets`)."""
 

@@ -72,9 +72,11 @@ def main(argv) -> int:
         if config.data.dir:
             raise UsageError("--synthetic and --config.data.dir are exclusive")
         from fourdnex_jax.data.synthetic_dataset import ensure_synthetic_dataset
+        from fourdnex_jax.pipelines.runs import save_towers_bundle
 
         config.data.dir = str(ensure_synthetic_dataset(config, synthetic_root(config),
-                                                        progress=jax.process_index() == 0))
+                                                        progress=jax.process_index() == 0,
+                                                        save_towers=save_towers_bundle))
     trainer = Trainer(config, _OUT.value)
     if jax.process_index() == 0:
         print(f"train: {config.name}, mesh {dict(trainer.mesh.shape)} on {jax.device_count()} "

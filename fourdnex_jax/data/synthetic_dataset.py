@@ -46,44 +46,15 @@ def find_synthetic_dataset(root: str | os.PathLike) -> Path | None:
     return None
 
 
-def _save_towers_bundle(directory: Path, towers, tokenizer, clip_preprocess: dict, config, num_frames: int,
-                        area: int) -> Path:
-    """The towers that encode the synthetic dataset, kept as a bundle (``towers/`` next to the data) so a run
-    trained on it can be turned into a bundle (``fourdnex bundle --run RUN --base <this folder>``). Its DiT is the
-    config's random initial one, a placeholder that ``bundle`` replaces; its preset is the tiny one at the data's
-    frames and area. The towers are random, so a bundle built on them samples noise: a check of the training
-    pipeline, not a model."""
-    import shutil
-    import tempfile
-
-    from flax import nnx
-
-    from fourdnex_jax.config import model_config
-    from fourdnex_jax.models.transformer import WanTransformer3D
-    from fourdnex_jax.pipelines.bundle import save_bundle
-    from fourdnex_jax.recipe import SAMPLING_PRESETS
-
-    if directory.exists():
-        shutil.rmtree(directory)  # a build interrupted before the dataset was recorded
-    preset = dataclasses.replace(SAMPLING_PRESETS["tiny"], num_frames=num_frames, max_area=area,
-                                 text_len=config.data.text_len)
-    dit = WanTransformer3D(model_config(config), rngs=nnx.Rngs(config.seed))
-    with tempfile.TemporaryDirectory() as tok_dir:
-        tokenizer.save(str(Path(tok_dir) / "tokenizer.json"))
-        save_bundle(directory, transformer=dit, vae=towers.vae, text_encoder=towers.text_encoder,
-                    image_encoder=towers.image_encoder, tokenizer_dir=tok_dir, clip_preprocess=clip_preprocess,
-                    preset=preset, info={"name": f"random towers of the synthetic {config.name} dataset "
-                                         "(fourdnex train --synthetic); the DiT is a placeholder"})
-    return directory
-
-
-def ensure_synthetic_dataset(config, root: str | os.PathLike | None = None, progress: bool = True) -> Path:
+def ensure_synthetic_dataset(config, root: str | os.PathLike | None = None, progress: bool = True,
+                             save_towers=None) -> Path:
     """The encoded synthetic dataset of ``config.data`` under ``root`` (default ``data.synthetic_dir``), built
     on first use (one process only): ``data.synthetic_clips`` clips of ``synthetic_frames`` x ``synthetic_height``
     x ``synthetic_width``, encoded by random tiny towers (Wan VAE architecture at base_dim 16, a UMT5 of width
     ``model.text_dim``, a CLIP tower of width ``model.image_dim``, a word-level tokenizer of the captions' words),
-    which are kept as a bundle under ``root/towers`` (:func:`_save_towers_bundle`) and recorded in the dataset's
-    ``towers.json``. Returns the dataset folder."""
+    which ``save_towers(directory, towers, tokenizer, clip_preprocess, config, frames, area)`` (e.g.
+    :func:`fourdnex_jax.pipelines.runs.save_towers_bundle`) keeps as a bundle under ``root/towers``, recorded in the
+    dataset's ``towers.json``. Returns the dataset folder."""
     import jax
     from flax import nnx
 
@@ -130,7 +101,7 @@ def ensure_synthetic_dataset(config, root: str | os.PathLike | None = None, prog
                     CLIPVisionTower(clip_cfg, rngs=rngs))
     size = clip_cfg.image_size
     proc = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
-    towers_dir = _save_towers_bundle(root / "towers", towers, tok, proc, config, t, h * w)
+    towers_dir = None if save_towers is None else save_towers(root / "towers", towers, tok, proc, config, t, h * w)
     spec = encode.EncodeSpec(tokenizer, CLIPPreprocessConfig.from_hf_config(proc), d.text_len)
     folder = encode.encode_dataset(out["dataset_dir"], root / "tfds", encode.Encoder(towers, spec), towers,
                                    batch_size=8, shard_size=64, progress=progress, tag="synthetic",

@@ -71,7 +71,7 @@ def read_marker(folder: PathLike) -> dict | None:
 
 
 def _marker_bytes(writer: str, entries: list[str]) -> bytes:
-    from fourdnex_jax import __version__
+    __version__ = _version()
 
     return json.dumps({"format": MARKER_FORMAT, "writer": writer, "entries": entries, "fourdnex_jax": __version__,
                        "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
@@ -377,3 +377,13 @@ def _fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))
+
+
+def _version() -> str:
+    """The installed fourdnex_jax version (package metadata: the one version source), "unknown" outside an install."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("fourdnex_jax")
+    except metadata.PackageNotFoundError:
+        return "unknown"

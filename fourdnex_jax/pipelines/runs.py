@@ -137,3 +137,34 @@ def next_command(run: str | os.PathLike) -> str:
         return f"fourdnex bundle --run {run} --out BUNDLE"
     except InputError:
         return f"fourdnex bundle --run {run} --base BASE --out BUNDLE (BASE: the bundle whose towers encoded its data)"
+
+
+def save_towers_bundle(directory: Path, towers, tokenizer, clip_preprocess: dict, config, num_frames: int,
+                        area: int) -> Path:
+    """The towers that encode the synthetic dataset, kept as a bundle (``towers/`` next to the data) so a run
+    trained on it can be turned into a bundle (``fourdnex bundle --run RUN --base <this folder>``). Its DiT is the
+    config's random initial one, a placeholder that ``bundle`` replaces; its preset is the tiny one at the data's
+    frames and area. The towers are random, so a bundle built on them samples noise: a check of the training
+    pipeline, not a model."""
+    import shutil
+    import tempfile
+
+    from flax import nnx
+
+    from fourdnex_jax.config import model_config
+    from fourdnex_jax.models.transformer import WanTransformer3D
+    from fourdnex_jax.pipelines.bundle import save_bundle
+    from fourdnex_jax.recipe import SAMPLING_PRESETS
+
+    if directory.exists():
+        shutil.rmtree(directory)  # a build interrupted before the dataset was recorded
+    preset = dataclasses.replace(SAMPLING_PRESETS["tiny"], num_frames=num_frames, max_area=area,
+                                 text_len=config.data.text_len)
+    dit = WanTransformer3D(model_config(config), rngs=nnx.Rngs(config.seed))
+    with tempfile.TemporaryDirectory() as tok_dir:
+        tokenizer.save(str(Path(tok_dir) / "tokenizer.json"))
+        save_bundle(directory, transformer=dit, vae=towers.vae, text_encoder=towers.text_encoder,
+                    image_encoder=towers.image_encoder, tokenizer_dir=tok_dir, clip_preprocess=clip_preprocess,
+                    preset=preset, info={"name": f"random towers of the synthetic {config.name} dataset "
+                                         "(fourdnex train --synthetic); the DiT is a placeholder"})
+    return directory

@@ -42,16 +42,8 @@ import numpy as np
 COLUMNS = ("sigma", "c_self", "c_last", "c_prev", "c_prev2", "c_this", "p_x", "p_this", "p_prev")
 
 #: Flow-sigma formulas of ``set_timesteps`` by name (module docstring); the first is the official 4DNeX one.
-SIGMA_SCHEDULES = ("diffusers_0_34", "diffusers_0_37")
-OFFICIAL_SIGMA_SCHEDULE = "diffusers_0_34"
-
-
-def check_sigma_schedule(name: str) -> str:
-    """``name`` if it is one of :data:`SIGMA_SCHEDULES`, else ValueError naming the choices."""
-    if name not in SIGMA_SCHEDULES:
-        raise ValueError(f"sigma_schedule={name!r}; use one of {SIGMA_SCHEDULES} ('diffusers_0_34': the official "
-                         "4DNeX schedule, diffusers 0.34.0; 'diffusers_0_37': the formula of diffusers >= 0.37)")
-    return name
+# the names live with the 4DNeX recipe (its presets default to the official one); re-exported here
+from fourdnex_jax.recipe import OFFICIAL_SIGMA_SCHEDULE, SIGMA_SCHEDULES, check_sigma_schedule  # noqa: E402, F401
 
 
 # diffusers' UniPCMultistepScheduler fields that do not change the flow-matching computation (beta schedule of the
