@@ -16,8 +16,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -172,7 +173,7 @@ def load_and_date() -> dict[str, Any]:
     import datetime
 
     load = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    return {"date_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "loadavg": load}
 
 
@@ -252,11 +253,11 @@ def build_jax(config, seed: int = 0, adapter_scale: float | None = 1.0) -> JaxSi
     host); ``adapter_scale=None`` keeps the model's own adapter initialisation (LoRA-B and domain embeddings 0)."""
     import jax
 
-    from fourdnex_jax.config import model_config
     from fourdnex_jax import sharding as mesh_lib
-    from fourdnex_jax.utils.tree import flatten, nest
+    from fourdnex_jax.config import model_config
     from fourdnex_jax.training import optimizer as optim_lib
     from fourdnex_jax.training import state as state_lib
+    from fourdnex_jax.utils.tree import flatten, nest
 
     cfg = model_config(config)
     mesh = mesh_lib.make_mesh(config.sharding, devices=jax.devices()[:1], shape=(1, 1, 1, 1))

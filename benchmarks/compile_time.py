@@ -16,10 +16,21 @@ import dataclasses
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from benchmarks.common import (IMAGE_TOKENS, SIZES, TEXT_LEN, add_common_args, apply_env, host_info,
-                               load_size_config, print_table, versions, write_json)
+from benchmarks.common import (
+    IMAGE_TOKENS,
+    SIZES,
+    TEXT_LEN,
+    add_common_args,
+    apply_env,
+    host_info,
+    load_size_config,
+    print_table,
+    versions,
+    write_json,
+)
 
 COMPILE_RATIO_TARGET = 1.5  # 40-layer / 4-layer compile time
 

@@ -41,10 +41,10 @@ def _config(dim: int, layers: int) -> dict:
 
 def write_checkpoint(directory: Path, dim: int, layers: int, shard_bytes: int) -> list[Path]:
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from fourdnex_jax.weights.registry import SPECS
-    from fourdnex_jax.weights.safetensors import ShardedSafetensorsWriter
     from fourdnex_jax.models import params
     from fourdnex_jax.models.transformer import FROZEN, WanTransformerConfig
+    from fourdnex_jax.weights.registry import SPECS
+    from fourdnex_jax.weights.safetensors import ShardedSafetensorsWriter
 
     hf = _config(dim, layers)
     cfg = WanTransformerConfig.from_diffusers_config(hf, modality_layout="none", domain_embeddings=False)

@@ -41,15 +41,37 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from benchmarks.common import (IMAGE_TOKENS, SIZES, TEXT_LEN, AgreementError, JaxSide, Size, add_common_args,
-                               apply_env, build_jax, check_agreement, cpu_threads, host_info,
-                               jax_fixed_loss_grad_fn, jax_forward_fn, jax_train_step_fn, load_and_date,
-                               load_size_config,
-                               make_inputs, ms, paired_ratio, print_table, timed_interleaved, versions, write_json)
+from benchmarks.common import (
+    IMAGE_TOKENS,
+    SIZES,
+    TEXT_LEN,
+    AgreementError,
+    JaxSide,
+    Size,
+    add_common_args,
+    apply_env,
+    build_jax,
+    check_agreement,
+    cpu_threads,
+    host_info,
+    jax_fixed_loss_grad_fn,
+    jax_forward_fn,
+    jax_train_step_fn,
+    load_and_date,
+    load_size_config,
+    make_inputs,
+    ms,
+    paired_ratio,
+    print_table,
+    timed_interleaved,
+    versions,
+    write_json,
+)
 from fourdnex_jax.testing.numerics import rel_l2
 
 FORWARD_TOL = 1e-4  # relative L2 of the fp32 forward outputs (JAX vs diffusers)

@@ -39,8 +39,9 @@ import tempfile
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from benchmarks.common import ROOT, host_info, print_table
 from benchmarks.dit_gpu import CPU_SHAPES, GPU_SHAPES, STAGES

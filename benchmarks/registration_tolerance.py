@@ -13,7 +13,6 @@ registered.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")

@@ -119,8 +119,8 @@ def timed_run(pipe, images, prompts, seeds) -> tuple[list, dict[str, float]]:
 def benchmark(args) -> dict:
     import jax
 
-    from fourdnex_jax.media.io import read_image
     from fourdnex_jax.geometry.metrics import depth_metrics
+    from fourdnex_jax.media.io import read_image
     from fourdnex_jax.pipelines import bundle as bundle_lib
 
     base = _base_settings(args)

@@ -14,7 +14,6 @@ import argparse
 import resource
 import time
 
-
 import jax
 import jax.numpy as jnp
 from flax import nnx

@@ -26,8 +26,10 @@ accelerate + DeepSpeed ZeRO-2 with ``configs_zero/zero2.yaml``, whose optimizer 
 (``torch_adam: true``, ``lr``/``weight_decay`` "auto") and whose scheduler is ``WarmupDecayLR`` (all "auto").
 ``core/finetune/utils/optimizer_utils.py:34-43`` returns accelerate's ``DummyOptim(params, lr, betas=(0.9, 0.95),
 eps, weight_decay)``; ``Accelerator._prepare_deepspeed`` fills only ``lr`` and ``weight_decay`` from it into the
-"auto" fields, so the betas never reach the optimizer, which runs torch's defaults **(0.9, 0.999)**, eps 1e-8, with lr 2e-5 and
-weight decay 1e-4 (``core/finetune/schemas/args.py`` defaults) and gradient clipping at 1.0 (``max_grad_norm``). ``core/finetune/trainer.py:285-329`` builds
+"auto" fields, so the betas never reach the optimizer, which runs torch's defaults **(0.9, 0.999)**, eps 1e-8, with lr
+2e-5 and
+weight decay 1e-4 (``core/finetune/schemas/args.py`` defaults) and gradient clipping at 1.0 (``max_grad_norm``).
+``core/finetune/trainer.py:285-329`` builds
 ``DummyScheduler(total_num_steps=..., num_warmup_steps=...)``, but that class's keyword is ``warmup_num_steps``:
 the warmup lands in ``**kwargs``, DeepSpeed's warmup is 0, clamped to 2 steps (the first two updates at LR 0, which
 move no parameter but enter Adam's moments), and ``total_num_steps`` is counted on the unsharded loader times the
@@ -42,7 +44,8 @@ All tensors are NTHWC: latents (B, T, H, W, C), videos (B, T, H, W, 3).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -139,7 +142,7 @@ class SixDSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SixDSpec":
+    def from_dict(cls, d: Mapping[str, Any]) -> SixDSpec:
         """Exactly the fields of :meth:`to_dict`; unknown or missing keys raise ValueError."""
         return _strict(cls, d)
 
@@ -184,7 +187,7 @@ class SamplingPreset:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "SamplingPreset":
+    def from_dict(cls, d: Mapping[str, Any]) -> SamplingPreset:
         """Exactly the fields of :meth:`to_dict`; unknown or missing keys raise ValueError."""
         return _strict(cls, d)
 

@@ -9,8 +9,10 @@ and 3D exports.
 run, or ours), or a training run folder itself (``fourdnex train --out``; its towers from ``--base``); default:
 the shipped tiny bundle (also named ``tiny``). ``--transformer`` takes the DiT (base + adapter) from another bundle.
 The architecture and the sampling preset (frames, pixel area, steps, solver, flow shift, CFG, negative prompt, text
-length) come from the bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``, ``resize_mode=cover_crop``,
-``weight_quant=int8``, ``step_cache_interval=2``, ``sigma_schedule``, ``seed``, ``batch_size``; ``--config-help`` lists them), and a
+length) come from the bundle; ``--config.sample.KEY=VALUE`` overrides one (``num_steps=8``, ``solver=euler``,
+``resize_mode=cover_crop``,
+``weight_quant=int8``, ``step_cache_interval=2``, ``sigma_schedule``, ``seed``, ``batch_size``; ``--config-help`` lists
+them), and a
 value the model cannot run is an error before any weights load. The image keeps its aspect ratio at the preset's
 area (4DNeX's sizing; the chosen size is in summary.json: ``sizing``). Without ``--prompt``, ``IMG.txt`` next to
 the image is used when it exists (else the empty caption); the prompt always gets the recipe's suffix. Every image
@@ -56,7 +58,8 @@ from fourdnex_jax.utils.progress import Stage
 from fourdnex_jax.utils.resources import config_path
 
 CONFIG = config_flags.DEFINE_config_file("config", str(config_path("tiny")), "Experiment config (only its sample "
-                                         "and sharding sections are used: overrides of the bundle's preset and the run's options).",
+                                         "and sharding sections are used: overrides of the bundle's preset and the "
+                                         "run's options).",
                                          lock_config=True)
 _IMAGE = flags.DEFINE_string("image", None, "Input image (PNG/JPEG).")
 _IMAGES = flags.DEFINE_string("images", None, "List file: one 'path[<TAB>prompt]' per line.")
@@ -66,7 +69,8 @@ _PROMPT = flags.DEFINE_string("prompt", None, "Caption of the image (default: IM
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Model bundle folder, or a training run folder (default: the "
                                   "shipped tiny bundle, also named 'tiny').")
 _BASE = flags.DEFINE_string("base", None, "With a training run as --checkpoint: the bundle whose VAE / encoders / "
-                            "tokenizer / preset go with it ('tiny': the shipped one; default: the bundle the run's data "
+                            "tokenizer / preset go with it ('tiny': the shipped one; default: the bundle the run's "
+                            "data "
                             "records, else the run's base folder).")
 _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this bundle folder (same layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (with --images: one sub-folder per image).")
@@ -253,7 +257,8 @@ def _main() -> int:
         else:
             bundle = bundle_lib.load_bundle(ckpt, transformer_dir=_TRANSFORMER.value, mesh=mesh, rules=rules)
     with Stage("setting up the sampler"):
-        pipe = ImageTo4DPipeline.from_bundle(bundle, settings, mesh=mesh, rules=rules, executable_cache=_AOT_CACHE.value,
+        pipe = ImageTo4DPipeline.from_bundle(bundle, settings, mesh=mesh, rules=rules,
+                                             executable_cache=_AOT_CACHE.value,
                                              transformer=_TRANSFORMER.value, timings={"load_models": load.seconds},
                                              run_info={"checkpoint": str(ckpt), "config": config.name})
     extra = {"compilation_cache": _COMPILATION_CACHE.value}
@@ -273,7 +278,8 @@ def _main() -> int:
             if _POSTPROCESS.value:  # transforms.json's note, the cameras, then whether the frames form one 4D scene
                 prefix = "" if len(results) == 1 else f"{path.name}: "
                 geo = written["geometry"]
-                camera_lines += [prefix + geo["transforms"], prefix + geo["message"], prefix + geo["scene_4d"]["message"]]
+                camera_lines += [prefix + geo["transforms"], prefix + geo["message"],
+                                 prefix + geo["scene_4d"]["message"]]
     run, n = pipe.last_run, len(results)
     timings, s = run["timings"], settings
     sizes = sorted({f"{r.output.sizing['height']}x{r.output.sizing['width']}" for r in results})

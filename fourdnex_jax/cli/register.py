@@ -27,8 +27,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # closed-form host work
 
 from fourdnex_jax.geometry.register import NORMALIZATIONS
 from fourdnex_jax.geometry.scene import load_pointmaps, postprocess_scene
-from fourdnex_jax.media.publish import check_output_dir, publish_dir
 from fourdnex_jax.geometry.trajectories import KINDS
+from fourdnex_jax.media.publish import check_output_dir, publish_dir
 
 _POINTMAPS = flags.DEFINE_string("pointmaps", None, "pointmaps.npz with xyz (T, H, W, 3) [, valid, rgb, centers, "
                                  "scale].", required=True)

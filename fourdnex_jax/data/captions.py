@@ -58,7 +58,7 @@ class CaptionTable:
         self.table = dict(table or {})
 
     @classmethod
-    def from_csvs(cls, *paths: str | os.PathLike) -> "CaptionTable":
+    def from_csvs(cls, *paths: str | os.PathLike) -> CaptionTable:
         table: dict[str, str] = {}
         for p in paths:
             table.update(read_caption_csv(p))

@@ -6,7 +6,8 @@ annotation, world frame of the annotation):
     from the geometry grid); ``c2w`` (T, 4, 4) camera-to-world (OpenCV cameras);
   * geometry on the annotation grid (H, W) either as ``depth`` (T, H, W) z-depth + ``K`` (T, 3, 3) (MonST3R,
     MegaSaM, synthetic), or as ``points_world`` (T, H, W, 3) (DUSt3R; ``K`` then optional, estimated if absent);
-  * ``dynamic_mask`` (T, H, W) bool or None (on the geometry grid); ``caption`` str or None; ``clip_id``, ``source`` (layout name).
+  * ``dynamic_mask`` (T, H, W) bool or None (on the geometry grid); ``caption`` str or None; ``clip_id``, ``source``
+  (layout name).
 
 :class:`Clip6D` is one training clip after :func:`fourdnex_jax.data.annotations.to_clip6d` (what the raw TFDS dataset
 stores, one record per clip), all arrays at the training resolution (T = ``num_frames``):
@@ -137,7 +138,7 @@ class Clip6D:
         }
 
     @classmethod
-    def from_example(cls, ex: dict[str, Any]) -> "Clip6D":
+    def from_example(cls, ex: dict[str, Any]) -> Clip6D:
         """Inverse of :meth:`to_example` for a decoded record (text fields may arrive as bytes)."""
         def text(v):
             return v.decode("utf-8") if isinstance(v, (bytes, np.bytes_)) else str(v)

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,12 +41,12 @@ from jax.sharding import Mesh
 from fourdnex_jax import sharding
 from fourdnex_jax.data import schema, staging, tfds_builders
 from fourdnex_jax.media.io import atomic_save_json
-from fourdnex_jax.utils.progress import Progress
-from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
 from fourdnex_jax.models import towers as towers_lib
+from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
 from fourdnex_jax.models.text_encoder import clean_prompt
 from fourdnex_jax.models.towers import Towers
 from fourdnex_jax.recipe import XYZ_LATENT_MEAN, XYZ_LATENT_STD, condition_video, training_prompt
+from fourdnex_jax.utils.progress import Progress
 
 
 @dataclasses.dataclass

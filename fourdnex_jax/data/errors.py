@@ -63,7 +63,7 @@ class SkipStats:
     def total(self) -> int:
         return self.kept + sum(self.skipped.values())
 
-    def merge(self, other: "SkipStats | dict") -> None:
+    def merge(self, other: SkipStats | dict) -> None:
         d = other.to_dict() if isinstance(other, SkipStats) else other
         self.kept += d["kept"]
         self.skipped.update(d["skipped"])

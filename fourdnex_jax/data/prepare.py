@@ -22,8 +22,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from fourdnex_jax.data import staging, tfds_builders
-from fourdnex_jax.data.captions import CaptionTable
 from fourdnex_jax.data.annotations import ClipConfig, to_clip6d
+from fourdnex_jax.data.captions import CaptionTable
 from fourdnex_jax.data.readers import LAYOUTS
 from fourdnex_jax.data.readers.dust3r import find_rgb_source
 from fourdnex_jax.data.temporal import parse_clip_range

@@ -21,8 +21,9 @@ import hashlib
 import json
 import multiprocessing
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -202,7 +202,8 @@ def _checker(*coords) -> np.ndarray:
 
 def render(scene: Scene, num_frames: int = DEFAULT_FRAMES, height: int = DEFAULT_HEIGHT,
            width: int = DEFAULT_WIDTH, dome_radius: float = DOME_RADIUS) -> dict[str, np.ndarray]:
-    """Ray-casts every frame (the sky dome of radius ``dome_radius``, larger than the camera orbit). Returns ``images`` (T, H, W, 3) uint8, ``depths`` (T, H, W) float32 z-depth,
+    """Ray-casts every frame (the sky dome of radius ``dome_radius``, larger than the camera orbit). Returns ``images``
+    (T, H, W, 3) uint8, ``depths`` (T, H, W) float32 z-depth,
     ``xyz_world`` (T, H, W, 3) float32, ``intrinsics`` (T, 3, 3) and ``cam_c2w`` (T, 4, 4) float64,
     ``dynamic_mask`` (T, H, W) bool (pixels of moving objects) and ``object_id`` (T, H, W) int8
     (-2 sky, -1 floor, i >= 0 object i)."""
@@ -295,7 +296,8 @@ def render(scene: Scene, num_frames: int = DEFAULT_FRAMES, height: int = DEFAULT
 
 
 def generate_clip(split: str, index: int, num_frames: int = DEFAULT_FRAMES, height: int = DEFAULT_HEIGHT,
-                  width: int = DEFAULT_WIDTH, dome_radius: float = DOME_RADIUS) -> tuple[str, dict[str, np.ndarray], str]:
+                  width: int = DEFAULT_WIDTH, dome_radius: float = DOME_RADIUS
+                  ) -> tuple[str, dict[str, np.ndarray], str]:
     """(clip_id, rendered arrays, caption) of clip ``index`` of ``split``."""
     scene = make_scene(split_seed(split, index))
     return f"synth_{split}_{index:06d}", render(scene, num_frames, height, width, dome_radius), scene.caption()

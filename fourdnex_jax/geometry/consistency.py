@@ -9,7 +9,8 @@ scene must also satisfy, from the registration's own numbers (no ground truth):
   pixel q, compare its depth z in camera t with the depth z_q that frame t shows at q: *agree* if
   |z - z_q| <= :data:`DEPTH_TOL` z_q, *occluded* if it lies behind (z > z_q), *contradicting* if it lies in front
   (camera t should have seen it); given the frames' colours (a 6D video has them), an agreeing point must also keep
-  its colour (:data:`COLOUR_TOL`): scenes of floor and sky are alike in geometry, not in colour. ``agreement`` = agreeing / all compared points (occluded ones count against: a
+  its colour (:data:`COLOUR_TOL`): scenes of floor and sky are alike in geometry, not in colour. ``agreement`` =
+  agreeing / all compared points (occluded ones count against: a
   different scene leaves about as many points behind as in front); moving objects contradict a little, so the
   bound :data:`MIN_AGREEMENT` is below 1.
   With the 4DNeX ``reference`` normalisation every frame is centred on its own bounding box, so frame s's points
@@ -235,7 +236,8 @@ def clip_verdict(points: np.ndarray, point_ok: np.ndarray, c2w: np.ndarray, Ks: 
                       f">= {MIN_AGREEMENT:.0%}; {len(low)} of {tt - 1} pairs below)")
         elif jumps:
             t, r = max(jumps, key=lambda x: x[1])
-            reason = f"the camera jumps {r:.0f} degrees between frames {t} and {t + 1} (at most {MAX_STEP_ROTATION_DEG:g})"
+            reason = (f"the camera jumps {r:.0f} degrees between frames {t} and {t + 1} (at most "
+                      f"{MAX_STEP_ROTATION_DEG:g})")
         elif still and max(contra) < MIN_MOVING_FRACTION:
             reason = "nothing moves: the camera is still and no point moves (a still image, not a 4D scene)"
     return ClipVerdict(consistent=reason is None, reason=reason, frames=tt, frames_registered=n_reg,

@@ -12,7 +12,8 @@ world, as its data parser expects.
 * GLB (glTF 2.0): one node per frame holding a POINTS mesh (POSITION float32, COLOR_0 normalised uint8) and one
   camera node per *registered* frame (node matrix ``GLTF_FROM_CV @ c2w @ diag(1,-1,-1,1)``: glTF world, glTF
   camera axes), plus the registered cameras' path as a LINE_STRIP; ``extras`` carries the camera
-  status (which frames were rejected and why, and whether the camera's ``yfov`` is the estimate or a prior). Frames are played by a core-glTF animation: each frame node's scale is
+  status (which frames were rejected and why, and whether the camera's ``yfov`` is the estimate or a prior). Frames are
+  played by a core-glTF animation: each frame node's scale is
   1 during its time step and 0 otherwise (STEP interpolation), so glTF viewers (Blender, three.js/gltf-viewer,
   Windows 3D Viewer) play the sequence; tools that ignore animations show all frames overlaid.
 * HTML: one file, no network, no dependencies: positions quantised to uint16 per axis and colours uint8,
@@ -274,7 +275,8 @@ def cameras_dict(reg, image_size) -> dict:
     """cameras.json of a :class:`~fourdnex_jax.geometry.register.Registration`: the verdict
     (:meth:`~fourdnex_jax.geometry.status.CameraStatus.to_dict`: state, message, intrinsics with their source,
     per frame status / reason / numbers), ``scene_4d`` (whether the frames form one 4D scene,
-    :meth:`~fourdnex_jax.geometry.consistency.ClipVerdict.to_dict`), ``K`` (what exports use), ``cam_to_world`` per frame (``null`` where
+    :meth:`~fourdnex_jax.geometry.consistency.ClipVerdict.to_dict`), ``K`` (what exports use), ``cam_to_world`` per
+    frame (``null`` where
     rejected). Strict JSON."""
     h, w = image_size
     st = reg.status

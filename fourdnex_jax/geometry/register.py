@@ -26,7 +26,8 @@ verdict), outputs (the float32 result arrays) and total.
 
 Failure is a result, not an exception: ``Registration.status`` (:mod:`fourdnex_jax.geometry.status`) says which
 frames' cameras are estimates and which are rejected (and why), ``Registration.clip``
-(:mod:`fourdnex_jax.geometry.consistency`) whether the registered frames agree with each other as one 4D scene; implausible intrinsics are replaced by a stated
+(:mod:`fourdnex_jax.geometry.consistency`) whether the registered frames agree with each other as one 4D scene;
+implausible intrinsics are replaced by a stated
 field-of-view prior and then no pose is solved. The points (``points_world``, ``point_valid``) never depend on the
 poses: pointmaps are already in the first camera's frame, so a frame whose pose fails still has its points.
 """
@@ -38,9 +39,14 @@ import time
 
 import numpy as np
 
-from fourdnex_jax.geometry import consistency, pose, robust, se3, status as status_lib
-from fourdnex_jax.geometry.intrinsics import (decompose_projection, fit_intrinsics_camera_frame, fit_intrinsics_shifted,
-                                              robust_projection)
+from fourdnex_jax.geometry import consistency, pose, robust, se3
+from fourdnex_jax.geometry import status as status_lib
+from fourdnex_jax.geometry.intrinsics import (
+    decompose_projection,
+    fit_intrinsics_camera_frame,
+    fit_intrinsics_shifted,
+    robust_projection,
+)
 from fourdnex_jax.geometry.normalize import denormalize
 
 NORMALIZATIONS = ("sequence", "reference", "metric")
@@ -402,8 +408,8 @@ def _judge(stats: list, problem: str | None, K: np.ndarray, K_est: np.ndarray | 
         image_size=(h, w))
 
 
-def _neighbour_fallback(res: "pose.PoseBatch", Ks: np.ndarray, xg: np.ndarray, uvg: np.ndarray, vg: np.ndarray,
-                        pose0: tuple, seed: int, kw: dict, score_points: int = 600) -> "pose.PoseBatch":
+def _neighbour_fallback(res: pose.PoseBatch, Ks: np.ndarray, xg: np.ndarray, uvg: np.ndarray, vg: np.ndarray,
+                        pose0: tuple, seed: int, kw: dict, score_points: int = 600) -> pose.PoseBatch:
     """Safety net for the batched poses of frames 1..T-1 (``res``; xg (T, G, 3), vg (T, G), uvg (G, 2)): video
     motion is small, so the final poses of frames t-1 (frame 0: ``pose0``) and t+1 are scored on frame t (median
     reprojection error over a strided subset of its valid pairs); a frame where a neighbour's pose fits better

@@ -33,10 +33,16 @@ from pathlib import Path
 import numpy as np
 
 from fourdnex_jax.geometry import exports, register, render, se3, trajectories
-from fourdnex_jax.media.io import (atomic_save_npz, atomic_write_bytes, load_npz_checked, read_image, rgb_to_uint8,
-                                   write_png, write_video)
+from fourdnex_jax.media.io import (
+    atomic_save_npz,
+    atomic_write_bytes,
+    load_npz_checked,
+    read_image,
+    rgb_to_uint8,
+    write_png,
+    write_video,
+)
 from fourdnex_jax.utils.errors import InputError
-
 
 POINTMAP_ARRAYS = ("xyz", "valid", "rgb", "centers", "scale")
 

@@ -10,7 +10,8 @@ and "poses". This module decides, from the numbers the solver already has, which
   centre) stands in for exports that need a K (GLB camera, viewer, novel-view video), flagged
   ``source: fov_prior``. No pose is solved with the prior: every frame is then rejected.
 * each frame: registered when its pose explains the pointmap -- at least :data:`MIN_PAIRS` valid pairs, an inlier
-  ratio >= :data:`MIN_INLIER_RATIO` (within the adaptive threshold, never below :func:`inlier_floor_px`), a finite median reprojection residual <= :func:`max_residual_px` (a fraction
+  ratio >= :data:`MIN_INLIER_RATIO` (within the adaptive threshold, never below :func:`inlier_floor_px`), a finite
+  median reprojection residual <= :func:`max_residual_px` (a fraction
   of the image diagonal, since a model's errors scale with the resolution), at least :data:`MIN_FRONT_FRACTION`
   of its valid points in front of the camera and the camera centre within :data:`MAX_CAMERA_DISTANCE` scene radii
   of camera 0. Otherwise rejected, with the reason and the numbers.

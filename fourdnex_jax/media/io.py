@@ -21,16 +21,17 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 import numpy as np
 from etils import epath
 
 from fourdnex_jax.media.images import ALPHA_BACKGROUND, decode_image, load_image  # noqa: F401 (re-exported)
 from fourdnex_jax.utils.errors import InputError
-from fourdnex_jax.utils.interrupts import cleanup_region
 from fourdnex_jax.utils.files import check_regular, read_bytes
+from fourdnex_jax.utils.interrupts import cleanup_region
 
 PathLike = str | os.PathLike
 

@@ -34,8 +34,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from fourdnex_jax.media.io import atomic_write_bytes
 from fourdnex_jax.utils.errors import InputError, OutputExistsError
@@ -74,7 +74,7 @@ def _marker_bytes(writer: str, entries: list[str]) -> bytes:
     __version__ = _version()
 
     return json.dumps({"format": MARKER_FORMAT, "writer": writer, "entries": entries, "fourdnex_jax": __version__,
-                       "written": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+                       "written": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")},
                       indent=2, sort_keys=True).encode()
 
 

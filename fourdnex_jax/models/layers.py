@@ -14,7 +14,7 @@ Dtype conventions (mirroring diffusers' mixed precision):
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp

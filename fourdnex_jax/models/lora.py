@@ -17,7 +17,7 @@ matters.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax.numpy as jnp
 from flax import nnx

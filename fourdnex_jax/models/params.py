@@ -4,7 +4,7 @@ materialising values, counts per dtype."""
 from __future__ import annotations
 
 import collections
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

@@ -15,7 +15,7 @@ Tags are set with ``jax.ad_checkpoint.checkpoint_name`` in the attention module.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 

@@ -20,7 +20,7 @@ T' = 1 + (T - 1) / 4 and s = the VAE's spatial factor (8 for Wan's VAE).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

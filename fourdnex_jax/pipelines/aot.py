@@ -40,8 +40,9 @@ import os
 import pickle
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -244,7 +245,7 @@ class ExecutableCache:
         stem = f"{name}-{_digest(key)[:24]}"
         return self.directory / (stem + SUFFIX), self.directory / (stem + ".json")
 
-    def wrap(self, name: str, jitted) -> "CachedFunction":
+    def wrap(self, name: str, jitted) -> CachedFunction:
         """A callable running ``jitted`` (a ``jax.jit`` function) through this cache."""
         if not all(c.isalnum() or c in "_-" for c in name):
             raise ValueError(f"executable name {name!r}: use letters, digits, '_' and '-' only")

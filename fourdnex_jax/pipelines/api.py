@@ -23,22 +23,21 @@ import dataclasses
 import functools
 import os
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
+from fourdnex_jax.media.images import MIN_SIDE, ImageLike, TargetSize, load_image
 from fourdnex_jax.pipelines import bundle as bundle_lib
-from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 from fourdnex_jax.pipelines import domain as domain_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
-from fourdnex_jax.media.images import MIN_SIDE, ImageLike, TargetSize, load_image
 from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent, resize_target
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings
+from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import bundle_path
-
 
 
 def as_image(image: ImageLike, *, target: TargetSize | None = None, min_side: int | None = MIN_SIDE
@@ -155,8 +154,9 @@ class ImageTo4DPipeline:
     @classmethod
     def from_pretrained(cls, bundle_dir: str | os.PathLike | None = None, *, transformer: str | os.PathLike | None
                         = None, sample: Any = None, devices=None, mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES,
-                        executable_cache: str | os.PathLike | None = None, **overrides: Any) -> "ImageTo4DPipeline":
-        """Loads a bundle (None or ``"tiny"``: the shipped tiny one; else a bundle folder) and sets up sampling with its preset. ``transformer``:
+                        executable_cache: str | os.PathLike | None = None, **overrides: Any) -> ImageTo4DPipeline:
+        """Loads a bundle (None or ``"tiny"``: the shipped tiny one; else a bundle folder) and sets up sampling with its
+        preset. ``transformer``:
         take the DiT (base + adapter) from another bundle folder; ``sample``: a config's ``sample`` section;
         ``overrides``: any :class:`~fourdnex_jax.pipelines.settings.SampleSettings` field (``num_steps=8``,
         ``solver='euler'``, ``seed=0``, ...). Settings are checked against the model configs before any weights
@@ -176,7 +176,7 @@ class ImageTo4DPipeline:
     def from_bundle(cls, bundle: bundle_lib.Bundle, settings: SampleSettings | None = None, *, devices=None,
                     mesh=None, rules=DEFAULT_LOGICAL_AXIS_RULES, executable_cache: str | os.PathLike | None = None,
                     transformer: str | None = None, timings: dict[str, float] | None = None,
-                    run_info: dict[str, Any] | None = None) -> "ImageTo4DPipeline":
+                    run_info: dict[str, Any] | None = None) -> ImageTo4DPipeline:
         """From an already loaded bundle (e.g. a training run's DiT on its base bundle's towers)."""
         settings = settings if settings is not None else SampleSettings.from_preset(bundle.preset)
         t0 = time.perf_counter()  # ImageTo4D checks the settings against the models (settings.check_model)

@@ -26,18 +26,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
-from fourdnex_jax.weights import manifest as manifest_lib
-from fourdnex_jax.weights.orbax import save_flat
-from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, SPECS
-from fourdnex_jax.weights.restore import checkpoint_problems, read_config, restore_model
 from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.media.publish import publish_dir
 from fourdnex_jax.models import params
@@ -48,9 +44,14 @@ from fourdnex_jax.pipelines.programs import MODELS
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model
 from fourdnex_jax.recipe import SamplingPreset, SixDSpec
 from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, UniPCConfig
+from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.utils.resources import shipped
+from fourdnex_jax.weights import manifest as manifest_lib
+from fourdnex_jax.weights.orbax import save_flat
+from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, SPECS
+from fourdnex_jax.weights.restore import checkpoint_problems, read_config, restore_model
 
 #: The bundled tiny model: ``checkpoints/tiny`` of the repository or of an installed wheel (None where this
 #: installation has none; :func:`fourdnex_jax.utils.resources.default_bundle` then says how to get one).

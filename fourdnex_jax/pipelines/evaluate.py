@@ -26,13 +26,14 @@ milestone) are compared by :func:`check_targets`.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from fourdnex_jax.geometry import metrics
-from fourdnex_jax.utils.numerics import psnr
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.numerics import psnr
 
 #: What the shipped tiny model should reach on the 16 held-out scenes (``summary`` keys: (op, value)).
 TARGETS = {"rgb_psnr_frame0": (">=", 24.0), "abs_rel": ("<=", 0.25), "scenes_consistent": (">=", 14),

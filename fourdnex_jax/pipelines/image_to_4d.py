@@ -60,7 +60,8 @@ import contextlib
 import dataclasses
 import os
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -176,7 +177,7 @@ class ImageTo4D:
         self._compile()
 
     @classmethod
-    def from_bundle(cls, bundle, settings: SampleSettings | None = None, **kwargs) -> "ImageTo4D":
+    def from_bundle(cls, bundle, settings: SampleSettings | None = None, **kwargs) -> ImageTo4D:
         """From a :class:`~fourdnex_jax.pipelines.bundle.Bundle`: its models, recipe and scheduler; ``settings``
         default to the bundle's preset (``SampleSettings.from_preset(bundle.preset)``); ``kwargs`` (``mesh``,
         ``rules``, ``devices``, ...) go to the constructor."""

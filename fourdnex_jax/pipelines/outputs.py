@@ -30,8 +30,9 @@ reason, inlier ratio, median residual px, ...); a library call writes cameras on
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

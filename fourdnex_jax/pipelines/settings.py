@@ -17,7 +17,8 @@ from the models' configs alone, so a CLI can fail before any weights load.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fourdnex_jax.recipe import SamplingPreset
 from fourdnex_jax.sampling.flow_matching import SOLVERS, make_schedule
@@ -88,12 +89,12 @@ class SampleSettings:
             raise ValueError(f"negative_prompt={self.negative_prompt!r}: use a string")
 
     @classmethod
-    def from_preset(cls, preset: SamplingPreset, **overrides: Any) -> "SampleSettings":
+    def from_preset(cls, preset: SamplingPreset, **overrides: Any) -> SampleSettings:
         """The preset's values, then ``overrides`` (any field)."""
         return cls(**{**preset.to_dict(), **overrides})
 
     @classmethod
-    def from_config(cls, sample: Mapping[str, Any], preset: SamplingPreset) -> "SampleSettings":
+    def from_config(cls, sample: Mapping[str, Any], preset: SamplingPreset) -> SampleSettings:
         """From ``config.sample`` (every field present, no other key): preset fields that are ``None`` take
         ``preset``'s value."""
         values = dict(sample.to_dict() if hasattr(sample, "to_dict") else sample)

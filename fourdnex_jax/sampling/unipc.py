@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,6 @@ COLUMNS = ("sigma", "c_self", "c_last", "c_prev", "c_prev2", "c_this", "p_x", "p
 #: Flow-sigma formulas of ``set_timesteps`` by name (module docstring); the first is the official 4DNeX one.
 # the names live with the 4DNeX recipe (its presets default to the official one); re-exported here
 from fourdnex_jax.recipe import OFFICIAL_SIGMA_SCHEDULE, SIGMA_SCHEDULES, check_sigma_schedule  # noqa: E402, F401
-
 
 # diffusers' UniPCMultistepScheduler fields that do not change the flow-matching computation (beta schedule of the
 # unused discrete-time branch, thresholding switched off, ...). Checked but ignored.
@@ -99,7 +99,7 @@ class UniPCConfig:
             raise ValueError("unsupported UniPC config: " + "; ".join(bad))
 
     @classmethod
-    def from_diffusers_config(cls, cfg: Mapping[str, Any]) -> "UniPCConfig":
+    def from_diffusers_config(cls, cfg: Mapping[str, Any]) -> UniPCConfig:
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k in cfg if k not in fields and k not in _IGNORED)
         if unknown:
@@ -109,7 +109,7 @@ class UniPCConfig:
         return cls(**{k: v for k, v in cfg.items() if k in fields})
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike) -> "UniPCConfig":
+    def from_dir(cls, directory: str | os.PathLike) -> UniPCConfig:
         """From a diffusers ``scheduler/`` folder (``scheduler_config.json``)."""
         from fourdnex_jax.utils.files import read_json
 

@@ -18,15 +18,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import orbax.checkpoint as ocp
 
 # The read side of a run (metadata, saved arrays, the trained DiT) lives with the other load paths, where the
 # pipelines can use it too; re-exported here for the trainer's callers.
 from fourdnex_jax.weights.runs import (  # noqa: F401
-    CHECKPOINT_DIR, ITEMS, load_state_arrays, load_trainable, load_trained_model, read_meta)
+    CHECKPOINT_DIR,
+    ITEMS,
+    load_state_arrays,
+    load_trainable,
+    load_trained_model,
+    read_meta,
+)
 
 
 class Checkpointer:

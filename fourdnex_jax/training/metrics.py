@@ -11,8 +11,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from fourdnex_jax.media.io import atomic_write_bytes
 

@@ -16,7 +16,7 @@ suffix is applied by the encode step.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp

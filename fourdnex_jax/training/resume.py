@@ -22,7 +22,8 @@ change freely.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from fourdnex_jax.utils.errors import InputError
 

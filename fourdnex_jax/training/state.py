@@ -7,7 +7,8 @@
   run's base key; step keys are ``fold_in(key, step)``, so a resumed run draws the same noise), ``nan_skips``
   (consecutive skipped steps) and ``skipped`` (all skipped steps).
 * frozen base (nested dict, bf16 in the 14B preset, sharded like the trainable tensors by the same rules; empty
-  with ``trainable='full'``): never donated, never differentiated, never saved by training. Built from ``config.seed`` (tiny/test runs) or restored
+  with ``trainable='full'``): never donated, never differentiated, never saved by training. Built from ``config.seed``
+  (tiny/test runs) or restored
   from a converted checkpoint straight into its sharding (``train.base_checkpoint``, see
   :func:`fourdnex_jax.weights.restore.restore_params`).
 
@@ -18,19 +19,21 @@ function (``merge``), which is how gradients flow to the trainable tensors only.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from fourdnex_jax.utils.tree import flatten, nest
+from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.models import params
 from fourdnex_jax.models.transformer import FROZEN, TRAINABLE_MODES, WanTransformer3D, WanTransformerConfig
-from fourdnex_jax import sharding as mesh_lib
+from fourdnex_jax.utils.tree import flatten, nest
 from fourdnex_jax.weights.restore import restore_params
 
 
@@ -47,7 +50,7 @@ class ModelParts:
     mode: str = "adapter"
 
     @classmethod
-    def build(cls, cfg: WanTransformerConfig, seed: int = 0, mode: str = "adapter") -> "ModelParts":
+    def build(cls, cfg: WanTransformerConfig, seed: int = 0, mode: str = "adapter") -> ModelParts:
         if mode not in TRAINABLE_MODES:
             raise ValueError(f"trainable mode {mode!r}: one of {sorted(TRAINABLE_MODES)}")
         abstract = nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(seed)))

@@ -27,12 +27,12 @@ from typing import Any
 
 import jax
 
+from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.config import model_config, validate
 from fourdnex_jax.data import encode as encode_lib
 from fourdnex_jax.data import loader
 from fourdnex_jax.models.transformer import flops
 from fourdnex_jax.training import checkpoint as ckpt_lib
-from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.training import metrics as metrics_lib
 from fourdnex_jax.training import optimizer as optim_lib
 from fourdnex_jax.training import resume as resume_lib

@@ -17,7 +17,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 _STATE = {"depth": 0, "hit": False, "stderr": None}
 

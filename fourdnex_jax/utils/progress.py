@@ -48,7 +48,7 @@ class Stage:
         self.label = label
         self.seconds = 0.0
 
-    def __enter__(self) -> "Stage":
+    def __enter__(self) -> Stage:
         print(f"{self.label} ...", end="", file=sys.stderr, flush=True)
         _LINE_OPEN[0] = True
         self.t0 = time.perf_counter()

@@ -15,7 +15,8 @@ import dataclasses
 import difflib
 import types
 import typing
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from fourdnex_jax.utils.errors import InputError
 

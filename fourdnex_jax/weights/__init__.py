@@ -14,5 +14,6 @@ is their engine), so ``models`` never imports this package.
   * :mod:`.adapter`: the 4DNeX adapter folder (LoRA safetensors + ``learnable_domain_embeddings.pt``), its
     effective LoRA scale;
   * :mod:`.manifest`: ``manifest.json`` and file hashing;
-  * :mod:`.torch_to_jax`, :mod:`.jax_to_torch`: the two conversions (``fourdnex convert`` / ``fourdnex export`` are their command line).
+  * :mod:`.torch_to_jax`, :mod:`.jax_to_torch`: the two conversions (``fourdnex convert`` / ``fourdnex export`` are
+  their command line).
 """

@@ -19,8 +19,9 @@ before it meets the table (CLIP's ``vision_model.`` prefix, UMT5's tied embeddin
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
@@ -34,14 +35,13 @@ from fourdnex_jax.models.mapping import DictSource, RenamedSource, TensorSource,
 from fourdnex_jax.models.text_encoder.config import UMT5Config
 from fourdnex_jax.models.text_encoder.mapping import umt5_mapping
 from fourdnex_jax.models.text_encoder.model import UMT5Encoder
-from fourdnex_jax.models.transformer import FROZEN, DomainEmbedding, WanTransformer3D, WanTransformerConfig
-from fourdnex_jax.models.transformer import mapping
+from fourdnex_jax.models.transformer import FROZEN, DomainEmbedding, WanTransformer3D, WanTransformerConfig, mapping
 from fourdnex_jax.models.vae.config import WanVAEConfig
 from fourdnex_jax.models.vae.layers import DEFAULT_PRECISION
 from fourdnex_jax.models.vae.mapping import vae_weight_mapping
 from fourdnex_jax.models.vae.model import WanVAE
-from fourdnex_jax.utils.progress import Progress
 from fourdnex_jax.utils.files import read_json
+from fourdnex_jax.utils.progress import Progress
 from fourdnex_jax.weights.registry import SPECS, abstract_model, initial_trainable, split_config_drift
 from fourdnex_jax.weights.safetensors import CheckpointFileError, SafetensorsSource
 

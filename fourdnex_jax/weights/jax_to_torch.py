@@ -29,8 +29,9 @@ import dataclasses
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import einops
 import ml_dtypes
@@ -47,8 +48,14 @@ from fourdnex_jax.utils.progress import Progress
 from fourdnex_jax.weights import manifest as manifest_lib
 from fourdnex_jax.weights.adapter import DOMAIN_FILE, LORA_FILE, write_adapter
 from fourdnex_jax.weights.orbax import array_metadata, open_array, restore_flat
-from fourdnex_jax.weights.registry import (ADAPTER_CHECKPOINT, CONFIGS_DIR, COPIED_COMPONENTS, SOURCE_CONFIGS_DIR,
-                                           SPECS, abstract_model)
+from fourdnex_jax.weights.registry import (
+    ADAPTER_CHECKPOINT,
+    CONFIGS_DIR,
+    COPIED_COMPONENTS,
+    SOURCE_CONFIGS_DIR,
+    SPECS,
+    abstract_model,
+)
 from fourdnex_jax.weights.restore import checkpoint_problems, read_config
 from fourdnex_jax.weights.safetensors import ShardedSafetensorsWriter
 

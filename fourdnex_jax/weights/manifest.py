@@ -44,7 +44,7 @@ def file_record(path: str | os.PathLike, sha256: str | None = None) -> dict[str,
 
 def new_manifest(direction: str, source: str | os.PathLike) -> dict[str, Any]:
     return {"format": FORMAT, "direction": direction, "source": str(Path(source).absolute()),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "versions": versions(), "models": {}, "copied": {}, "skipped": []}
 
 

@@ -32,18 +32,18 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import tensorstore as ts
 from orbax.checkpoint import future as ocp_future
-from orbax.checkpoint._src.serialization import ocdbt_utils
+from orbax.checkpoint._src.serialization import ocdbt_utils, type_handlers
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 from orbax.checkpoint._src.serialization import type_handler_registry as registry_lib
-from orbax.checkpoint._src.serialization import type_handlers
 
 from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.utils.files import read_json
@@ -60,7 +60,7 @@ CHUNK_BYTES = 8 * 2**20
 class Filler(Protocol):
     """Produces the data of a set of :class:`LazyArray` leaves: ``fill`` writes every slice of every store."""
 
-    async def fill(self, stores: Mapping[str, "SliceWriter"]) -> None: ...
+    async def fill(self, stores: Mapping[str, SliceWriter]) -> None: ...
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -30,7 +30,8 @@ transformers 4 prefix keys with ``vision_model.``; a UMT5 checkpoint holding onl
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp

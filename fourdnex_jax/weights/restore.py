@@ -18,8 +18,9 @@ Users: :func:`fourdnex_jax.pipelines.bundle.load_bundle` (:func:`restore_model`)
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 from flax import nnx

@@ -9,8 +9,9 @@ other load paths, so the pipelines (a run as ``--checkpoint``, ``fourdnex bundle
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import numpy as np

@@ -8,7 +8,8 @@ present and holding exactly the keys the index assigns to it), so a truncated or
 :class:`CheckpointFileError`, before any work. Tensor data is read lazily, one tensor per
 :meth:`~SafetensorsSource.get`, with plain ``read`` calls into fresh numpy buffers (bf16 as ``ml_dtypes.bfloat16``,
 bit-exact), never memory-mapped: pages of a mapping would count towards resident memory for as long as the mapping
-lives, a plain read costs only the tensor itself. :meth:`SafetensorsSource.iter_file_order` walks each file once from start to end, so the sha256
+lives, a plain read costs only the tensor itself. :meth:`SafetensorsSource.iter_file_order` walks each file once from
+start to end, so the sha256
 of every source file is computed on the bytes the conversion reads anyway (no second pass over 33 GB).
 
 Writing (:class:`ShardedSafetensorsWriter`): the header of every shard is planned from the list of (key, shape,
@@ -27,8 +28,8 @@ import math
 import os
 import stat
 import struct
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import ml_dtypes
 import numpy as np
@@ -189,7 +190,7 @@ class SafetensorsSource:
 
     @classmethod
     def from_model_dir(cls, directory: str | os.PathLike, name: str = "diffusion_pytorch_model"
-                       ) -> "SafetensorsSource":
+                       ) -> SafetensorsSource:
         """Opens ``directory/<name>.safetensors`` or the shards listed in ``directory/<name>.safetensors.index.json``
         (every listed shard must exist and hold exactly the keys the index assigns to it)."""
         files, weight_map = model_files(directory, name)
@@ -272,7 +273,8 @@ def _header_bytes(entries: Sequence[tuple[str, tuple[int, ...], np.dtype]], meta
     offset = 0
     for key, shape, dtype in entries:
         n = math.prod(shape) * np.dtype(dtype).itemsize
-        header[key] = {"dtype": DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape), "data_offsets": [offset, offset + n]}
+        header[key] = {"dtype": DTYPE_NAMES[np.dtype(dtype)], "shape": list(shape),
+                       "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # tensor data 8-byte aligned, as the reference writer does

@@ -18,7 +18,8 @@ and a tensor may not have more elements than its storage (no zero-stride blow-up
 Writing. The zip format ``torch.save`` produces, readable by ``torch.load(path, weights_only=True)`` (and by
 :func:`load_pt`). The pickle is emitted opcode by opcode (protocol 2, the opcodes ``torch.save`` itself emits
 for a tensor: ``_rebuild_tensor_v2`` with a ``('storage', torch.<Type>Storage, key, 'cpu', numel)`` persistent id,
-contiguous strides, ``requires_grad=False`` and an empty ``OrderedDict`` of hooks). Storage records are 64-byte aligned like
+contiguous strides, ``requires_grad=False`` and an empty ``OrderedDict`` of hooks). Storage records are 64-byte aligned
+like
 torch's own writer does (zip extra-field padding), so ``torch.load(..., weights_only=True, mmap=True)`` works too.
 """
 
@@ -31,8 +32,9 @@ import pickle
 import secrets
 import struct
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import ml_dtypes
 import numpy as np

@@ -29,8 +29,9 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import einops
 import ml_dtypes
@@ -45,12 +46,21 @@ from fourdnex_jax.models.transformer.mapping import domain_mapping, lora_mapping
 from fourdnex_jax.recipe import SAMPLING_PRESETS, SixDSpec
 from fourdnex_jax.utils.progress import Progress
 from fourdnex_jax.weights import manifest as manifest_lib
-from fourdnex_jax.weights.adapter import Adapter, DEFAULT_FUSE_SCALE, read_adapter
+from fourdnex_jax.weights.adapter import DEFAULT_FUSE_SCALE, Adapter, read_adapter
 from fourdnex_jax.weights.from_diffusers import read_config_json
 from fourdnex_jax.weights.orbax import LazyArray, SliceWriter, save_flat
-from fourdnex_jax.weights.registry import (ADAPTER_CHECKPOINT, CONFIGS_DIR, COPIED_COMPONENTS, SOURCE_CONFIGS_DIR,
-                                           SPECS, ModelSpec, abstract_model, split_config_drift)
+from fourdnex_jax.weights.registry import (
+    ADAPTER_CHECKPOINT,
+    CONFIGS_DIR,
+    COPIED_COMPONENTS,
+    SOURCE_CONFIGS_DIR,
+    SPECS,
+    ModelSpec,
+    abstract_model,
+    split_config_drift,
+)
 from fourdnex_jax.weights.safetensors import CheckpointFileError, SafetensorsSource
+
 PARAM_DTYPES = ("auto", "float32", "bfloat16")
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 

@@ -105,7 +105,8 @@ def test_check_agreement_rejects_mismatch_and_nan():
             common.check_agreement("x", bad, 1e-4)
 
 
-# -- dit_vs_diffusers and the diffusers child, with the PyTorch oracle ------------------------------------------------------------------------------
+# -- dit_vs_diffusers and the diffusers child, with the PyTorch oracle
+# ------------------------------------------------------------------------------
 @pytest.mark.oracle
 def test_cpu_row_structure_at_tiny(torch_oracle):
     pytest.importorskip("diffusers")

@@ -8,12 +8,12 @@ from flax import nnx
 
 from fourdnex_jax.data import encode, loader, prepare, schema, synthetic, tfds_builders
 from fourdnex_jax.data.annotations import ClipConfig
-from fourdnex_jax.testing.scenes import write_caption_csv
 from fourdnex_jax.media.io import atomic_save_npz
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig, CLIPVisionTower
 from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Encoder, UMT5Tokenizer
 from fourdnex_jax.models.towers import Towers
 from fourdnex_jax.models.vae import WanVAE, WanVAEConfig
+from fourdnex_jax.testing.scenes import write_caption_csv
 
 T, H, W = 5, 32, 48
 TEXT_LEN = 16

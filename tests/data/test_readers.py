@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from fourdnex_jax.data import prepare, staging, synthetic, temporal
-from fourdnex_jax.data.captions import CaptionTable, read_caption_csv
 from fourdnex_jax.data.annotations import ClipConfig, to_clip6d
+from fourdnex_jax.data.captions import CaptionTable, read_caption_csv
 from fourdnex_jax.data.errors import BadExample
 from fourdnex_jax.data.readers import read_dust3r, read_megasam, read_monst3r
 from fourdnex_jax.geometry import normalize, se3

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fourdnex_jax.testing.numerics import rel_l2
-from fourdnex_jax.weights.from_diffusers import apply_adapter, load_transformer
 from fourdnex_jax.models.transformer import layouts
 from fourdnex_jax.models.transformer.rope import rope_cos_sin
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import apply_adapter, load_transformer
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "wan_tiny"
 

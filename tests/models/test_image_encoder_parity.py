@@ -9,14 +9,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fourdnex_jax.testing.numerics import rel_l2
-from fourdnex_jax.models.image_encoder import (CLIPPreprocessConfig, CLIPVisionConfig, CLIPVisionTower,
-                                               clip_vision_mapping, preprocess_images)
-from fourdnex_jax.models.mapping import DictSource, WeightMappingError
-from fourdnex_jax.weights.from_diffusers import load_clip_vision_from_hf
 from fourdnex_jax.media.resize import resize_uint8
+from fourdnex_jax.models.image_encoder import (
+    CLIPPreprocessConfig,
+    CLIPVisionConfig,
+    CLIPVisionTower,
+    clip_vision_mapping,
+    preprocess_images,
+)
 from fourdnex_jax.models.image_encoder.preprocess import shortest_edge_size
+from fourdnex_jax.models.mapping import DictSource, WeightMappingError
 from fourdnex_jax.models.params import count, flat_variables, targets_of
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import load_clip_vision_from_hf
 
 # Wan2.1-I2V-14B-480P-Diffusers image_encoder/config.json (laion/CLIP-ViT-H-14-laion2B-s32B-b79K vision tower,
 # saved from CLIPVisionModelWithProjection by transformers 4), as a literal.

@@ -1,9 +1,8 @@
 """Modality layouts: position-id builders, domain ids, fuse/split and patchify (pure layout code: exact)."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
-
-import jax.numpy as jnp
 
 from fourdnex_jax.models.transformer import layouts
 

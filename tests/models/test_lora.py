@@ -11,13 +11,13 @@ from flax import nnx
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
 
-from fourdnex_jax.testing import torch_reference as ref
-from fourdnex_jax.testing.numerics import rel_l2
-from fourdnex_jax.models.mapping import DictSource, WeightMappingError
-from fourdnex_jax.weights.from_diffusers import apply_adapter, transformer_from_source
 from fourdnex_jax.models.lora import merge_lora, unmerge_lora
+from fourdnex_jax.models.mapping import DictSource, WeightMappingError
 from fourdnex_jax.models.params import flat_variables
 from fourdnex_jax.models.transformer import TRAINABLE, WanTransformer3D, WanTransformerConfig
+from fourdnex_jax.testing import torch_reference as ref
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import apply_adapter, transformer_from_source
 
 pytestmark = pytest.mark.oracle
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # 4DNeX's target_modules

@@ -13,13 +13,19 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.models.mapping import DictSource, WeightMappingError
 from fourdnex_jax.models.params import count, flat_variables, targets_of
-from fourdnex_jax.models.text_encoder import (UMT5Config, UMT5Encoder, UMT5Tokenizer, encode_prompts,
-                                              umt5_mapping, wan_prompt_embeds)
-from fourdnex_jax.weights.from_diffusers import load_umt5_from_hf
+from fourdnex_jax.models.text_encoder import (
+    UMT5Config,
+    UMT5Encoder,
+    UMT5Tokenizer,
+    encode_prompts,
+    umt5_mapping,
+    wan_prompt_embeds,
+)
 from fourdnex_jax.models.text_encoder.model import T5LayerNorm, relative_position_buckets
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import load_umt5_from_hf
 
 PROMPTS = ["a robot walks", "  the camera   pans, slowly!  the scene POINTMAP_STYLE. ", "x" * 600,
            "&amp;quot;a&amp;quot; scene with UNKNOWN chars 7!"]

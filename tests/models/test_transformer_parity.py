@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fourdnex_jax.testing import torch_reference as ref
-from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.models.mapping import DictSource
-from fourdnex_jax.weights.from_diffusers import apply_adapter, transformer_from_source
 from fourdnex_jax.models.transformer import WanTransformerConfig, layouts
 from fourdnex_jax.models.transformer.rope import rope_cos_sin
+from fourdnex_jax.testing import torch_reference as ref
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import apply_adapter, transformer_from_source
 
 TOL = 1e-5
 

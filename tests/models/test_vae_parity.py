@@ -11,19 +11,18 @@ import dataclasses
 import inspect
 import json
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 from flax import nnx
 
-from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.models.mapping import DictSource, WeightMapping, WeightMappingError
 from fourdnex_jax.models.params import assign, flat_variables, targets_of
 from fourdnex_jax.models.vae import WanVAEConfig, abstract_vae, export_to_diffusers, vae_weight_mapping
 from fourdnex_jax.models.vae import layers as L
 from fourdnex_jax.models.vae.mapping import attention_rules, conv_rules, resample_rules, residual_rules
+from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.weights.from_diffusers import load_vae_from_diffusers
 
 BLOCK_TOL = 1e-5

@@ -1,7 +1,8 @@
 """Every attention implementation that runs on CPU against the fp32 reference ``reference.attend`` (no torch needed).
 
 Splash runs in the Pallas interpreter here (``interpret=True`` off TPU), so its cases are kept to a few 128-blocks.
-Bounds are relative L2 (``fourdnex_jax.testing.numerics.rel_l2``), set at about 2-4x the errors measured on CPU (JAX 0.10.2):
+Bounds are relative L2 (``fourdnex_jax.testing.numerics.rel_l2``), set at about 2-4x the errors measured on CPU (JAX
+0.10.2):
   fp32: reference vs float64 numpy, chunked, ring, auto <= 1e-6 (measured <= 2e-7); splash <= 2e-6 (measured
         <= 4.2e-7: the kernel's online softmax sums in another order), splash gradients <= 1e-6 (measured 2.2e-7),
         tiny DiT forward splash vs xla <= 2e-6 (measured 2.2e-7);

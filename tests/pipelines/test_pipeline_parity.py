@@ -19,15 +19,18 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import jax
-from diffusers import (AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler,
-                       WanImageToVideoPipeline)
+from diffusers import (
+    AutoencoderKLWan,
+    FlowMatchEulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+    WanImageToVideoPipeline,
+)
 from diffusers.pipelines.wan.pipeline_wan_i2v import retrieve_latents
 from PIL import Image
-from transformers import (CLIPImageProcessor, CLIPVisionConfig as HFCLIPConfig, CLIPVisionModel,
-                          T5Tokenizer, UMT5Config as HFUMT5Config, UMT5EncoderModel)
+from transformers import CLIPImageProcessor, CLIPVisionModel, T5Tokenizer, UMT5EncoderModel
+from transformers import CLIPVisionConfig as HFCLIPConfig
+from transformers import UMT5Config as HFUMT5Config
 
-from fourdnex_jax.testing import torch_reference as ref
-from fourdnex_jax.testing.numerics import rel_l2
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, CLIPVisionConfig
 from fourdnex_jax.models.mapping import DictSource
 from fourdnex_jax.models.text_encoder import UMT5Config, UMT5Tokenizer
@@ -36,8 +39,15 @@ from fourdnex_jax.models.vae import WanVAEConfig
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.recipe import SixDSpec
-from fourdnex_jax.weights.from_diffusers import (apply_adapter, load_clip_vision_from_hf, load_umt5_from_hf,
-                                                 load_vae_from_diffusers, transformer_from_source)
+from fourdnex_jax.testing import torch_reference as ref
+from fourdnex_jax.testing.numerics import rel_l2
+from fourdnex_jax.weights.from_diffusers import (
+    apply_adapter,
+    load_clip_vision_from_hf,
+    load_umt5_from_hf,
+    load_vae_from_diffusers,
+    transformer_from_source,
+)
 
 pytestmark = pytest.mark.oracle
 T, H, W = 5, 32, 48  # per modality; latent 2 x 4 x 6, fused width 12

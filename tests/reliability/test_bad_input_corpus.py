@@ -20,8 +20,8 @@ import pickle
 import shutil
 import subprocess
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -257,7 +257,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     # render
     "render/scene-without-cameras": (lambda t: ["render", "--scene", str(t), "--out", str(t / "v.mp4")],
                                      ["--scene {tmp}", "no cameras.json"]),
-    "render/out-exists": (lambda t: ["render", "--scene", str(_scene(t)), "--out", str(_write(t / "v.mp4", b"previous video"))],
+    "render/out-exists": (lambda t: ["render", "--scene", str(_scene(t)), "--out",
+                                     str(_write(t / "v.mp4", b"previous video"))],
                           ["--out {tmp}/v.mp4", "--overwrite"]),
     "render/out-is-folder": (lambda t: ["render", "--scene", str(_scene(t)), "--out", str(t)], ["is a folder"]),
     # export (jax-to-torch)

@@ -27,8 +27,9 @@ def test_checker_finds_a_deferred_file_cycle_and_a_package_cycle(tmp_path):
         "fourdnex_jax/models/__init__.py": "",
         "fourdnex_jax/models/m.py": "import fourdnex_jax.utils.u\n",
         "fourdnex_jax/utils/__init__.py": "",
-        "fourdnex_jax/utils/u.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import fourdnex_jax.ops.a\n"
-                                   "def g():\n    from fourdnex_jax.models.m import x\n",
+        "fourdnex_jax/utils/u.py": ("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                    "    import fourdnex_jax.ops.a\n"
+                                    "def g():\n    from fourdnex_jax.models.m import x\n"),
     })
     graph = import_graph.file_graph(root)
     assert graph["fourdnex_jax.ops.b"] == {"fourdnex_jax.ops.a"}

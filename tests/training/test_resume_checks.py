@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fourdnex_jax.testing.training import random_dataset, run_train
 from fourdnex_jax.training import checkpoint
 from fourdnex_jax.training.resume import resume_problems
-from fourdnex_jax.testing.training import random_dataset, run_train
 
 # decay_steps fixed: the tiny config's linear decay then does not depend on num_steps (so a longer run is exact)
 COMMON = ("--config.train.checkpoint_every=2", "--config.train.global_batch_size=4",
@@ -23,7 +23,8 @@ def data(tmp_path_factory):
 
 
 def test_resume_problems_rules():
-    saved = {"seed": 0, "model": {"lora_alpha": 4.0, "remat_policy": "none"}, "optim": {"preset": "reference_effective"},
+    saved = {"seed": 0, "model": {"lora_alpha": 4.0, "remat_policy": "none"},
+             "optim": {"preset": "reference_effective"},
              "train": {"num_steps": 4, "global_batch_size": 4, "log_every": 1}, "data": {"dir": "/a"}}
     same = {**saved, "train": {**saved["train"], "log_every": 5, "num_steps": 8},
             "model": {**saved["model"], "remat_policy": "full"}}

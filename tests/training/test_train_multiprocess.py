@@ -7,8 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from fourdnex_jax.training import checkpoint
 from fourdnex_jax.testing.training import ROOT, random_dataset, run_train, train_cmd
+from fourdnex_jax.training import checkpoint
 
 pytestmark = pytest.mark.integration  # two `fourdnex train` processes
 

@@ -8,8 +8,8 @@ import signal
 import numpy as np
 import pytest
 
-from fourdnex_jax.training import checkpoint
 from fourdnex_jax.testing.training import random_dataset, run_train
+from fourdnex_jax.training import checkpoint
 
 pytestmark = pytest.mark.integration  # `fourdnex train` subprocesses, killed and resumed
 

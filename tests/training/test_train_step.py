@@ -8,9 +8,9 @@ import pytest
 from fourdnex_jax import sharding as mesh_lib
 from fourdnex_jax.config import load_config_file
 from fourdnex_jax.sharding import partition_spec
-from fourdnex_jax.utils.tree import flatten
-from fourdnex_jax.training.trainer import NonFiniteError, Trainer
 from fourdnex_jax.testing.training import ROOT, TINY, random_dataset
+from fourdnex_jax.training.trainer import NonFiniteError, Trainer
+from fourdnex_jax.utils.tree import flatten
 
 
 def tiny(**train):

@@ -32,8 +32,12 @@ from fourdnex_jax.weights import adapter as adapter_lib
 from fourdnex_jax.weights.jax_to_torch import export
 from fourdnex_jax.weights.registry import SPECS
 from fourdnex_jax.weights.restore import restore_model
-from fourdnex_jax.weights.safetensors import (CheckpointFileError, SafetensorsSource, ShardedSafetensorsWriter,
-                                              sha256_file)
+from fourdnex_jax.weights.safetensors import (
+    CheckpointFileError,
+    SafetensorsSource,
+    ShardedSafetensorsWriter,
+    sha256_file,
+)
 from fourdnex_jax.weights.torch_pickle import PtFormatError, load_pt, load_pt_tensor, save_pt
 from fourdnex_jax.weights.torch_to_jax import ConversionError, convert
 
@@ -230,10 +234,10 @@ def write_wan_folder(torch, root: Path, dtype) -> None:
     from transformers import CLIPVisionModel, UMT5EncoderModel
     from transformers import UMT5Config as HFUMT5
 
-    from fourdnex_jax.testing import torch_reference as ref
     from fourdnex_jax.models.image_encoder.config import CLIPVisionConfig
     from fourdnex_jax.models.text_encoder.config import UMT5Config
     from fourdnex_jax.models.vae.config import WanVAEConfig
+    from fourdnex_jax.testing import torch_reference as ref
 
     torch.manual_seed(0)
     ref.build(ref.TINY, seed=1).to(dtype).save_pretrained(root / "transformer", max_shard_size="40KB")

@@ -10,7 +10,6 @@ pytest.importorskip("diffusers")
 
 import jax.numpy as jnp
 from diffusers import WanTransformer3DModel
-
 from flax import nnx
 
 from fourdnex_jax.models import params
@@ -103,7 +102,8 @@ def test_strict_errors_list_every_problem(saved):
         transformer_from_source(cfg, DictSource(sd))
     msg = str(info.value)
     for needle in ("2 missing key(s)", "blocks.1.attn1.to_k.bias", "condition_embedder.time_proj.weight",
-                   "1 unexpected key(s): ['blocks.0.attn1.extra.weight']", "blocks.0.ffn.net.0.proj.weight: shape (7, 64)",
+                   "1 unexpected key(s): ['blocks.0.attn1.extra.weight']",
+                   "blocks.0.ffn.net.0.proj.weight: shape (7, 64)",
                    "scale_shift_table: dtype int64"):
         assert needle in msg, (needle, msg)
     assert "norm_added_q" not in msg

@@ -151,7 +151,8 @@ def test_config_drift_umt5(tmp_path):
     _text_encoder_folder(tmp_path / "ok" / "text_encoder", hf, cfg)
     m = convert(tmp_path / "ok", tmp_path / "out_ok", skip=ONLY_TEXT, progress=False)
     accepted = m["models"]["text_encoder"]["accepted_config_keys"]
-    assert accepted["scale_decoder_outputs"]["value"] is True and "decoder-only" in accepted["scale_decoder_outputs"]["why"]
+    decoder = accepted["scale_decoder_outputs"]
+    assert decoder["value"] is True and "decoder-only" in decoder["why"]
     changed = dict(hf, d_model=cfg.d_model * 2)  # the weights are of the original width
     _text_encoder_folder(tmp_path / "wide" / "text_encoder", changed, cfg)
     with pytest.raises(ConversionError, match=r"\[text_encoder\].*does not match"):

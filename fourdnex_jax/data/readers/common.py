@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from etils import epath
 
-from fourdnex_jax.media import io as media_io
 from fourdnex_jax.data.errors import BadExample, as_bad_example
 from fourdnex_jax.data.temporal import parse_clip_range
+from fourdnex_jax.media import io as media_io
 
 T = TypeVar("T")
 

@@ -14,7 +14,6 @@ from fourdnex_jax.data.clip6d import RawClip
 from fourdnex_jax.data.errors import BadExample
 from fourdnex_jax.data.readers.common import list_npz_clips, load_npz_keys, read_rgb_source, rgb_uint8
 
-
 list_clips = list_npz_clips
 
 

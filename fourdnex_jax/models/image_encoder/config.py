@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # transformers ``CLIPVisionConfig`` keys that do not change the tower's forward pass (run-time switches, init scales,
 # the projection head that ``CLIPVisionModel`` does not have, dropout at inference, file bookkeeping). Dropped.
@@ -59,7 +60,7 @@ class CLIPVisionConfig:
         return self.grid ** 2 + 1
 
     @classmethod
-    def from_hf_config(cls, hf: Mapping[str, Any]) -> "CLIPVisionConfig":
+    def from_hf_config(cls, hf: Mapping[str, Any]) -> CLIPVisionConfig:
         """From a transformers vision ``config.json`` dict (``clip_vision_model``), or a full CLIP config (its
         ``vision_config`` is used). Unknown keys raise; :data:`HF_BOOKKEEPING_KEYS` are dropped."""
         if "vision_config" in hf:
@@ -74,12 +75,12 @@ class CLIPVisionConfig:
         return cls(**{k: hf.get(k, hf_defaults[k]) for k in fields})
 
     @classmethod
-    def vit_h14(cls) -> "CLIPVisionConfig":
+    def vit_h14(cls) -> CLIPVisionConfig:
         """OpenCLIP ViT-H/14 at 224 px (Wan2.1 I2V ``image_encoder/``): 257 tokens x 1280, about 632 M parameters."""
         return cls()
 
     @classmethod
-    def tiny(cls) -> "CLIPVisionConfig":
+    def tiny(cls) -> CLIPVisionConfig:
         """A test-size tower: 32 px images, 8 px patches -> 17 tokens of width 24."""
         return cls(hidden_size=24, intermediate_size=40, num_hidden_layers=3, num_attention_heads=2,
                    image_size=32, patch_size=8)

@@ -11,7 +11,7 @@ Present and ignored, each documented:
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from fourdnex_jax.models.image_encoder.config import CLIPVisionConfig
 from fourdnex_jax.models.mapping import Rule, WeightMapping

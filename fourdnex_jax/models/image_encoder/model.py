@@ -8,7 +8,7 @@ Only the layers needed are run. The residual stream is fp32; attention logits an
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -93,7 +94,7 @@ class CLIPPreprocessConfig:
                              "_processor_class", "transformers_version", "default_to_square", "backend"})
 
     @classmethod
-    def from_hf_config(cls, hf: Mapping[str, Any]) -> "CLIPPreprocessConfig":
+    def from_hf_config(cls, hf: Mapping[str, Any]) -> CLIPPreprocessConfig:
         """From a ``preprocessor_config.json`` dict; unknown keys raise. An int ``size`` / ``crop_size`` means
         ``{"shortest_edge": n}`` / a square crop, as in transformers."""
         fields = {f.name for f in dataclasses.fields(cls)}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 # Keys of a transformers ``UMT5Config`` dict that do not change the encoder's computation: run-time switches,
 # decoder/generation settings, token ids (the tokenizer owns those) and file bookkeeping. They are accepted and dropped.
@@ -75,7 +76,7 @@ class UMT5Config:
         return FEED_FORWARD[self.feed_forward_proj][1]
 
     @classmethod
-    def from_hf_config(cls, hf: Mapping[str, Any]) -> "UMT5Config":
+    def from_hf_config(cls, hf: Mapping[str, Any]) -> UMT5Config:
         """From a transformers ``config.json`` dict. Unknown keys raise; :data:`HF_BOOKKEEPING_KEYS` are dropped after
         consistency checks (an encoder must not be a decoder; ``dense_act_fn``/``is_gated_act`` must agree with
         ``feed_forward_proj``)."""
@@ -97,12 +98,12 @@ class UMT5Config:
         return cfg
 
     @classmethod
-    def umt5_xxl(cls) -> "UMT5Config":
+    def umt5_xxl(cls) -> UMT5Config:
         """google/umt5-xxl encoder as shipped in Wan2.1's ``text_encoder/`` (about 5.7 B parameters)."""
         return cls()
 
     @classmethod
-    def tiny(cls, vocab_size: int = 64) -> "UMT5Config":
+    def tiny(cls, vocab_size: int = 64) -> UMT5Config:
         """A test-size encoder (inner width 32 != d_model 24 on purpose, to catch transposed projections)."""
         return cls(vocab_size=vocab_size, d_model=24, d_kv=8, d_ff=40, num_layers=2, num_heads=4,
                    relative_attention_num_buckets=8, relative_attention_max_distance=20)

@@ -9,7 +9,7 @@ only ``encoder.embed_tokens.weight`` is read through it (:func:`tied_renames`; t
 from __future__ import annotations
 
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 from fourdnex_jax.models.mapping import Rule, WeightMapping
 from fourdnex_jax.models.text_encoder.config import UMT5Config

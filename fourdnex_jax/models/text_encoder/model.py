@@ -10,7 +10,7 @@ table. Layers are stacked on a leading 'layers' axis and run with ``jax.lax.scan
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

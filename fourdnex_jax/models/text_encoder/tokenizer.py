@@ -48,7 +48,7 @@ class UMT5Tokenizer:
         self.padding_side, self.truncation_side = padding_side, truncation_side
 
     @classmethod
-    def from_dir(cls, directory: str | os.PathLike) -> "UMT5Tokenizer":
+    def from_dir(cls, directory: str | os.PathLike) -> UMT5Tokenizer:
         """Loads ``directory/tokenizer.json`` (+ optional ``tokenizer_config.json``, ``special_tokens_map.json``)."""
         from tokenizers import Tokenizer
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -104,11 +105,11 @@ class WanTransformerConfig:
     def compute_jnp_dtype(self) -> jnp.dtype:
         return jnp.dtype(self.compute_dtype)
 
-    def replace(self, **changes: Any) -> "WanTransformerConfig":
+    def replace(self, **changes: Any) -> WanTransformerConfig:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "WanTransformerConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> WanTransformerConfig:
         """Builds a config from a plain mapping (e.g. ``config.model`` of an ml_collections config); unknown keys
         are an error."""
         known = {f.name for f in dataclasses.fields(cls)}
@@ -121,7 +122,7 @@ class WanTransformerConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_diffusers_config(cls, values: Mapping[str, Any], **overrides: Any) -> "WanTransformerConfig":
+    def from_diffusers_config(cls, values: Mapping[str, Any], **overrides: Any) -> WanTransformerConfig:
         """Maps a diffusers ``WanTransformer3DModel`` ``config.json`` onto this config (strict).
 
         Non-architecture fields (layout, LoRA, dtypes, execution) come from ``overrides``."""

@@ -59,7 +59,8 @@ class FeedForward(nnx.Module):
     """``proj_out(act(proj_in(x)))`` (diffusers ``FeedForward``: ``net.0.proj`` and ``net.2``)."""
 
     def __init__(self, din: int, dhidden: int, dout: int, *, act, in_axis: str = "embed", hidden_axis: str = "mlp",
-                 out_axis: str = "embed", param_dtype, compute_dtype, rngs: nnx.Rngs, lora_rank: int = 0, lora_scale: float = 1.0,
+                 out_axis: str = "embed", param_dtype, compute_dtype, rngs: nnx.Rngs, lora_rank: int = 0,
+                 lora_scale: float = 1.0,
                  lora_on: tuple[bool, bool] = (False, False), hidden_activation_axes: tuple | None = None):
         self.act = act
         # logical axes the hidden activation is constrained to under a mesh (None: left to propagation)

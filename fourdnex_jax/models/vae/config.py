@@ -11,7 +11,8 @@ Only the Wan2.1 architecture is ported: ``is_residual=False`` and ``patch_size=N
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 # Keys diffusers writes into config.json / ``model.config`` that carry no architecture information.
 DIFFUSERS_BOOKKEEPING_KEYS = frozenset({"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"})
@@ -67,7 +68,7 @@ class WanVAEConfig:
 
     # ------------------------------------------------------------------------------------------------------------
     @classmethod
-    def from_diffusers_config(cls, config: Mapping[str, Any]) -> "WanVAEConfig":
+    def from_diffusers_config(cls, config: Mapping[str, Any]) -> WanVAEConfig:
         """Builds the config from a diffusers ``config.json`` dict. Unknown keys raise ``ValueError``; only the
         bookkeeping keys in :data:`DIFFUSERS_BOOKKEEPING_KEYS` are skipped."""
         fields = {f.name for f in dataclasses.fields(cls)}
@@ -81,12 +82,12 @@ class WanVAEConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     @classmethod
-    def wan21(cls) -> "WanVAEConfig":
+    def wan21(cls) -> WanVAEConfig:
         """The real Wan2.1 VAE (diffusers defaults; ~127M parameters)."""
         return cls()
 
     @classmethod
-    def tiny(cls, **overrides) -> "WanVAEConfig":
+    def tiny(cls, **overrides) -> WanVAEConfig:
         """CPU-test sized Wan2.1-shaped VAE (same block structure, base_dim 16, one residual block per stage)."""
         return dataclasses.replace(cls(base_dim=16, num_res_blocks=1), **overrides)
 

@@ -23,7 +23,8 @@ that fp32 convs do not silently drop to TF32/bf16 passes on GPU/TPU.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp

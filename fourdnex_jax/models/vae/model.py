@@ -12,7 +12,8 @@ the decoder sees one latent frame at a time; causal convs carry their trailing f
 has a different shape (1 input frame vs 4 for encode, 1 output frame vs 4 for decode), takes the first-chunk rules of
 the temporal resamplers, and creates every cache as a fixed-shape array (zeros where diffusers has no history yet),
 so from chunk 1 on shapes and cache structure are constant and one compiled body serves all chunks. Temporary
-memory therefore does not grow with the number of frames (only the output buffer does; see benchmarks/vae_memory.py). ``chunked=False`` runs the same modules once on the whole clip
+memory therefore does not grow with the number of frames (only the output buffer does; see benchmarks/vae_memory.py).
+``chunked=False`` runs the same modules once on the whole clip
 (same result; used to test the cache bookkeeping).
 """
 
@@ -25,8 +26,16 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fourdnex_jax.models.vae.config import WanVAEConfig, decoder_plan, encoder_plan
-from fourdnex_jax.models.vae.layers import (DEFAULT_PRECISION, AttentionBlock, Cache, CausalConv3d, Resample,
-                                            ResidualBlock, WanRMSNorm, sub_cache)
+from fourdnex_jax.models.vae.layers import (
+    DEFAULT_PRECISION,
+    AttentionBlock,
+    Cache,
+    CausalConv3d,
+    Resample,
+    ResidualBlock,
+    WanRMSNorm,
+    sub_cache,
+)
 
 ENCODE_CHUNK = 4  # frames per encoder chunk after the first frame (hard-coded in diffusers' ``_encode``)
 LOGVAR_RANGE = (-30.0, 20.0)  # diffusers DiagonalGaussianDistribution clamp
