@@ -107,7 +107,8 @@ def test_14b_default_optimizer_is_the_effective_one_and_overrides_apply():
 def test_14b_sampling_and_lora_values():
     p = recipe.SAMPLING_PRESETS["wan21_i2v_14b_480p"]
     assert p.to_dict() == dict(num_frames=49, max_area=480 * 720, num_steps=50, guidance_scale=5.0,
-                               negative_prompt="", text_len=512, flow_shift=3.0, solver="unipc")
+                               negative_prompt="", text_len=512, flow_shift=3.0, solver="unipc",
+                               sigma_schedule="diffusers_0_34")
     cfg = model_config(load_config_file(CONFIG_14B))
     assert (cfg.lora_rank, cfg.lora_alpha) == (64, 32.0)
     assert recipe.effective_lora_scale(cfg.lora_alpha, cfg.lora_rank) == 0.5 == cfg.lora_scale
