@@ -23,7 +23,6 @@ import dataclasses
 import functools
 import os
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
