@@ -53,6 +53,15 @@ NOTHING_WRITTEN = "nothing written to --out"
 ATOMIC_COMMANDS = ("generate", "register", "render", "convert", "export", "bundle")
 
 
+#: Whether a progress line was open on stderr when Ctrl-C came (a cleanup's " failed" may close it, silenced).
+_OPEN_LINE = [False]
+
+
+def _note_console() -> None:
+    progress = sys.modules.get("fourdnex_jax.utils.progress")
+    _OPEN_LINE[0] = progress is not None and progress.line_open()
+
+
 def interrupted_line(command: str) -> str:
     """The one line Ctrl-C prints: what the command kept (its module's ``interrupted_note()`` when it has one, else
     "nothing written to --out" for the commands that publish --out as a unit), on a line of its own."""
@@ -63,7 +72,7 @@ def interrupted_line(command: str) -> str:
     except Exception:  # noqa: BLE001 - the line must come out whatever state the command was left in
         note = ""
     progress = sys.modules.get("fourdnex_jax.utils.progress")
-    newline = "\n" if progress is not None and progress.line_open() else ""  # after an open progress line
+    newline = "\n" if _OPEN_LINE[0] or (progress is not None and progress.line_open()) else ""
     return newline + (f"fourdnex {command}" if command in COMMANDS else "fourdnex") + ": interrupted" + (
         f"; {note}" if note else "")
 
@@ -80,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     def leave():
         interrupts.exit_now(130, interrupted_line(command))
 
-    interrupts.install(leave)
+    interrupts.install(leave, on_signal=_note_console)
     try:
         status = _main(argv)
         sys.stdout.flush()

@@ -32,15 +32,18 @@ def cleanup_region() -> Iterator[None]:
         _STATE["depth"] -= 1
 
 
-def install(leave: Callable[[], None], *, grace_s: float = 10.0) -> bool:
-    """Installs the handler (module docstring); ``leave()`` must end the process. False (nothing installed) off the
-    main thread or where SIGINT is not Python's default (ignored by a shell for a background job)."""
+def install(leave: Callable[[], None], *, grace_s: float = 10.0, on_signal: Callable[[], None] | None = None) -> bool:
+    """Installs the handler (module docstring); ``leave()`` must end the process; ``on_signal()`` runs first on the
+    first SIGINT (e.g. to note the console's state before any cleanup changes it). False (nothing installed) off
+    the main thread or where SIGINT is not Python's default (ignored by a shell for a background job)."""
     if threading.current_thread() is not threading.main_thread():
         return False
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return False
 
     def handler(signum, frame):
+        if on_signal is not None and not _STATE["hit"]:
+            on_signal()
         if _STATE["hit"] or _STATE["depth"] == 0:
             leave()
         _STATE["hit"] = True
