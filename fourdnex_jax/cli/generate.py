@@ -45,6 +45,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from fourdnex_jax.cli.common import UsageError
+from fourdnex_jax.utils.bounds import flag_bounds
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.progress import Stage
 from fourdnex_jax.utils.resources import config_path
@@ -61,8 +62,9 @@ _BASE = flags.DEFINE_string("base", None, "With a training run as --checkpoint: 
                             "tokenizer / preset go with it (default: the run's base folder, when it is a bundle).")
 _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this bundle folder (same layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (with --images: one sub-folder per image).")
-_FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
-_DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).")
+_FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.", **flag_bounds("generate.fps"))
+_DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).",
+                                **flag_bounds("generate.devices"))
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run (jax.distributed.initialize, e.g. one "
                                  "process per host): every process gets the same flags; each image is written once, "
                                  "by the process holding its first shard. Coordinator / count / id from the flags "
