@@ -129,12 +129,13 @@ def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.Path
 def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None) -> None:
     """Raises :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and every missing part
     (:func:`bundle_problems`), before any weights load."""
-    manifest_lib.read_manifest(directory)
-    if transformer_dir is not None:
-        manifest_lib.read_manifest(transformer_dir)
-    problems = bundle_problems(directory, transformer_dir)
+    problems = []
+    for folder in [directory] + ([transformer_dir] if transformer_dir is not None else []):
+        problems += [f"{Path(folder) / p}" for p in manifest_lib.file_problems(folder,
+                                                                              manifest_lib.read_manifest(folder))]
+    problems += bundle_problems(directory, transformer_dir)
     if problems:
-        raise InputError(f"incomplete model bundle {directory}: {'; '.join(problems)}; copy the whole bundle "
+        raise InputError(f"incomplete or damaged model bundle {directory}: {'; '.join(problems)}; copy the whole bundle "
                          "folder again (or convert it again) -- a bundle missing a part would sample a different "
                          "model")
 
@@ -210,5 +211,6 @@ def save_bundle(directory: str | os.PathLike, *, transformer: nnx.Module, vae: n
     for name in ("tokenizer", "scheduler", "image_processor"):
         manifest["copied"][name] = {str(p.relative_to(directory / name)): manifest_lib.file_record(p)
                                     for p in sorted((directory / name).rglob("*")) if p.is_file()}
+    manifest_lib.record_files(directory, manifest)
     manifest_lib.write_manifest(directory, manifest)
     return directory
