@@ -31,6 +31,7 @@ from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
 from fourdnex_jax.pipelines.inputs import caption_for_image
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings, check_model
+from fourdnex_jax.utils import xla_cache
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import default_bundle
 
@@ -139,6 +140,7 @@ class ImageTo4DPipeline:
         ``solver='euler'``, ``seed=0``, ...). Settings are checked against the model configs before any weights
         load; ``devices`` / ``mesh`` / ``rules`` / ``executable_cache`` go to :class:`ImageTo4D` (with a ``mesh``
         the weights are restored straight into their shards on it, e.g. ``sharding.make_mesh(config.sharding)``)."""
+        xla_cache.install()  # an untrusted compilation cache fails here, before any weights load
         directory = Path(bundle_dir) if bundle_dir is not None else default_bundle()
         settings = bundle_lib.resolve_settings(directory, sample, transformer_dir=transformer, **overrides)
         t0 = time.perf_counter()
