@@ -129,11 +129,11 @@ def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.Path
 def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None) -> None:
     """Raises :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and every missing part
     (:func:`bundle_problems`), before any weights load."""
-    problems = []
-    for folder in [directory] + ([transformer_dir] if transformer_dir is not None else []):
-        problems += [f"{Path(folder) / p}" for p in manifest_lib.file_problems(folder,
-                                                                              manifest_lib.read_manifest(folder))]
-    problems += bundle_problems(directory, transformer_dir)
+    manifests = {Path(f): manifest_lib.read_manifest(f)
+                 for f in [directory] + ([transformer_dir] if transformer_dir is not None else [])}
+    problems = bundle_problems(directory, transformer_dir)  # first: a malformed config is named as such
+    for folder, manifest in manifests.items():  # then every other file against the manifest's digests
+        problems += [f"{folder / p}" for p in manifest_lib.file_problems(folder, manifest)]
     if problems:
         raise InputError(f"incomplete or damaged model bundle {directory}: {'; '.join(problems)}; copy the whole bundle "
                          "folder again (or convert it again) -- a bundle missing a part would sample a different "
