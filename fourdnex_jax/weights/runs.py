@@ -64,8 +64,10 @@ def _restore_items(path: Path, target: Mapping[str, Any]) -> dict:
 
 
 def _stored_tree(path: Path) -> dict:
-    meta = ocp.StandardCheckpointer().metadata(path)
-    return meta.item_metadata.tree if hasattr(meta, "item_metadata") else meta
+    """The array metadata tree of a saved train state folder (through the item handler: the checkpointer's
+    ``metadata`` would also look for a step-level ``_CHECKPOINT_METADATA`` in the item folder and log a warning)."""
+    meta = ocp.StandardCheckpointHandler().metadata(Path(path).absolute())
+    return getattr(meta, "tree", meta)
 
 
 def load_state_arrays(workdir: str | os.PathLike, step: int | None = None, keys: tuple[str, ...] = ("trainable",)
