@@ -21,6 +21,7 @@ from ml_collections.config_dict import placeholder
 from fourdnex_jax.models.transformer import WanTransformerConfig
 from fourdnex_jax.recipe import OPTIMIZER_PRESETS, SCHEDULES
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, MESH_AXES
+from fourdnex_jax.utils import bounds
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.schema import check_choices, check_dataclass_values
 
@@ -149,10 +150,12 @@ def finalize(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def validate(config: ml_collections.ConfigDict, where: str = "config") -> ml_collections.ConfigDict:
-    """Checks every enumerated value (:data:`CHOICES`) and the model section (keys, types, values) after the
-    overrides: a wrong value raises :class:`~fourdnex_jax.utils.errors.InputError` naming the key and the choices
+    """Checks every enumerated value (:data:`CHOICES`), every numeric value's range (:data:`fourdnex_jax.utils.
+    bounds.BOUNDS`: non-finite or meaningless settings such as a NaN learning rate or ``max_to_keep=0`` stop here,
+    before step 1) and the model section (keys, types, values) after the overrides: a wrong value raises :class:`~fourdnex_jax.utils.errors.InputError` naming the key and the choices
     (a typo such as ``nan_policy=ignore`` would otherwise act as the default)."""
     check_choices(config, CHOICES, where)
+    bounds.check_config(config.to_dict(), where)  # every numeric value in its range (fourdnex_jax.utils.bounds)
     model = model_config(config, where)
     if config.train.trainable == "full" and model.lora_rank:
         raise InputError(f"{where}.train.trainable='full' trains every DiT weight, so LoRA adds nothing: set "

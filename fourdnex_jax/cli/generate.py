@@ -53,6 +53,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from fourdnex_jax.cli.common import UsageError
+from fourdnex_jax.utils.bounds import flag_bounds
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.progress import Stage
 from fourdnex_jax.utils.resources import config_path
@@ -74,7 +75,7 @@ _BASE = flags.DEFINE_string("base", None, "With a training run as --checkpoint: 
                             "records, else the run's base folder).")
 _TRANSFORMER = flags.DEFINE_string("transformer", None, "Take the DiT from this bundle folder (same layout).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (with --images: one sub-folder per image).")
-_FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.")
+_FPS = flags.DEFINE_integer("fps", 8, "Frame rate of the written mp4 files.", **flag_bounds("generate.fps"))
 _SEED = flags.DEFINE_integer("seed", None, "Seed of every image's initial noise (default: config.sample.seed, 42; "
                              "the same seed for every image, as 4DNeX, so a result never depends on the image's "
                              "place in --images).")
@@ -84,7 +85,8 @@ _NOISE = flags.DEFINE_string("noise", None, "A .npy float32 initial latent used 
 _OFFICIAL = flags.DEFINE_bool("official-outputs", False, "Also write the official 4DNeX layout per image: "
                               "official_canvas.mp4 ([RGB | XYZ], 24 fps, truncated to uint8) and "
                               "official_pointmap.npz (pcd, rgb, colors in [0, 1]; xyz = 2 pcd - 1).")
-_DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).")
+_DEVICES = flags.DEFINE_integer("devices", 0, "Use only the first N devices (0: all).",
+                                **flag_bounds("generate.devices"))
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Multi-process run (jax.distributed.initialize, e.g. one "
                                  "process per host): every process gets the same flags; each image is written once, "
                                  "by the process holding its first shard. Coordinator / count / id from the flags "

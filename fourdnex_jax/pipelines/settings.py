@@ -23,6 +23,7 @@ from typing import Any
 from fourdnex_jax.recipe import SamplingPreset
 from fourdnex_jax.sampling.flow_matching import SOLVERS, make_schedule
 from fourdnex_jax.sampling.unipc import OFFICIAL_SIGMA_SCHEDULE, UniPCConfig, check_sigma_schedule
+from fourdnex_jax.utils import bounds
 
 #: ``weight_quant`` values: 'none' (the checkpoint's dtypes) or 'int8' (weight-only, the DiT's block linears).
 WEIGHT_QUANT = ("none", "int8")
@@ -68,6 +69,7 @@ class SampleSettings:
     release_after_use: bool = False
 
     def __post_init__(self):
+        bounds.check_dataclass(self, "sampling settings")
         positive = {"num_frames": self.num_frames, "max_area": self.max_area, "num_steps": self.num_steps,
                     "text_len": self.text_len, "batch_size": self.batch_size}
         for name, value in positive.items():

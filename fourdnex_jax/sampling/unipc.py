@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fourdnex_jax.utils import bounds
+
 #: Coefficient table columns (one row per step), see :func:`unipc_step`.
 COLUMNS = ("sigma", "c_self", "c_last", "c_prev", "c_prev2", "c_this", "p_x", "p_this", "p_prev")
 
@@ -76,6 +78,7 @@ class UniPCConfig:
     shift_terminal: float | None = None
 
     def __post_init__(self):
+        bounds.check_dataclass(self, "scheduler config (UniPCConfig)")
         object.__setattr__(self, "disable_corrector", tuple(int(i) for i in self.disable_corrector))
         bad = []
         if not self.use_flow_sigmas or self.prediction_type != "flow_prediction":

@@ -18,12 +18,14 @@ from typing import Any
 from fourdnex_jax.media.io import atomic_write_bytes
 
 
-def _step_of(line: str) -> float:
-    """The step of one metrics.jsonl line (a torn last line of a killed run counts as past every step)."""
+def _step_of(line: bytes) -> int | None:
+    """The step of one metrics.jsonl line; None for a line that is not one of ours (a torn last line of a killed
+    run, or garbage)."""
     try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return math.inf
+        step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError, IndexError):  # UnicodeDecodeError is a ValueError
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else None
 
 
 class MetricsWriter:
@@ -46,8 +48,15 @@ class MetricsWriter:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / "metrics.jsonl"
         if keep_until_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines(keepends=True) if _step_of(ln) <= keep_until_step]
-            atomic_write_bytes(path, "".join(kept).encode())
+            lines = path.read_bytes().splitlines(keepends=True)
+            steps = [_step_of(ln) for ln in lines]
+            kept = [ln if ln.endswith(b"\n") else ln + b"\n"
+                    for ln, s in zip(lines, steps) if s is not None and s <= keep_until_step]
+            bad = sum(s is None for s in steps[:-1]) + (steps[-1:] == [None] and lines[-1].endswith(b"\n"))
+            if bad:  # a torn last line (no newline) is what a kill leaves: dropped without a word
+                print(f"metrics: {path}: skipped {bad} unreadable line(s) (not JSON with a step); they are not "
+                      "kept", file=sys.stderr, flush=True)
+            atomic_write_bytes(path, b"".join(kept))
         self._jsonl = open(path, "a", buffering=1)
         if tensorboard:
             try:

@@ -6,6 +6,7 @@ of these breaks it, and is refused unless it is listed in ``train.resume_allow_c
 * ``model.*`` -- the architecture, the LoRA (rank, alpha, targets), dtypes and the execution fields that change the
   numbers (attention implementation, compute dtype, scanned layers); only ``model.remat_policy`` may change (it
   recomputes the same values);
+* ``train.trainable`` -- what is trained ('adapter' or 'full': another train state altogether);
 * ``train.global_batch_size``, ``train.grad_accum_steps`` -- the data position is counted in records of the
   saved batch size (a smaller one replays examples), and the micro-batch split changes the sums;
 * ``optim.*`` -- the optimizer preset and every override (learning rate, betas, schedule, ...);
@@ -28,8 +29,8 @@ from typing import Any
 from fourdnex_jax.utils.errors import InputError
 
 #: Top-level sections / keys whose change breaks exactness (module docstring), as fnmatch patterns.
-EXACT = ("model.*", "train.global_batch_size", "train.grad_accum_steps", "optim.*", "data.dir", "data.split",
-         "data.text_len", "data.sample_posterior", "seed")
+EXACT = ("model.*", "train.trainable", "train.global_batch_size", "train.grad_accum_steps", "optim.*", "data.dir",
+         "data.split", "data.text_len", "data.sample_posterior", "seed")
 #: Inside the sections above, keys that may change (they compute the same values).
 FREE = ("model.remat_policy",)
 
@@ -91,3 +92,27 @@ def check_resume(saved: Mapping[str, Any], new: Mapping[str, Any], step: int, wh
         raise InputError(f"cannot resume {where} (step {step}) exactly: the config changed: {'; '.join(problems)}; "
                          f"use a new --out folder, restore the saved values, or allow the change with "
                          f"--config.train.resume_allow_changes={keys}")
+
+
+def check_iterator_state(state: Any, fresh: Mapping[str, Any], where: str) -> None:
+    """The data-iterator state of a checkpoint (``where``) must have the keys and types of a fresh iterator's
+    ``get_state()`` (``fresh``), with non-negative integer positions; InputError (one line) otherwise (grain would
+    fail deep inside with a traceback, or silently start elsewhere)."""
+    def bad(why: str) -> InputError:
+        return InputError(f"{where}: the data-iterator state {why}; it was not written by this trainer (or was "
+                          "edited): restore the file, or train into a new --out folder")
+
+    if not isinstance(state, Mapping):
+        raise bad(f"is a {type(state).__name__}, not a JSON object")
+    if set(state) != set(fresh):
+        raise bad(f"has keys {sorted(state)}, expected {sorted(fresh)}")
+    for key, want in fresh.items():
+        got = state[key]
+        if isinstance(want, bool) or not isinstance(want, (int, float, str)) or want is None:
+            if type(got) is not type(want):
+                raise bad(f"holds {key}={got!r} ({type(got).__name__}), expected a {type(want).__name__}")
+        elif isinstance(want, int):
+            if not isinstance(got, int) or isinstance(got, bool) or got < 0:
+                raise bad(f"holds {key}={got!r}: expected an integer >= 0")
+        elif not isinstance(got, type(want)):
+            raise bad(f"holds {key}={got!r} ({type(got).__name__}), expected a {type(want).__name__}")

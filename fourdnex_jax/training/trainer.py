@@ -2,10 +2,18 @@
 ``encoded6d`` dataset; the trainer never builds one) and the step from a config, resumes from the latest checkpoint
 of the work directory, trains, logs, checkpoints and applies the NaN/inf policy.
 
-Resume: the newest checkpoint that restores is used (a damaged newer one is moved to ``checkpoints/corrupt/`` with a
-message); its saved config must match the new one wherever a change would break exactness
-(:mod:`fourdnex_jax.training.resume`), and ``metrics.jsonl`` drops the lines past the resumed step (a killed run
-logged steps that are then trained again).
+Resume: the newest checkpoint that passes its integrity check (:meth:`~fourdnex_jax.training.checkpoint.Checkpointer.
+damage`: file index with sizes and sha256, orbax metadata) is used; a damaged newer one is moved to
+``checkpoints/corrupt/`` with a message. Before anything is restored, its saved config must match the new one
+wherever a change would break exactness (:mod:`fourdnex_jax.training.resume`), its base must be this run's, its
+stored array shapes must be the ones this config builds and its data-iterator state must be well-formed: each
+mismatch is one error line and moves nothing (a changed config never throws the run's progress away). A step that
+passes all of that and still fails to restore is reported, not moved. ``metrics.jsonl`` drops the lines past the
+resumed step (a killed run logged steps that are then trained again) and skips unreadable lines, saying so once.
+
+One writer per run folder: the trainer holds an advisory lock (``fcntl.flock`` on ``OUT/train.lock``) for its
+lifetime; a second trainer on the same ``--out`` is refused. The OS releases the lock when the process ends, even
+by ``kill -9``, so a stale lock never blocks a resume.
 
 NaN/inf policy (``train.nan_policy``): the step itself drops a non-finite update (state unchanged, batch
 consumed). ``skip``: training goes on (and stops with an error after ``train.max_nan_skips`` consecutive skips);
@@ -40,6 +48,7 @@ from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
 from fourdnex_jax.utils.devices import peak_tflops
 from fourdnex_jax.utils.errors import InputError
+from fourdnex_jax.utils.quiet import quiet_library_threads
 
 #: Test hook: SIGKILL this process right after ``save()`` of this step returned (async write in flight).
 KILL_AFTER_SAVE_ENV = "FOURDNEX_KILL_AFTER_SAVE_STEP"
@@ -51,11 +60,38 @@ class NonFiniteError(FloatingPointError):
     pass
 
 
+LOCK_FILE = "train.lock"
+
+
+def lock_run_folder(workdir: Path):
+    """Takes the run folder's writer lock (module docstring); returns the open lock file (keep it open: closing it
+    releases the lock). A folder another trainer holds raises InputError."""
+    import fcntl
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    f = open(workdir / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read(64).strip() or "?"
+        f.close()
+        raise InputError(f"{workdir} is in use by another `fourdnex train` (pid {holder}, holding {workdir / LOCK_FILE}"
+                         "); wait for it to finish or stop it, or train into another --out folder") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
 class Trainer:
     def __init__(self, config, workdir: str | os.PathLike, *, verbose: bool = True):
         self.config = validate(config)
         self.workdir = Path(workdir)
         self.verbose = verbose and jax.process_index() == 0
+        # one writer per run folder (process 0 speaks for the run; the other hosts write only their shards)
+        self._lock = lock_run_folder(self.workdir) if jax.process_index() == 0 else None
         t = config.train
         self.cfg = model_config(config)
         self.mesh = mesh_lib.make_mesh(config.sharding)
@@ -109,12 +145,7 @@ class Trainer:
                                               initial_base() if initial_base else None)
             self.start_step = 0
         else:
-            latest, (self.state, it_state, meta) = restored
-            if meta.get("base") != self.base_ref:
-                raise InputError(f"checkpoint step {latest} of {self.workdir} was trained on base {meta.get('base')}, "
-                                 f"this run uses {self.base_ref}; use a new --out folder or the same "
-                                 "train.base_checkpoint")
-            resume_lib.check_resume(meta.get("config", {}), self.config.to_dict(), latest, str(self.workdir))
+            latest, (self.state, it_state) = restored
             self.iterator.set_state(it_state)
             self.start_step = int(jax.device_get(self.state["step"]))
             self._log(f"resumed from {self.checkpointer.directory / str(latest)} at step {self.start_step}")
@@ -128,25 +159,63 @@ class Trainer:
                                                 keep_until_step=self.start_step)
 
     def _restore_latest(self):
-        """``(step, (state, iterator state, meta))`` of the newest checkpoint that restores, or None when there is
-        none. An unreadable newer one (damaged on disk) is moved aside (``checkpoints/corrupt/<step>``), with a
-        message, and the next older one is tried; when none restores the error says so."""
+        """``(step, (state, iterator state))`` of the newest intact checkpoint, or None when there is none (module
+        docstring). Damaged steps (:meth:`Checkpointer.damage`) are moved aside with a message; every other reason
+        a step cannot be resumed raises InputError before anything is restored, and moves nothing."""
         abstract = state_lib.abstract_state(self.parts, self.tx, self.state_sh)
-        failures = []
+        moved = []
         for step in sorted(self.checkpointer.manager.all_steps(), reverse=True):
+            damage = self.checkpointer.damage(step)
+            if damage is not None:
+                dest = self.checkpointer.quarantine(step)
+                moved.append(f"step {step} ({damage})")
+                print(f"train: checkpoint step {step} is damaged on disk ({damage}); moved to {dest}, falling back "
+                      "to the previous one", flush=True)
+                continue
+            it_state = self._check_resumable(step, abstract)
             try:
-                return step, self.checkpointer.restore(step, abstract)
-            except Exception as e:  # orbax / tensorstore raise many types for a damaged step; all mean "unreadable"
+                with quiet_library_threads():
+                    state = self.checkpointer.restore_state(step, abstract)
+            except Exception as e:  # noqa: BLE001 -- orbax / tensorstore raise many types
                 reason = " ".join(str(e).split())[:300]
-                failures.append(f"step {step}: {type(e).__name__}: {reason}")
-                moved = self.checkpointer.quarantine(step)
-                print(f"train: checkpoint step {step} is unreadable ({type(e).__name__}: {reason}); moved to {moved}, "
-                      "falling back to the previous one", flush=True)
-        if failures:
-            raise InputError(f"no checkpoint of {self.checkpointer.directory} restores ({'; '.join(failures)}); "
-                             "they were moved to checkpoints/corrupt/: start a new --out folder, or delete them to "
+                raise InputError(f"checkpoint step {step} of {self.checkpointer.directory} passes its integrity "
+                                 f"check but does not restore ({type(e).__name__}: {reason}); nothing was moved: "
+                                 "rerun with --verbose for the details, or train into a new --out folder") from e
+            return step, (state, it_state)
+        if moved:
+            raise InputError(f"no intact checkpoint in {self.checkpointer.directory} ({'; '.join(moved)}; moved to "
+                             "checkpoints/corrupt/); start a new --out folder, or delete checkpoints/corrupt/ to "
                              "train from the start here")
         return None
+
+    def _check_resumable(self, step: int, abstract) -> dict:
+        """Everything that must hold before step ``step`` is restored (base, config, array shapes, iterator
+        state); returns the iterator state. InputError (one line) otherwise."""
+        where = self.checkpointer.step_dir(step)
+        try:
+            meta = self.checkpointer.read_item(step, "meta")
+            it_state = self.checkpointer.read_item(step, "data")
+        except (OSError, ValueError) as e:  # passed the integrity check, so written like this by a writer
+            raise InputError(f"checkpoint {where}: unreadable item ({type(e).__name__}: {e}); nothing was moved: "
+                             "train into a new --out folder") from e
+        if meta.get("base") != self.base_ref:
+            raise InputError(f"checkpoint step {step} of {self.workdir} was trained on base {meta.get('base')}, "
+                             f"this run uses {self.base_ref}; use a new --out folder or the same "
+                             "train.base_checkpoint")
+        saved_config = meta.get("config")
+        if not isinstance(saved_config, dict):
+            raise InputError(f"checkpoint {where}/meta/metadata has no config; nothing was moved: train into a new "
+                             "--out folder")
+        resume_lib.check_resume(saved_config, self.config.to_dict(), step, str(self.workdir))
+        stored, wanted = self.checkpointer.stored_arrays(step), ckpt_lib.leaf_shapes(abstract)
+        changed = [f"{p}: saved {stored.get(p, '<absent>')}, now {wanted.get(p, '<absent>')}"
+                   for p in sorted(set(stored) | set(wanted)) if stored.get(p) != wanted.get(p)]
+        if changed:
+            raise InputError(f"cannot resume {self.workdir} (step {step}): this config builds a train state of "
+                             f"other shapes ({len(changed)} arrays; {changed[0]}); nothing was moved: restore the "
+                             "saved config, or train into a new --out folder")
+        resume_lib.check_iterator_state(it_state, self.iterator.get_state(), f"{where}/data/metadata")
+        return it_state
 
     def _log(self, msg: str) -> None:
         if self.verbose:
@@ -243,3 +312,6 @@ class Trainer:
     def close(self) -> None:
         self.checkpointer.close()
         self.writer.close()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None

@@ -1,4 +1,5 @@
-"""Checking settings against their schema before they are used: known keys, the declared types, enumerated values.
+"""Checking settings against their schema before they are used: known keys, the declared types, enumerated values
+(value ranges: :mod:`fourdnex_jax.utils.bounds`).
 
 Two entry points, both raising :class:`~fourdnex_jax.utils.errors.InputError` with one line that names the key,
 what was wrong and the fix (the closest known key for a typo, the choices of an enumeration):
@@ -18,6 +19,7 @@ import typing
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from fourdnex_jax.utils import bounds
 from fourdnex_jax.utils.errors import InputError
 
 
@@ -66,6 +68,8 @@ def check_dataclass_values(cls: type, values: Mapping[str, Any], where: str) -> 
             want = getattr(hints[key], "__name__", str(hints[key]))
             raise InputError(f"{where}: {key}={value!r} is a {type(value).__name__}, {cls.__name__} needs {want}; "
                              "write it without quotes / as that type")
+    if cls.__name__ in bounds.SECTION_OF:  # the value ranges (fourdnex_jax.utils.bounds), naming ``where``
+        bounds.check_section(bounds.SECTION_OF[cls.__name__], values, where)
 
 
 def check_choices(config: Any, choices: Mapping[str, Sequence[Any]], where: str = "config") -> None:

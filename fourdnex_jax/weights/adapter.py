@@ -25,6 +25,7 @@ import numpy as np
 
 from fourdnex_jax.models.mapping import WeightMappingError
 from fourdnex_jax.models.transformer.mapping import strip_prefix
+from fourdnex_jax.utils import bounds
 from fourdnex_jax.weights.safetensors import SafetensorsSource, ShardedSafetensorsWriter, sha256_file
 from fourdnex_jax.weights.torch_pickle import load_pt_tensor, save_pt
 
@@ -67,6 +68,7 @@ def read_adapter(directory: str | os.PathLike, fuse_scale: float = DEFAULT_FUSE_
     """Reads and validates an adapter folder; see the module docstring for the effective scale."""
     directory = Path(directory)
     path = directory / LORA_FILE
+    bounds.check_value("adapter.fuse_scale", fuse_scale, "the adapter's fuse scale (--lora-fuse-scale)")
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: an adapter folder needs {LORA_FILE} (and usually {DOMAIN_FILE})")
     source = SafetensorsSource([path])
@@ -79,10 +81,15 @@ def read_adapter(directory: str | os.PathLike, fuse_scale: float = DEFAULT_FUSE_
         if not m:
             problems.append(f"{key}: not a peft LoRA key of a transformer block")
             continue
+        if value.ndim != 2:
+            problems.append(f"{key}: shape {value.shape}, a LoRA matrix is 2-D")
+            continue
         modules.add(m.group(2))
         ranks.add(value.shape[0] if m.group(3) == "A" else value.shape[-1])
     if len(ranks) > 1:
         problems.append(f"LoRA ranks differ between modules: {sorted(ranks)} (rank_pattern is not supported)")
+    if 0 in ranks:
+        problems.append("LoRA rank 0 (empty lora_A / lora_B tensors): not an adapter; export it again")
     metadata = None
     raw_meta = source.headers[path].metadata.get(METADATA_KEY)
     if raw_meta:
@@ -90,7 +97,11 @@ def read_adapter(directory: str | os.PathLike, fuse_scale: float = DEFAULT_FUSE_
             metadata = json.loads(raw_meta)
         except json.JSONDecodeError as e:
             problems.append(f"header metadata {METADATA_KEY} is not JSON: {e}")
-        else:
+        if metadata is not None and not isinstance(metadata, dict):
+            problems.append(f"header metadata {METADATA_KEY} is a JSON {type(metadata).__name__}, not an object "
+                            "with 'r' and 'lora_alpha'")
+            metadata = None
+        elif metadata is not None:
             if metadata and all(k.startswith(PREFIX) for k in metadata):
                 metadata = {k[len(PREFIX):]: v for k, v in metadata.items()}
             for pat in ("rank_pattern", "alpha_pattern"):
@@ -98,6 +109,11 @@ def read_adapter(directory: str | os.PathLike, fuse_scale: float = DEFAULT_FUSE_
                     problems.append(f"metadata {pat}={metadata[pat]} is not supported (one scale for all modules)")
             if "r" not in metadata or "lora_alpha" not in metadata:
                 problems.append(f"metadata {METADATA_KEY} lacks 'r' or 'lora_alpha': {sorted(metadata)}")
+            elif not (bounds.BOUNDS["adapter.r"].holds(metadata["r"])
+                      and bounds.BOUNDS["adapter.lora_alpha"].holds(metadata["lora_alpha"])):
+                problems.append(f"metadata r={metadata['r']!r}, lora_alpha={metadata['lora_alpha']!r}: r must be "
+                                f"{bounds.BOUNDS['adapter.r'].text()}, lora_alpha "
+                                f"{bounds.BOUNDS['adapter.lora_alpha'].text()}")
             elif ranks and int(metadata["r"]) not in ranks:
                 problems.append(f"metadata r={metadata['r']} but the tensors have rank {sorted(ranks)}")
     if problems:

@@ -45,9 +45,8 @@ from orbax.checkpoint._src.serialization import ocdbt_utils, type_handlers
 from orbax.checkpoint._src.serialization import tensorstore_utils as ts_utils
 from orbax.checkpoint._src.serialization import type_handler_registry as registry_lib
 
-from fourdnex_jax.media.io import atomic_save_json
-from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.utils.tree import flatten, nest
+from fourdnex_jax.weights import integrity
 
 #: Bytes of slices handed to tensorstore but not yet written, before the filler waits (bounds host memory).
 PENDING_WRITE_BYTES = 512 * 2**20
@@ -166,45 +165,11 @@ def save_flat(directory: str | os.PathLike, flat: Mapping[str, np.ndarray | Lazy
     return directory
 
 
-#: The list of a checkpoint's files and their sizes that :func:`save_flat` writes next to orbax's own files. orbax
-#: and tensorstore find a missing or truncated data file only in the middle of a restore, from background threads
-#: (a many-line error, then asyncio tracebacks at exit); checking the list first gives one clear error naming the
-#: file. orbax ignores the extra file.
-FILE_INDEX = "fourdnex_files.json"
-
-
-def write_file_index(directory: str | os.PathLike) -> Path:
-    """Writes :data:`FILE_INDEX` of the checkpoint at ``directory``: ``{"files": {relative path: bytes}}``."""
-    directory = Path(directory)
-    files = {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*"))
-             if p.is_file() and p.name != FILE_INDEX}
-    return Path(atomic_save_json(directory / FILE_INDEX, {"format": "fourdnex-file-index/1", "files": files}))
-
-
-def file_index_problems(directory: str | os.PathLike, limit: int = 2) -> list[str]:
-    """What is wrong with the files of :data:`FILE_INDEX` (missing, or another size than written), as one line:
-    empty when all are there, or when the checkpoint has no index (written by another tool; orbax then reports
-    damage itself)."""
-    directory = Path(directory)
-    index = directory / FILE_INDEX
-    if not index.is_file():
-        return []
-    try:
-        files = read_json(index, what="checkpoint file index")["files"]
-        files = {str(k): int(v) for k, v in files.items()}
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        return [f"{index} unreadable ({type(e).__name__})"]
-    bad = []
-    for rel, size in files.items():
-        path = directory / rel
-        if not path.is_file():
-            bad.append(f"{rel} missing")
-        elif path.stat().st_size != size:
-            bad.append(f"{rel} has {path.stat().st_size} of {size} bytes")
-    if not bad:
-        return []
-    shown = ", ".join(bad[:limit]) + (f", {len(bad) - limit} more" if len(bad) > limit else "")
-    return [f"{directory}: {len(bad)} of its {len(files)} files missing or truncated ({shown})"]
+#: The file index (sizes + sha256) that :func:`save_flat` writes next to orbax's own files, checked before a read:
+#: :mod:`fourdnex_jax.weights.integrity` (orbax ignores the extra file).
+FILE_INDEX = integrity.FILE_INDEX
+write_file_index = integrity.write_file_index
+file_index_problems = integrity.file_index_problems
 
 
 def array_metadata(directory: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.dtype]]:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fourdnex_jax.media.resize import BICUBIC, resize_uint8
+from fourdnex_jax.utils import bounds
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -88,6 +89,9 @@ class CLIPPreprocessConfig:
     image_mean: Sequence[float] = OPENAI_CLIP_MEAN
     image_std: Sequence[float] = OPENAI_CLIP_STD
     do_convert_rgb: bool = True
+
+    def __post_init__(self):
+        bounds.check_dataclass(self, "image processor config (CLIPPreprocessConfig)")
 
     # Keys of preprocessor_config.json that only name classes / versions.
     BOOKKEEPING = frozenset({"image_processor_type", "processor_class", "feature_extractor_type",

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from fourdnex_jax.models.remat import REMAT_POLICIES
 from fourdnex_jax.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from fourdnex_jax.utils import bounds
 
 MODALITY_LAYOUTS = ("none", "width", "height", "frame", "channel", "batch")
 
@@ -67,6 +68,7 @@ class WanTransformerConfig:
     attention_chunk_size: int = 1024
 
     def __post_init__(self):
+        bounds.check_dataclass(self)
         if self.modality_layout not in MODALITY_LAYOUTS:
             raise ValueError(f"modality_layout={self.modality_layout!r}; choose one of {MODALITY_LAYOUTS}")
         if self.domain_embeddings and self.modality_layout in ("none", "channel"):
