@@ -3,7 +3,8 @@
 Reading (:class:`SafetensorsSource`): a :class:`~fourdnex_jax.models.mapping.TensorSource` over a diffusers /
 transformers model folder (``<name>.safetensors`` or the shards of ``<name>.safetensors.index.json``,
 ``{"weight_map": {key: shard_file}}``). Headers are parsed and validated up front (8-byte little-endian header
-length, JSON header, offsets inside the file, byte counts equal to shape x itemsize, no overlaps; every listed shard
+length, JSON header naming each tensor once, integer shapes and offsets inside the file, byte counts equal to shape
+x itemsize, no overlaps; every listed shard
 present and holding exactly the keys the index assigns to it), so a truncated or corrupt shard is named, in a
 :class:`CheckpointFileError`, before any work. Tensor data is read lazily, one tensor per
 :meth:`~SafetensorsSource.get`, with plain ``read`` calls into fresh numpy buffers (bf16 as ``ml_dtypes.bfloat16``,
@@ -35,7 +36,7 @@ import ml_dtypes
 import numpy as np
 
 from fourdnex_jax.media.io import atomic_save_json
-from fourdnex_jax.utils.files import read_json
+from fourdnex_jax.utils.files import read_json, read_text
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -62,9 +63,12 @@ def model_files(directory: str | os.PathLike, name: str) -> tuple[list[Path], di
     single = directory / f"{name}.safetensors"
     if index.exists():
         try:
-            weight_map = read_json(index, what="safetensors index", fix="download the folder again")["weight_map"]
+            read_json(index, what="safetensors index", fix="download the folder again")  # file and JSON checks
+            # parsed again to refuse a tensor named twice (plain JSON keeps the last one silently)
+            weight_map = json.loads(read_text(index, "json", what="safetensors index"),
+                                    object_pairs_hook=_unique_keys)["weight_map"]
             shards = sorted(set(weight_map.values()))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        except (json.JSONDecodeError, _DuplicateKey, KeyError, TypeError, AttributeError) as e:
             raise CheckpointFileError(f"{index} is not a valid safetensors index (need a 'weight_map'): {e}") from e
         missing = [s for s in shards if not (directory / s).exists()]
         if missing:
@@ -108,6 +112,24 @@ class FileHeader:
     entries: tuple[TensorEntry, ...]  # sorted by start
 
 
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    """``json.loads`` hook: a JSON object naming one key twice is an error (plain ``json`` keeps the last)."""
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(k)
+        out[k] = v
+    return out
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def read_header(path: str | os.PathLike) -> FileHeader:
     """Parses and validates a safetensors header; raises :class:`CheckpointFileError` naming the file."""
     path = Path(path)
@@ -128,21 +150,32 @@ def read_header(path: str | os.PathLike) -> FileHeader:
     except FileNotFoundError as e:
         raise CheckpointFileError(f"checkpoint file not found: {path}") from e
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_unique_keys)
         if not isinstance(header, dict):
             raise ValueError("header is not a JSON object")
-    except (UnicodeDecodeError, ValueError) as e:
+    except _DuplicateKey as e:
+        raise CheckpointFileError(f"{path}: the safetensors header names {e.args[0]!r} twice (which one is meant "
+                                  "is undefined: readers disagree); the file is corrupt or forged: download or "
+                                  "convert it again") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise CheckpointFileError(f"{path}: corrupt safetensors header ({e}); download or convert it again") from e
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointFileError(f"{path}: the safetensors __metadata__ is not a map of strings; download or "
+                                  "convert it again")
     data_start = 8 + n
     entries, problems = [], []
     for key, info in header.items():
         try:
             dtype = DTYPES[info["dtype"]]
-            shape = tuple(int(s) for s in info["shape"])
-            begin, end = (int(o) for o in info["data_offsets"])
+            shape, offsets = info["shape"], info["data_offsets"]
+            if not (isinstance(shape, list) and all(_is_int(s) for s in shape) and isinstance(offsets, list)
+                    and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
+                raise ValueError("shape and data_offsets must be lists of integers")
+            shape = tuple(shape)
+            begin, end = offsets
         except (KeyError, TypeError, ValueError) as e:
-            problems.append(f"{key}: malformed entry {info!r} ({e})")
+            problems.append(f"{key}: malformed entry {str(info)[:200]} ({e})")
             continue
         if any(d < 0 for d in shape):
             problems.append(f"{key}: negative dimension in shape {shape}")
@@ -158,8 +191,9 @@ def read_header(path: str | os.PathLike) -> FileHeader:
         if b.start < a.start + a.nbytes:
             problems.append(f"{a.key} and {b.key} overlap")
     if problems:
+        more = [f"... and {len(problems) - 10} more"] if len(problems) > 10 else []
         raise CheckpointFileError(f"{path} ({size} bytes) is corrupt or truncated; download or convert it again:\n  - "
-                                  + "\n  - ".join(problems))
+                                  + "\n  - ".join(problems[:10] + more))
     return FileHeader(path, size, data_start, dict(metadata), tuple(entries))
 
 
