@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "diffusers Wan2.1 folder (+ 4DNeX LoRA) -> a bundle of orbax checkpoints"),
     "export": ("export", "bundle or training run -> diffusers layout + 4DNeX adapter (safetensors)"),
     "bundle": ("bundle", "training run (adapter + the base it was trained on) -> a bundle for generate"),
+    "verify": ("verify", "checks every file of a bundle / run against its sha256 digests (one summary line)"),
     "describe": ("describe", "parameter counts and bytes of a config's DiT (nothing allocated)"),
     "synth-data": ("synth_data", "synthetic 4D clips (raw annotations)"),
     "prepare-data": ("prepare_data", "raw annotations -> the clips6d TFDS dataset"),

@@ -173,10 +173,13 @@ def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLik
             manifests = (manifests[0], manifest_lib.read_manifest(transformer_dir))
     transformer_manifest = manifests[1] if transformer_dir is not None else manifests[0]
     problems = bundle_problems(directory, transformer_dir, transformer_manifest=transformer_manifest)
+    for folder, manifest in ((directory, manifests[0]), (transformer_dir, manifests[1])):
+        if folder is not None and manifest is not None:  # then every other file against the manifest's digests
+            problems += [f"{Path(folder) / p}" for p in manifest_lib.file_problems(folder, manifest)]
     if problems:
-        raise InputError(f"incomplete model bundle {directory}: {'; '.join(problems)}; copy the whole bundle "
-                         "folder again (or convert it again) -- a bundle missing a part would sample a different "
-                         "model")
+        raise InputError(f"incomplete or damaged model bundle {directory}: {'; '.join(problems)}; copy the whole "
+                         "bundle folder again (or convert it again) -- a bundle missing a part would sample a "
+                         "different model")
 
 
 def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_dir: str | os.PathLike | None = None,
@@ -265,5 +268,6 @@ def save_bundle(directory: str | os.PathLike, *, transformer: nnx.Module, vae: n
         for name in ("tokenizer", "scheduler", "image_processor"):
             manifest["copied"][name] = {str(p.relative_to(directory / name)): manifest_lib.file_record(p)
                                         for p in sorted((directory / name).rglob("*")) if p.is_file()}
+        manifest_lib.record_files(directory, manifest)
         manifest_lib.write_manifest(directory, manifest)
     return final

@@ -27,6 +27,7 @@ import numpy as np
 
 from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.utils.files import read_json
+from fourdnex_jax.weights import manifest as manifest_lib
 
 DOMAIN_FILE = "domain.json"
 FEATURES = ("luminance_mean", "luminance_std", "saturation_mean", "gradient_median", "flat_fraction",
@@ -75,7 +76,9 @@ def fit_domain(name: str, train_images, heldout_images, source: str) -> dict:
 
 
 def write_domain(bundle_dir: str | os.PathLike, domain: dict) -> Path:
-    return atomic_save_json(Path(bundle_dir) / DOMAIN_FILE, domain)
+    path = atomic_save_json(Path(bundle_dir) / DOMAIN_FILE, domain)
+    manifest_lib.update_file_record(bundle_dir, DOMAIN_FILE)  # the bundle's digests follow the new file
+    return path
 
 
 def load_domain(bundle_dir: str | os.PathLike) -> dict | None:

@@ -392,6 +392,7 @@ def _write(src: Path, out: Path, prepared: dict[str, PreparedModel], skip: tuple
         if name not in skip:
             manifest["copied"][name] = _copy_component(src / name, out / name)
     manifest["sampling_preset"], manifest["recipe"] = sampling_preset.to_dict(), SixDSpec().to_dict()
+    manifest_lib.record_files(out, manifest)
     manifest_lib.write_manifest(out, manifest)
     n, ign, b, s = (sum(x[i] for x in summary) for i in range(4))
     log(f"total: {n} tensors converted, {ign} ignored, {b / 1e9:.2f} GB in {s:.1f} s "
