@@ -242,6 +242,9 @@ def run(command: str, module: ModuleType, argv: list[str], program: str = "fourd
         print("\n".join(config_help(config.value)))
         return 0
     try:
+        from fourdnex_jax.utils import xla_cache
+
+        xla_cache.install()  # whatever points JAX at a compilation cache, it is checked before anything compiles
         if hasattr(module, "CONFIG"):  # enumerated values and the model section, after the overrides
             from fourdnex_jax.config import validate
 

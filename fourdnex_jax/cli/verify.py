@@ -26,7 +26,8 @@ _FAST = flags.DEFINE_bool("fast", False, "Re-hash only the files that changed si
 
 def verify(folder: Path, fast: bool = False) -> dict:
     """``{"files", "bytes", "hashed", "problems", "unrecorded"}`` of ``folder`` (see the module docstring)."""
-    from fourdnex_jax.weights import integrity, manifest as manifest_lib
+    from fourdnex_jax.weights import integrity
+    from fourdnex_jax.weights import manifest as manifest_lib
 
     folders = integrity.checkpoint_folders(folder)
     covered, problems = set(), []

@@ -11,8 +11,10 @@ secret key (``.fourdnex-cache-key``, 0600). An entry that fails a check raises
   lowered so that every program is written (JAX's defaults skip programs that compile in under a second, which is
   every CPU program of the tiny model). A warm cache still traces and lowers each function, then finds the
   compiled binary by the hash of the lowered program. Every existing entry (``*-cache``) must carry a valid tag in
-  ``.fourdnex-signatures.json``; the entries this process adds are signed when it exits (:func:`seal_compilation_cache`,
-  registered with ``atexit``), so a cache of a run killed before that is refused (delete it).
+  ``.fourdnex-signatures.json``, checked at start and again when JAX loads it; the entries this process adds are
+  signed when it exits with the tags of the bytes it wrote (:mod:`fourdnex_jax.utils.xla_cache`, which also puts a
+  folder named by ``JAX_COMPILATION_CACHE_DIR`` behind the same checks), so a cache of a run killed before that
+  is refused (delete it), and so is an entry replaced while a run was going.
 
 * :class:`ExecutableCache` stores whole compiled executables (``jax.experimental.serialize_executable``) under a
   *key* that says what they were built for, and reloads them without tracing, lowering or compiling. The key:
@@ -30,7 +32,6 @@ secret key (``.fourdnex-cache-key``, 0600). An entry that fails a check raises
 
 from __future__ import annotations
 
-import atexit
 import functools
 import hashlib
 import hmac
@@ -49,14 +50,14 @@ import numpy as np
 from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from fourdnex_jax.media.io import atomic_save_json, atomic_write
-from fourdnex_jax.utils import trust
+from fourdnex_jax.utils import trust, xla_cache
 from fourdnex_jax.utils.errors import UntrustedFileError
 
 FORMAT = 1
 SUFFIX = ".jaxexec"
 MAGIC = b"FDNXEXE1"
-SIGNATURES = ".fourdnex-signatures.json"
-CACHE_ENTRY_SUFFIX = "-cache"  # JAX's persistent cache: <key>-cache holds a compiled binary (-atime a timestamp)
+SIGNATURES = xla_cache.SIGNATURES
+CACHE_ENTRY_SUFFIX = xla_cache.CACHE_ENTRY_SUFFIX
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
@@ -68,80 +69,31 @@ class ExecutableLoadError(RuntimeError):
     """A serialized executable with the right key could not be read or loaded."""
 
 
-def _entry_names(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir() if p.name.endswith(CACHE_ENTRY_SUFFIX))
-
-
-def _read_signatures(directory: Path) -> dict[str, str]:
-    path = directory / SIGNATURES
-    if not path.exists():
-        return {}
-    try:
-        sigs = json.loads(trust.read_owned(path, "compilation cache signatures"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UntrustedFileError(f"compilation cache {directory}: {path} is unreadable ({e}); refused: delete the "
-                                 "folder to rebuild the cache") from e
-    if not isinstance(sigs, dict):
-        raise UntrustedFileError(f"compilation cache {directory}: {path} is not a signature table; refused: delete "
-                                 "the folder")
-    return sigs
-
-
 def verify_compilation_cache(directory: str | os.PathLike) -> tuple[Path, bytes]:
-    """Checks the trust boundary of a compilation cache folder (module docstring): the folder private, every entry
-    owned by this user and carrying a valid tag. Returns (folder, key); raises UntrustedFileError listing what
-    failed."""
-    path = trust.private_dir(directory, "--compilation-cache")
-    key = trust.cache_key(path, "--compilation-cache")
-    sigs = _read_signatures(path)
-    bad = []
-    for name in _entry_names(path):
-        data = trust.read_owned(path / name, "compilation cache entry")
-        want = sigs.get(name)
-        if want is None or not hmac.compare_digest(bytes.fromhex(want) if _is_hex(want) else b"",
-                                                   trust.tag(key, name.encode(), data)):
-            bad.append(name)
-    if bad:
-        raise UntrustedFileError(
-            f"--compilation-cache {path}: {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} not signed by this "
-            f"cache's key (copied in, modified, or left by a run killed before signing; first: {bad[0]}); refused, "
-            "nothing loaded: delete the folder (or those files) to rebuild the cache")
+    """(folder, key) of a compilation cache folder after checking the folder and every entry; UntrustedFileError
+    listing what failed (:func:`fourdnex_jax.utils.xla_cache.verify`)."""
+    path, key, _ = xla_cache.verify(directory)
     return path, key
 
 
-def _is_hex(text: Any) -> bool:
-    return isinstance(text, str) and len(text) == 2 * trust.TAG_BYTES and all(c in "0123456789abcdef" for c in text)
-
-
 def seal_compilation_cache(directory: str | os.PathLike) -> int:
-    """Signs the entries of a compilation cache folder that have no signature yet (the ones this process wrote;
-    the folder was verified when it was enabled). Returns how many were signed."""
-    path = Path(directory).absolute()
-    if not path.is_dir():
-        return 0
-    key = trust.cache_key(path, "--compilation-cache")
-    sigs = _read_signatures(path)
-    new = 0
-    for name in _entry_names(path):
-        if name not in sigs:
-            sigs[name] = trust.tag(key, name.encode(), trust.read_owned(path / name, "compilation cache entry")).hex()
-            new += 1
-    if new:
-        atomic_save_json(path / SIGNATURES, sigs)
-        os.chmod(path / SIGNATURES, 0o600)
-    return new
+    """Writes the signatures of the entries this process wrote into ``directory`` (tags of the bytes handed to
+    JAX's writer, never of what is on disk now); done at exit anyway. Returns how many."""
+    cache = xla_cache.cache_for(directory)
+    return cache.seal() if cache is not None else 0
 
 
 def enable_compilation_cache(directory: str | os.PathLike) -> Path:
     """Turns on JAX's persistent compilation cache in ``directory`` (created 0700), caching every program whatever
     its compile time or size, after :func:`verify_compilation_cache` (an untrusted folder or entry raises
-    UntrustedFileError); the entries written by this process are signed at exit. Call it before the first
-    compilation of the process (JAX decides once whether the cache is used)."""
+    UntrustedFileError); every entry is checked again when JAX loads it, and the entries this process writes are
+    signed (:mod:`fourdnex_jax.utils.xla_cache`). Call it before the first compilation of the process (JAX decides
+    once whether the cache is used)."""
+    xla_cache.install()
     path, _ = verify_compilation_cache(directory)
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
-    atexit.register(seal_compilation_cache, path)
     return path
 
 

@@ -36,6 +36,7 @@ from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent, resiz
 from fourdnex_jax.pipelines.outputs import save_result
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES
+from fourdnex_jax.utils import xla_cache
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import bundle_path
 
@@ -162,6 +163,7 @@ class ImageTo4DPipeline:
         ``solver='euler'``, ``seed=0``, ...). Settings are checked against the model configs before any weights
         load; ``devices`` / ``mesh`` / ``rules`` / ``executable_cache`` go to :class:`ImageTo4D` (with a ``mesh``
         the weights are restored straight into their shards on it, e.g. ``sharding.make_mesh(config.sharding)``)."""
+        xla_cache.install()  # an untrusted compilation cache fails here, before any weights load
         directory = bundle_path(bundle_dir)
         settings = bundle_lib.resolve_settings(directory, sample, transformer_dir=transformer, **overrides)
         t0 = time.perf_counter()

@@ -82,6 +82,7 @@ from fourdnex_jax.pipelines.settings import SampleSettings, check_model, size_mu
 from fourdnex_jax.recipe import MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK, SixDSpec, condition_video
 from fourdnex_jax.sampling import step_cache
 from fourdnex_jax.sampling.unipc import UniPCConfig
+from fourdnex_jax.utils import xla_cache
 from fourdnex_jax.utils.progress import Progress, Stage
 
 
@@ -130,6 +131,7 @@ class ImageTo4D:
                  devices: Sequence[jax.Device] | None = None, mesh: Mesh | None = None,
                  rules: Sequence[tuple[str, Any]] = sharding.DEFAULT_LOGICAL_AXIS_RULES,
                  executable_cache: str | os.PathLike | None = None, strict_executables: bool = False):
+        xla_cache.install()  # a compilation cache JAX was pointed at (JAX_COMPILATION_CACHE_DIR) is checked first
         check_model(settings, transformer.config, vae.config)
         if (spec.layout, spec.rgb_first_frame_mask, spec.xyz_first_frame_mask) != (
                 MODALITY_LAYOUT, RGB_FIRST_FRAME_MASK, XYZ_FIRST_FRAME_MASK):

@@ -47,6 +47,7 @@ from fourdnex_jax.training import resume as resume_lib
 from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
 from fourdnex_jax.utils.devices import peak_tflops
+from fourdnex_jax.utils import xla_cache
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.quiet import quiet_library_threads
 
@@ -88,6 +89,7 @@ def lock_run_folder(workdir: Path):
 class Trainer:
     def __init__(self, config, workdir: str | os.PathLike, *, verbose: bool = True):
         self.config = validate(config)
+        xla_cache.install()  # a compilation cache JAX was pointed at (JAX_COMPILATION_CACHE_DIR) is checked first
         self.workdir = Path(workdir)
         self.verbose = verbose and jax.process_index() == 0
         # one writer per run folder (process 0 speaks for the run; the other hosts write only their shards)
@@ -177,7 +179,7 @@ class Trainer:
                 with quiet_library_threads():
                     state = self.checkpointer.restore_state(step, abstract)
             except Exception as e:  # noqa: BLE001 -- orbax / tensorstore raise many types
-                reason = " ".join(str(e).split())[:300]
+                reason = " ".join(str(e).split(" See full TensorStore details")[0].split())[:300]
                 raise InputError(f"checkpoint step {step} of {self.checkpointer.directory} passes its integrity "
                                  f"check but does not restore ({type(e).__name__}: {reason}); nothing was moved: "
                                  "rerun with --verbose for the details, or train into a new --out folder") from e
