@@ -194,6 +194,8 @@ def test_lock_is_released_by_kill_9(tmp_path):
 
 
 # --------------------------------------------------------------------------------- end to end (integration)
+#: Generous: a shared 2-core machine under load runs one tiny training subprocess in minutes.
+TIMEOUT = 1500
 COMMON = ("--config.train.checkpoint_every=2", "--config.train.global_batch_size=4",
           "--config.train.grad_accum_steps=2", "--config.sharding.mesh_shape=(1,-1,1,1)",
           "--config.optim.decay_steps=8")
@@ -207,34 +209,34 @@ def data(tmp_path_factory):
 @pytest.mark.integration
 def test_config_change_on_resume_is_refused_and_moves_nothing(data, tmp_path):
     work = tmp_path / "run"
-    run_train(work, data, *COMMON, "--config.train.num_steps=2")
+    run_train(work, data, *COMMON, "--config.train.num_steps=2", timeout=TIMEOUT)
     before = _snapshot(work / "checkpoints")
     for flags, key in ((["--config.model.lora_rank=8"], "model.lora_rank"),
                        (["--config.train.trainable=full", "--config.model.lora_rank=0"], "train.trainable"),
                        (["--config.model.lora_rank=8", "--config.train.resume_allow_changes=*"], "other shapes")):
-        out = run_train(work, data, *COMMON, "--config.train.num_steps=4", *flags, check=False)
+        out = run_train(work, data, *COMMON, "--config.train.num_steps=4", *flags, check=False, timeout=TIMEOUT)
         assert out.returncode == 1, out.stderr[-2000:]
         assert "Traceback" not in out.stderr + out.stdout, out.stderr[-3000:]
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith("fourdnex train: error: cannot resume") and key in last, last
         assert _snapshot(work / "checkpoints") == before  # nothing moved, nothing written
     assert not (work / "checkpoints" / "corrupt").exists()
-    ok = run_train(work, data, *COMMON, "--config.train.num_steps=4")  # the original config goes on
+    ok = run_train(work, data, *COMMON, "--config.train.num_steps=4", timeout=TIMEOUT)  # the original config goes on
     assert "at step 2" in ok.stdout, ok.stdout[-2000:]
 
 
 @pytest.mark.integration
 def test_flipped_byte_in_the_newest_step_falls_back_bit_identically(data, tmp_path):
     straight = tmp_path / "straight"
-    run_train(straight, data, *COMMON, "--config.train.num_steps=4")
+    run_train(straight, data, *COMMON, "--config.train.num_steps=4", timeout=TIMEOUT)
     _, want = ckpt_lib.load_trainable(straight)
     work = tmp_path / "run"
-    run_train(work, data, *COMMON, "--config.train.num_steps=4")
+    run_train(work, data, *COMMON, "--config.train.num_steps=4", timeout=TIMEOUT)
     target = _data_files(work / "checkpoints" / "4")[0]
     raw = bytearray(target.read_bytes())
     raw[len(raw) // 2] ^= 1
     target.write_bytes(bytes(raw))
-    out = run_train(work, data, *COMMON, "--config.train.num_steps=4")
+    out = run_train(work, data, *COMMON, "--config.train.num_steps=4", timeout=TIMEOUT)
     assert "checkpoint step 4 is damaged on disk" in out.stdout and target.name in out.stdout, out.stdout[-2000:]
     assert "at step 2" in out.stdout and "Traceback" not in out.stderr
     step, got = ckpt_lib.load_trainable(work)
@@ -245,7 +247,7 @@ def test_flipped_byte_in_the_newest_step_falls_back_bit_identically(data, tmp_pa
 
 @pytest.mark.integration
 def test_nan_learning_rate_fails_before_training(data, tmp_path):
-    out = run_train(tmp_path / "run", data, "--config.optim.learning_rate=nan", check=False)
+    out = run_train(tmp_path / "run", data, "--config.optim.learning_rate=nan", check=False, timeout=TIMEOUT)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines()[-1].startswith("fourdnex train: error: --config: optim.learning_rate=nan")
     assert not (tmp_path / "run" / "checkpoints").exists()
