@@ -172,6 +172,7 @@ def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLik
         if transformer_dir is not None:
             manifests = (manifests[0], manifest_lib.read_manifest(transformer_dir))
     transformer_manifest = manifests[1] if transformer_dir is not None else manifests[0]
+    # first: a malformed config is named as such
     problems = bundle_problems(directory, transformer_dir, transformer_manifest=transformer_manifest)
     for folder, manifest in ((directory, manifests[0]), (transformer_dir, manifests[1])):
         if folder is not None and manifest is not None:  # then every other file against the manifest's digests

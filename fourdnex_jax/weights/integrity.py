@@ -123,7 +123,8 @@ class FolderReport:
             return None
         shown = ", ".join(self.problems[:limit]) + (f", {len(self.problems) - limit} more"
                                                     if len(self.problems) > limit else "")
-        return f"{self.directory}: {len(self.problems)} of its {self.files} files damaged ({shown})"
+        return (f"{self.directory}: {len(self.problems)} of its {self.files} files missing or truncated or not as "
+                f"written ({shown})")
 
 
 def check_folder(directory: str | os.PathLike, *, digests: bool = True, use_cache: bool = True) -> FolderReport:
