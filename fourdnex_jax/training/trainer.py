@@ -46,8 +46,8 @@ from fourdnex_jax.training import optimizer as optim_lib
 from fourdnex_jax.training import resume as resume_lib
 from fourdnex_jax.training import state as state_lib
 from fourdnex_jax.training import step as step_lib
-from fourdnex_jax.utils.devices import peak_tflops
 from fourdnex_jax.utils import xla_cache
+from fourdnex_jax.utils.devices import peak_tflops
 from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.quiet import quiet_library_threads
 

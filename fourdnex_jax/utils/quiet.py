@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 import traceback
-from typing import Iterator
+from collections.abc import Iterator
 
 #: Reports kept off the console (for tests and --verbose diagnostics).
 SWALLOWED: list[BaseException] = []

@@ -27,11 +27,12 @@ import hashlib
 import json
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.utils import trust
+from fourdnex_jax.utils.files import read_json
 
 FILE_INDEX = "fourdnex_files.json"
 FORMAT = "fourdnex-file-index/2"
@@ -72,12 +73,8 @@ def read_file_index(directory: str | os.PathLike) -> dict[str, tuple[int, str | 
     try:
         if not stat.S_ISREG(os.lstat(index).st_mode):
             raise ValueError("not a regular file")
-        with open(index, "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
-        if len(raw) > MAX_INDEX_BYTES:
-            raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
-        obj = json.loads(raw)
-        if obj.get("format") not in FORMATS or not isinstance(obj.get("files"), dict):
+        obj = read_json(index, what="checkpoint file index", limit=MAX_INDEX_BYTES)
+        if not isinstance(obj, dict) or obj.get("format") not in FORMATS or not isinstance(obj.get("files"), dict):
             raise ValueError(f"format {obj.get('format')!r}")
         out = {}
         for rel, rec in obj["files"].items():
@@ -214,7 +211,7 @@ class VerifiedCache:
         self.directory = directory
 
     @classmethod
-    def open(cls) -> "VerifiedCache":
+    def open(cls) -> VerifiedCache:
         try:
             return cls(trust.private_dir(cache_root() / "verified", "verification cache"))
         except (OSError, ValueError):

@@ -32,7 +32,8 @@ Writing. The zip format ``torch.save`` produces, readable by ``torch.load(path, 
 :func:`load_pt`). The pickle is emitted opcode by opcode (protocol 2, the opcodes ``torch.save`` itself emits
 for a tensor: ``_rebuild_tensor_v2`` with a ``('storage', torch.<Type>Storage, key, 'cpu', numel)`` persistent id,
 contiguous strides, ``requires_grad=False`` and an empty ``OrderedDict`` of hooks). Storage records are 64-byte
-aligned like torch's own writer does (zip extra-field padding), so ``torch.load(..., weights_only=True, mmap=True)`` works too.
+aligned like torch's own writer does (zip extra-field padding), so ``torch.load(..., weights_only=True,
+mmap=True)`` works too.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class _PickleVM:
     ``state_dict()`` carries it). Nothing in the file can reach an attribute write or a call of anything else.
     Every violation raises :class:`PtFormatError`."""
 
-    def __init__(self, data: bytes, storage: "Callable[[tuple], np.ndarray]", copy_budget: Callable[[], int]):
+    def __init__(self, data: bytes, storage: Callable[[tuple], np.ndarray], copy_budget: Callable[[], int]):
         self.data, self.pos = data, 0
         self.storage = storage
         self.copy_budget = copy_budget

@@ -179,7 +179,8 @@ def test_second_trainer_on_one_folder_is_refused(tmp_path):
 @pytest.mark.integration
 def test_lock_is_released_by_kill_9(tmp_path):
     code = ("import sys, time; from fourdnex_jax.training.trainer import lock_run_folder; "
-            "f = lock_run_folder(__import__('pathlib').Path(sys.argv[1])); print('locked', flush=True); time.sleep(600)")
+            "f = lock_run_folder(__import__('pathlib').Path(sys.argv[1])); print('locked', flush=True); "
+            "time.sleep(600)")
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "JAX_PLATFORMS": "cpu"})
     try:
