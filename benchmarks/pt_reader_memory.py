@@ -2,11 +2,10 @@
 its size).
 
 Writes a few ``.pt`` files (honest ones and the issue's attack) into a temporary folder, parses each in a fresh
-process and reports the growth of the peak resident set size (the kernel's high-water mark, reset after the imports,
-minus the
-resident size then: the interpreter and imports excluded) as a multiple of the file's size. The stated bound
-(``fourdnex_jax/weights/torch_pickle.py``): about ``(1 + COPY_FACTOR) x file + PICKLE_OBJECT_FACTOR x data.pkl + 1
-MiB``, i.e. <= 3x for weights files.
+process and reports the growth of the peak resident set size (the kernel's high-water mark, reset after the
+imports, minus the resident size then: the interpreter and imports excluded) as a multiple of the file's size.
+The stated bound (``fourdnex_jax/weights/torch_pickle.py``): about ``(1 + COPY_FACTOR) x file +
+PICKLE_OBJECT_FACTOR x data.pkl + 1 MiB``, i.e. <= 3x for weights files.
 
     python -m benchmarks.pt_reader_memory [--out benchmarks/results/pt_reader_memory.json] [--mb 64]
         [--compare /path/to/other/checkout]

@@ -153,8 +153,8 @@ def validate(config: ml_collections.ConfigDict, where: str = "config") -> ml_col
     """Checks every enumerated value (:data:`CHOICES`), every numeric value's range (:data:`fourdnex_jax.utils.
     bounds.BOUNDS`: non-finite or meaningless settings such as a NaN learning rate or ``max_to_keep=0`` stop here,
     before step 1) and the model section (keys, types, values) after the overrides: a wrong value raises
-    :class:`~fourdnex_jax.utils.errors.InputError` naming the key and the choices
-    (a typo such as ``nan_policy=ignore`` would otherwise act as the default)."""
+    :class:`~fourdnex_jax.utils.errors.InputError` naming the key and the choices (a typo such as
+    ``nan_policy=ignore`` would otherwise act as the default)."""
     check_choices(config, CHOICES, where)
     bounds.check_config(config.to_dict(), where)  # every numeric value in its range (fourdnex_jax.utils.bounds)
     model = model_config(config, where)

@@ -165,9 +165,8 @@ def bundle_problems(directory: str | os.PathLike, transformer_dir: str | os.Path
 def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLike | None = None, *,
                  manifests: tuple[dict[str, Any], dict[str, Any]] | None = None) -> None:
     """Raises :class:`~fourdnex_jax.utils.errors.InputError` naming the folder and every missing part
-    (:func:`bundle_problems`), then every file against its manifest's digests, before any weights load.
-    ``manifests``: the ``manifest.json`` of ``directory`` and of the DiT's folder when the caller has read them (each
-    file is read once per load)."""
+    (:func:`bundle_problems`), before any weights load. ``manifests``: the ``manifest.json`` of ``directory`` and
+    of the DiT's folder when the caller has read them (each file is read once per load)."""
     if manifests is None:
         manifests = (manifest_lib.read_manifest(directory), None)
         if transformer_dir is not None:
@@ -175,16 +174,13 @@ def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLik
     transformer_manifest = manifests[1] if transformer_dir is not None else manifests[0]
     # first: a malformed config is named as such
     problems = bundle_problems(directory, transformer_dir, transformer_manifest=transformer_manifest)
-    folders = [(Path(directory), manifests[0])]
-    if transformer_dir is not None:
-        folders.append((Path(transformer_dir), manifests[1]))
-    for folder, manifest in folders:  # then every other file against the manifest's digests
-        problems += [f"{folder / p}" for p in manifest_lib.file_problems(folder, manifest)]
+    for folder, manifest in ((directory, manifests[0]), (transformer_dir, manifests[1])):
+        if folder is not None and manifest is not None:  # then every other file against the manifest's digests
+            problems += [f"{Path(folder) / p}" for p in manifest_lib.file_problems(folder, manifest)]
     if problems:
         raise InputError(f"incomplete or damaged model bundle {directory}: {'; '.join(problems)}; copy the whole "
-                         "bundle "
-                         "folder again (or convert it again) -- a bundle missing a part would sample a different "
-                         "model")
+                         "bundle folder again (or convert it again) -- a bundle missing a part would sample a "
+                         "different model")
 
 
 def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_dir: str | os.PathLike | None = None,

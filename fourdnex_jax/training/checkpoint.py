@@ -29,22 +29,22 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from fourdnex_jax.utils.files import read_json
 from fourdnex_jax.weights import integrity
 
 # The read side of a run (metadata, saved arrays, the trained DiT) lives with the other load paths, where the
 # pipelines can use it too; re-exported here for the trainer's callers.
-from fourdnex_jax.weights.runs import (  # the one reading of a saved tree  # noqa: F401
+from fourdnex_jax.weights.runs import (  # noqa: F401
     CHECKPOINT_DIR,
     ITEMS,
-    _key_name,
-    _stored_tree,
+    leaf_shapes,
     load_state_arrays,
     load_trainable,
     load_trained_model,
     read_meta,
+    stored_tree,
 )
 
 
@@ -81,25 +81,25 @@ class Checkpointer:
             return report.line(limit=2)
         for item in ("meta/metadata", "data/metadata", "_CHECKPOINT_METADATA", "state/_METADATA"):
             try:
-                read_json(d / item)
+                read_json(d / item, what="checkpoint metadata")
             except (OSError, ValueError) as e:
                 return f"{d / item} unreadable ({type(e).__name__})"
         try:
-            _stored_tree(d / "state")
+            stored_tree(d / "state")
         except Exception as e:  # orbax raises many types for metadata it cannot parse  # noqa: BLE001
             return f"{d / 'state'}: orbax metadata unreadable ({type(e).__name__})"
         return None
 
     def read_item(self, step: int, item: str) -> dict:
         """The JSON item ``meta`` or ``data`` of ``step`` (read directly: no restore, no orbax threads)."""
-        obj = read_json(self.step_dir(step) / item / "metadata")
+        obj = read_json(self.step_dir(step) / item / "metadata", what=f"checkpoint {item} item")
         if not isinstance(obj, dict):
             raise ValueError(f"{self.step_dir(step) / item / 'metadata'} is not a JSON object")
         return obj
 
     def stored_arrays(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
         """``{path: (shape, dtype)}`` of the train state of ``step``, from orbax's metadata only."""
-        return leaf_shapes(_stored_tree(self.step_dir(step) / "state"))
+        return leaf_shapes(stored_tree(self.step_dir(step) / "state"))
 
     def quarantine(self, step: int) -> Path:
         """Moves the folder of ``step`` to ``checkpoints/corrupt/<step>`` (kept for inspection, out of orbax's
@@ -140,26 +140,6 @@ class Checkpointer:
     def close(self) -> None:
         self.wait()
         self.manager.close()
-
-
-def leaf_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
-    """``{'a/0/b': (shape, dtype)}`` of the array leaves of a pytree (arrays, ShapeDtypeStructs or orbax array
-    metadata; optax states' lists, tuples and named tuples become index / field names)."""
-    return {"/".join(_key_name(k) for k in path): (tuple(int(d) for d in leaf.shape), str(np.dtype(leaf.dtype)))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
-
-
-#: The largest JSON item read directly (metadata, iterator state): a few KB in practice.
-MAX_JSON_BYTES = 16 * 2**20
-
-
-def read_json(path: Path):
-    """A small JSON file (ValueError when it is not one, or larger than :data:`MAX_JSON_BYTES`)."""
-    with open(path, "rb") as f:
-        raw = f.read(MAX_JSON_BYTES + 1)
-    if len(raw) > MAX_JSON_BYTES:
-        raise ValueError(f"{path}: larger than {MAX_JSON_BYTES} bytes")
-    return json.loads(raw)
 
 
 def _jsonable(obj):

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.utils import trust
+from fourdnex_jax.utils.files import read_json
 
 FILE_INDEX = "fourdnex_files.json"
 FORMAT = "fourdnex-file-index/2"
@@ -72,12 +73,8 @@ def read_file_index(directory: str | os.PathLike) -> dict[str, tuple[int, str | 
     try:
         if not stat.S_ISREG(os.lstat(index).st_mode):
             raise ValueError("not a regular file")
-        with open(index, "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
-        if len(raw) > MAX_INDEX_BYTES:
-            raise ValueError(f"larger than {MAX_INDEX_BYTES} bytes")
-        obj = json.loads(raw)
-        if obj.get("format") not in FORMATS or not isinstance(obj.get("files"), dict):
+        obj = read_json(index, what="checkpoint file index", limit=MAX_INDEX_BYTES)
+        if not isinstance(obj, dict) or obj.get("format") not in FORMATS or not isinstance(obj.get("files"), dict):
             raise ValueError(f"format {obj.get('format')!r}")
         out = {}
         for rel, rec in obj["files"].items():

@@ -5,8 +5,8 @@ Top-level keys: ``format``, ``direction`` ('torch-to-jax' | 'jax-to-torch'), ``s
 ``models`` (per model: checkpoint folder, config file, param dtype, tensor counts, ignored keys, bytes, dtypes,
 source files with sha256), ``adapter`` (LoRA rank/targets, metadata, effective scale and its derivation, the
 ``fuse_lora`` scale that reproduces it after export), ``copied`` (non-weight folders with file hashes), ``skipped``,
-``files`` (size and sha256 of every file of the
-folder outside its checkpoint folders, whose own file index is listed in turn: :func:`record_files`);
+``files`` (size and sha256 of every file of the folder outside its checkpoint folders, whose own file index is
+listed in turn: :func:`record_files`);
 bundles (torch-to-jax output, :func:`fourdnex_jax.pipelines.bundle.save_bundle`) add ``sampling_preset`` (a
 :class:`~fourdnex_jax.recipe.SamplingPreset`: what the model is meant to be sampled with) and ``recipe`` (a
 :class:`~fourdnex_jax.recipe.SixDSpec`: the 6D contract it was trained with).

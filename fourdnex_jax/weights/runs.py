@@ -63,11 +63,18 @@ def _restore_items(path: Path, target: Mapping[str, Any]) -> dict:
                                                      dict(target)), partial_restore=True))
 
 
-def _stored_tree(path: Path) -> dict:
+def stored_tree(path: Path) -> dict:
     """The array metadata tree of a saved train state folder (through the item handler: the checkpointer's
     ``metadata`` would also look for a step-level ``_CHECKPOINT_METADATA`` in the item folder and log a warning)."""
     meta = ocp.StandardCheckpointHandler().metadata(Path(path).absolute())
     return getattr(meta, "tree", meta)
+
+
+def leaf_shapes(tree) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{'a/0/b': (shape, dtype)}`` of the array leaves of a pytree (arrays, ShapeDtypeStructs or orbax array
+    metadata; optax states' lists, tuples and named tuples become index / field names)."""
+    return {"/".join(_key_name(k) for k in path): (tuple(int(d) for d in leaf.shape), str(np.dtype(leaf.dtype)))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
 
 
 def load_state_arrays(workdir: str | os.PathLike, step: int | None = None, keys: tuple[str, ...] = ("trainable",)
@@ -75,7 +82,7 @@ def load_state_arrays(workdir: str | os.PathLike, step: int | None = None, keys:
     """(step, ``{key/path: array}``) of the items ``keys`` of a run's saved train state (``trainable``,
     ``opt_state``: the Adam moments, ``step``, ...), as numpy on the host (no mesh needed)."""
     step, path = _state_dir(workdir, step)
-    tree = _stored_tree(path)
+    tree = stored_tree(path)
     dev = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = {k: jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=dev), tree[k])
               for k in keys}
@@ -144,7 +151,7 @@ def _restore_trainable(workdir, step: int, targets: Mapping[str, jax.ShapeDtypeS
     from fourdnex_jax.utils.tree import flatten, nest
 
     _, path = _state_dir(workdir, step)
-    stored = flatten(_stored_tree(path)["trainable"])
+    stored = flatten(stored_tree(path)["trainable"])
     unknown = sorted(set(stored) - set(targets))
     if unknown:
         raise ValueError(f"{workdir}: checkpoint step {step} trains tensors the model does not have: {unknown[:5]}")

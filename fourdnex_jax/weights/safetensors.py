@@ -36,6 +36,7 @@ import ml_dtypes
 import numpy as np
 
 from fourdnex_jax.media.io import atomic_save_json
+from fourdnex_jax.utils.files import read_json, read_text
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -62,7 +63,10 @@ def model_files(directory: str | os.PathLike, name: str) -> tuple[list[Path], di
     single = directory / f"{name}.safetensors"
     if index.exists():
         try:
-            weight_map = json.loads(index.read_text(), object_pairs_hook=_unique_keys)["weight_map"]
+            read_json(index, what="safetensors index", fix="download the folder again")  # file and JSON checks
+            # parsed again to refuse a tensor named twice (plain JSON keeps the last one silently)
+            weight_map = json.loads(read_text(index, "json", what="safetensors index"),
+                                    object_pairs_hook=_unique_keys)["weight_map"]
             shards = sorted(set(weight_map.values()))
         except (json.JSONDecodeError, _DuplicateKey, KeyError, TypeError, AttributeError) as e:
             raise CheckpointFileError(f"{index} is not a valid safetensors index (need a 'weight_map'): {e}") from e

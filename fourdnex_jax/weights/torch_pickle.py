@@ -31,9 +31,9 @@ at about (1 + COPY_FACTOR) x the file size + PICKLE_OBJECT_FACTOR x data.pkl's s
 Writing. The zip format ``torch.save`` produces, readable by ``torch.load(path, weights_only=True)`` (and by
 :func:`load_pt`). The pickle is emitted opcode by opcode (protocol 2, the opcodes ``torch.save`` itself emits
 for a tensor: ``_rebuild_tensor_v2`` with a ``('storage', torch.<Type>Storage, key, 'cpu', numel)`` persistent id,
-contiguous strides, ``requires_grad=False`` and an empty ``OrderedDict`` of hooks). Storage records are 64-byte aligned
-like
-torch's own writer does (zip extra-field padding), so ``torch.load(..., weights_only=True, mmap=True)`` works too.
+contiguous strides, ``requires_grad=False`` and an empty ``OrderedDict`` of hooks). Storage records are 64-byte
+aligned like torch's own writer does (zip extra-field padding), so ``torch.load(..., weights_only=True,
+mmap=True)`` works too.
 """
 
 from __future__ import annotations

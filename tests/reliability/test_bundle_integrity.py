@@ -169,14 +169,14 @@ ENTRY = '{"dtype":"F32","shape":[2],"data_offsets":[0,8]}'
 
 
 @pytest.mark.parametrize("name,header,data,match", [
-    ("dup", f'{{"a":{ENTRY},"a":{ENTRY}}}', bytes(8), "names 'a' twice"),
+    ("dup", '{"a":' + ENTRY + ',"a":' + ENTRY + '}', bytes(8), "names 'a' twice"),
     ("float_shape", '{"a":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}}', bytes(8), "integers"),
     ("inf_shape", '{"a":{"dtype":"F32","shape":[1e400],"data_offsets":[0,8]}}', bytes(8), "integers"),
     ("bool_offset", '{"a":{"dtype":"F32","shape":[2],"data_offsets":[false,8]}}', bytes(8), "integers"),
-    ("metadata_list", f'{{"__metadata__":[1],"a":{ENTRY}}}', bytes(8), "map of strings"),
+    ("metadata_list", '{"__metadata__":[1],"a":' + ENTRY + '}', bytes(8), "map of strings"),
     ("out_of_bounds", '{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}', bytes(8), "truncated"),
     ("size_mismatch", '{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}', bytes(8), "do not hold"),
-    ("overlap", f'{{"a":{ENTRY},"b":{{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}}}', bytes(16), "overlap"),
+    ("overlap", '{"a":' + ENTRY + ',"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}', bytes(16), "overlap"),
     ("deep_json", "[" * 100_000, b"", "corrupt"),
 ])
 def test_safetensors_header_problems_are_named(tmp_path, name, header, data, match):

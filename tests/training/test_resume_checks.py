@@ -76,7 +76,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(data, tmp_path
         if f.is_file():
             f.write_bytes(b"\0garbage")
     out = run_train(work, data, *COMMON, "--config.train.num_steps=4")
-    assert "checkpoint step 4 is unreadable" in out.stdout and "falling back" in out.stdout, out.stdout[-2000:]
+    assert "checkpoint step 4 is damaged on disk" in out.stdout and "falling back" in out.stdout, out.stdout[-2000:]
     assert "resumed from" in out.stdout and "at step 2" in out.stdout
     assert (work / "checkpoints" / "corrupt" / "4").is_dir()  # kept for inspection, out of the way
     step, got = checkpoint.load_trainable(work)
