@@ -167,7 +167,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], list[str]]] = {
     "generate/no-out": (lambda t: GEN + ["--image", str(png(t / "i.png"))], ["--out"]),
     # generate: bundles
     "generate/bundle-missing": (lambda t: GEN + ["--image", str(png(t / "i.png")), "--checkpoint", str(t / "nob"),
-                                                 "--out", str(t / "o")], ["{tmp}/nob", "no such folder"]),
+                                                 "--out", str(t / "o")], ["{tmp}/nob", "no such bundle folder"]),
     "generate/bundle-no-adapter": (lambda t: GEN + ["--image", str(png(t / "i.png")), "--checkpoint", str(bundle_copy(
         t, lambda b: shutil.rmtree(b / "transformer_adapter"))), "--out", str(t / "o")],
         ["{tmp}/bundle", "transformer_adapter/ missing"]),
