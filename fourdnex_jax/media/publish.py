@@ -38,6 +38,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from fourdnex_jax.media.io import atomic_write_bytes
+from fourdnex_jax.utils import interrupts
 from fourdnex_jax.utils.errors import InputError, OutputExistsError
 from fourdnex_jax.utils.files import read_json
 
@@ -189,9 +190,11 @@ def output_lock(path: PathLike, *, flag: str = "--out", inside: bool = False) ->
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _HELD[real] = fd
+    interrupts.remove_on_exit(lock)  # Ctrl-C outside a cleanup region ends the process before the finally below
     try:
         yield
     finally:
+        interrupts.remove_on_exit(lock, remove=False)
         del _HELD[real]
         with contextlib.suppress(OSError):
             os.unlink(lock)  # while still holding it: a waiting run re-opens and re-checks (above)

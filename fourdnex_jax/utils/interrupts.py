@@ -20,6 +20,14 @@ import threading
 from collections.abc import Callable, Iterator
 
 _STATE = {"depth": 0, "hit": False, "stderr": None}
+#: Files that an immediate exit removes (lock files held at the time: :func:`remove_on_exit`); the ``finally`` that
+#: would remove them never runs when :func:`exit_now` ends the process.
+_REMOVE: set[str] = set()
+
+
+def remove_on_exit(path: str | os.PathLike, remove: bool = True) -> None:
+    """Registers ``path`` for removal by :func:`exit_now` (``remove=False``: forgets it again)."""
+    (_REMOVE.add if remove else _REMOVE.discard)(os.fspath(path))
 
 
 @contextlib.contextmanager
@@ -77,6 +85,9 @@ def exit_now(status: int, line: str | None = None) -> None:
             stream.flush()
         except (OSError, ValueError):
             pass
+    for path in list(_REMOVE):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
     if line:
         try:
             fd = _STATE["stderr"] if _STATE["stderr"] is not None else 2
