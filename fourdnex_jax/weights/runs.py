@@ -23,12 +23,16 @@ ITEMS = ("state", "data", "meta")
 
 
 def _manager(workdir: str | os.PathLike) -> ocp.CheckpointManager:
-    """A read-only view of a run's checkpoints (creates nothing)."""
+    """A read-only view of a run's checkpoints (creates nothing). Process-local: reading needs no other process, so
+    the manager syncs with none (a default manager waits at a barrier for every process of a multi-process job,
+    which hangs when only process 0 reads, e.g. for the trainer's closing hint)."""
     directory = Path(workdir).absolute() / CHECKPOINT_DIR
     if not directory.is_dir():
         raise FileNotFoundError(f"no checkpoint under {directory} (not a `fourdnex train` run folder)")
+    me = jax.process_index()
     return ocp.CheckpointManager(os.fspath(directory), options=ocp.CheckpointManagerOptions(
-        create=False, read_only=True), item_names=ITEMS)
+        create=False, read_only=True, multiprocessing_options=ocp.options.MultiprocessingOptions(
+            primary_host=me, active_processes={me})), item_names=ITEMS)
 
 
 def read_meta(workdir: str | os.PathLike, step: int | None = None) -> tuple[int, dict]:

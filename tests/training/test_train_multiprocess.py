@@ -22,9 +22,6 @@ def _port():
         return s.getsockname()[1]
 
 
-@pytest.mark.skip(reason="2026-12-07: after the merges of issues 26/27 the 2-process run times out at 240 s even "
-                  "run alone (a collective that one process skips, or load: not yet known); open, see the closing "
-                  "note of that session")
 def test_two_processes_equal_one_process(tmp_path):
     import os
 
