@@ -188,6 +188,10 @@ def clip_verdict(points: np.ndarray, point_ok: np.ndarray, c2w: np.ndarray, Ks: 
     if rgb is not None:
         rgb = np.asarray(rgb)
         rgb = rgb / 255.0 if rgb.dtype == np.uint8 else np.asarray(rgb, np.float64)
+        if rgb.size and not 0.0 <= float(np.nanmin(rgb)) <= float(np.nanmax(rgb)) <= 1.0:
+            # colours in other units (floats in [0, 255]) would fail every colour check and read as "no agreement"
+            raise ValueError(f"rgb must be uint8 or floats in [0, 1]; got {rgb.dtype} in "
+                             f"[{float(np.nanmin(rgb)):g}, {float(np.nanmax(rgb)):g}]")
     tt = points.shape[0]
     registered = np.asarray(registered, bool)
     w2c = se3.invert_se3(c2w)

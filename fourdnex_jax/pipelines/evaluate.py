@@ -123,14 +123,14 @@ def check_targets(summary: dict[str, Any], targets: dict) -> dict[str, dict]:
 
 
 def _vae_reconstruction(vae, clip) -> tuple[np.ndarray, np.ndarray]:
-    """(xyz, rgb in [0, 255]) of the VAE's posterior-mean reconstruction of the clip's fused [RGB | XYZ] video."""
+    """(xyz, rgb uint8) of the VAE's posterior-mean reconstruction of the clip's fused [RGB | XYZ] video."""
     import jax
     import jax.numpy as jnp
 
     w = clip.rgb.shape[2]
     fused = np.concatenate([clip.rgb.astype(np.float32) / 127.5 - 1.0, clip.xyz.astype(np.float32)], axis=2)[None]
     rec = np.asarray(jax.jit(lambda v: vae.decode(vae.encode(v).mean))(jnp.asarray(fused)))[0]
-    return rec[:, :, w:], np.clip(np.round((rec[:, :, :w] / 2 + 0.5) * 255), 0, 255)
+    return rec[:, :, w:], np.clip(np.round((rec[:, :, :w] / 2 + 0.5) * 255), 0, 255).astype(np.uint8)
 
 
 def evaluate_vae(vae, clips: Sequence, dome_radius: float, *, log: Callable[[str], None] = print) -> dict[str, Any]:

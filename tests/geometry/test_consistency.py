@@ -74,3 +74,14 @@ def test_the_shipped_example_ground_truth_passes():
     assert reg.clip.consistent, reg.clip.message()
     d = reg.clip.to_dict()
     assert len(d["pairs"]) == 8 and all(p["agreement"] >= consistency.MIN_AGREEMENT for p in d["pairs"])
+
+
+def test_colour_units(clips):
+    """uint8 and floats in [0, 1] are the same colours; floats in [0, 255] (another unit) are refused, not read as
+    frames that disagree (they once made every VAE reconstruction "agree on 0% of their points")."""
+    inp = clips[0]
+    as_uint8 = _reg(inp["xyz"], inp["valid"], inp["rgb"]).clip.to_dict()
+    as_unit = _reg(inp["xyz"], inp["valid"], inp["rgb"] / 255.0).clip.to_dict()
+    assert as_uint8 == as_unit and as_uint8["consistent"]
+    with pytest.raises(ValueError, match="uint8 or floats in"):
+        _reg(inp["xyz"], inp["valid"], inp["rgb"].astype(np.float32))

@@ -45,3 +45,24 @@ def test_truth_scores_as_truth_and_other_frames_do_not(clips):
 
 def test_foreground_needs_the_dome_radius_the_clips_were_made_with(clips):
     assert evaluate.foreground_masks(clips[:1], synthetic.DOME_RADIUS) == [None]
+
+
+class _IdentityVAE:
+    """Reconstructs exactly: the VAE milestone must then score it as the truth (colours included)."""
+
+    class _Posterior:
+        def __init__(self, mean):
+            self.mean = mean
+
+    def encode(self, video):
+        return self._Posterior(video)
+
+    def decode(self, latent):
+        return latent
+
+
+def test_an_exact_vae_scores_as_the_truth(clips):
+    out = evaluate.evaluate_vae(_IdentityVAE(), clips[:2], DOME, log=lambda _: None)
+    rec, truth = out["summary"]["vae_reconstruction"], out["summary"]["ground_truth"]
+    assert rec["scenes_consistent"] == truth["scenes_consistent"] == 2
+    assert rec["rgb_psnr"] > 40 and rec["pointmap_err_mean"] < 1e-5
