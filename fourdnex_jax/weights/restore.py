@@ -36,7 +36,8 @@ from fourdnex_jax.weights.orbax import file_index_problems, restore_flat
 from fourdnex_jax.weights.registry import ADAPTER_CHECKPOINT, CONFIGS_DIR, SPECS
 
 #: Config fields that may differ from the converted config at restore time (execution / numerics of compute).
-RESTORE_OVERRIDABLE = frozenset({"compute_dtype", "scan_layers", "remat_policy", "attention", "attention_chunk_size"})
+RESTORE_OVERRIDABLE = frozenset({"compute_dtype", "scan_layers", "remat_policy", "attention", "attention_chunk_size",
+                                 "stream_blocks"})
 
 
 #: Files every orbax checkpoint folder written by :func:`fourdnex_jax.weights.orbax.save_flat` holds.

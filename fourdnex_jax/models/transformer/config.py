@@ -66,6 +66,9 @@ class WanTransformerConfig:
     remat_policy: str = "none"
     attention: str = "xla"
     attention_chunk_size: int = 1024
+    # the stacked block weights may live in host memory: each block is brought to the device one block ahead of
+    # its use inside the layer scan (fourdnex_jax.models.streaming; needs scan_layers)
+    stream_blocks: bool = False
 
     def __post_init__(self):
         bounds.check_dataclass(self)
@@ -78,6 +81,8 @@ class WanTransformerConfig:
             raise ValueError(f"remat_policy={self.remat_policy!r}; choose one of {sorted(REMAT_POLICIES)}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"attention={self.attention!r}; choose one of {ATTENTION_IMPLEMENTATIONS}")
+        if self.stream_blocks and not self.scan_layers:
+            raise ValueError("stream_blocks=True streams the blocks inside the layer scan: it needs scan_layers=True")
         if (self.image_dim is None) != (self.added_kv_proj_dim is None):
             raise ValueError("image_dim and added_kv_proj_dim must be both set (I2V) or both None (T2V)")
         if self.lora_rank < 0 or (self.lora_rank > 0 and self.lora_alpha <= 0):
@@ -165,4 +170,5 @@ class WanTransformerConfig:
 
 _NON_ARCH_FIELDS = frozenset({
     "modality_layout", "domain_embeddings", "lora_rank", "lora_alpha", "lora_targets", "param_dtype",
-    "compute_dtype", "scan_layers", "remat_policy", "attention", "attention_chunk_size", "rope_theta"})
+    "compute_dtype", "scan_layers", "remat_policy", "attention", "attention_chunk_size", "rope_theta",
+    "stream_blocks"})

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from fourdnex_jax.models.layers import Dense, LayerNorm, make_param, torch_linear_init
+from fourdnex_jax.models import streaming
 from fourdnex_jax.models.remat import remat_policy
 from fourdnex_jax.models.stacking import stack_layers
 from fourdnex_jax.models.transformer import layouts
@@ -146,7 +147,9 @@ class WanTransformer3D(nnx.Module):
 
     def run_blocks(self, tokens: DiTTokens) -> jax.Array:
         """The stacked blocks on ``tokens.x`` (B, L, D) -> (B, L, D) in the compute dtype, scanned or unrolled, with
-        the configured remat; context, modulation and RoPE from ``tokens``."""
+        the configured remat; context, modulation and RoPE from ``tokens``. With ``stream_blocks`` the scan brings
+        each block's weights to the device one block ahead (:func:`fourdnex_jax.models.streaming.stream_scan`), so
+        they may live in host memory; the values computed are the resident scan's."""
         cfg = self.config
         text, image, timestep_proj, rope = tokens.text, tokens.image, tokens.timestep_proj, tokens.rope
 
@@ -156,6 +159,10 @@ class WanTransformer3D(nnx.Module):
         if cfg.remat_policy != "none":
             layer = nnx.remat(layer, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
                               graph=False)
+
+        if cfg.stream_blocks:  # the block weights may be in host memory: each one fetched a block ahead
+            graphdef, state = nnx.split(self.blocks)
+            return streaming.stream_scan(lambda weights, h: layer(nnx.merge(graphdef, weights), h), state, tokens.x)
 
         if cfg.scan_layers:
             @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry, graph=False)

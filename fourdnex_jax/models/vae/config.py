@@ -11,6 +11,7 @@ Only the Wan2.1 architecture is ported: ``is_residual=False`` and ``patch_size=N
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -163,3 +164,19 @@ def decoder_plan(cfg: WanVAEConfig) -> tuple[int, list[UpBlockSpec]]:
             mode = "upsample3d" if cfg.temperal_upsample[i] else "upsample2d"
         blocks.append(UpBlockSpec(in_dim, out_dim, cfg.num_res_blocks + 1, mode))
     return dims[0], blocks
+
+
+def decoder_halo(cfg: WanVAEConfig) -> int:
+    """Latent pixels on each side that the decoder's pixel stage (up blocks + ``conv_out``, after the mid block) sees
+    around an output pixel: the sum of its 3x3 convolutions' radii, each in latent pixels at its resolution (two
+    per residual block, one per resampler after its nearest x2, one for ``conv_out``), rounded up. Wan2.1: 6 + 1/2
+    + 3 + 1/4 + 3/2 + 1/8 + 3/4 + 1/8 = 12.25 -> 13. A spatial tile whose window reaches this far past its core
+    (or to the map's edge) decodes its core exactly as the whole map does."""
+    _, plan = decoder_plan(cfg)
+    radius, scale = 0.0, 1
+    for spec in plan:
+        radius += 2 * spec.num_resnets / scale
+        if spec.upsample:
+            scale *= 2
+            radius += 1 / scale
+    return math.ceil(radius + 1 / scale)

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fourdnex_jax.models.vae.config import WanVAEConfig, decoder_plan, encoder_plan
+from fourdnex_jax.models.vae.config import WanVAEConfig, decoder_halo, decoder_plan, encoder_plan
 from fourdnex_jax.models.vae.layers import (
     DEFAULT_PRECISION,
     AttentionBlock,
@@ -138,11 +138,26 @@ class Decoder(nnx.Module):
         self.conv_out = CausalConv3d(out_dim, cfg.out_channels, 3, padding=1, **kw)
 
     def __call__(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
+        x, c_latent = self.latent_stage(x, cache)
+        x, c_pixel = self.pixel_stage(x, cache)
+        return x, {**c_latent, **c_pixel}
+
+    def latent_stage(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
+        """``conv_in`` + mid block at the latent resolution: (N, T, h, w, z_dim) -> (N, T, h, w, mid_dim). Holds the
+        decoder's only attention (global over each frame), so a tiled decode runs it on the whole map. Cache keys:
+        conv_in, mid_block."""
         x, c_in = self.conv_in(x, sub_cache(cache, "conv_in"))
         x, c_mid = self.mid_block(x, sub_cache(cache, "mid_block"))
+        return x, {"conv_in": c_in, "mid_block": c_mid}
+
+    def pixel_stage(self, x: jax.Array, cache: Cache = None) -> tuple[jax.Array, Cache]:
+        """Up blocks + ``norm_out`` + ``conv_out``: (N, T, h, w, mid_dim) -> (N, T', h*S, w*S, out_channels).
+        Only convolutions, per-pixel norms and nearest upsampling: each output pixel sees at most
+        :func:`~fourdnex_jax.models.vae.config.decoder_halo` latent pixels around it, so it tiles exactly with
+        that halo. Cache keys: up_blocks, conv_out."""
         x, c_up = _run_list(self.up_blocks, x, sub_cache(cache, "up_blocks"))
         x, c_out = self.conv_out(jax.nn.silu(self.norm_out(x)), sub_cache(cache, "conv_out"))
-        return x, {"conv_in": c_in, "mid_block": c_mid, "up_blocks": c_up, "conv_out": c_out}
+        return x, {"up_blocks": c_up, "conv_out": c_out}
 
 
 def _scan_chunks(module: nnx.Module, first: jax.Array, rest: jax.Array | None) -> jax.Array:
@@ -160,6 +175,23 @@ def _scan_chunks(module: nnx.Module, first: jax.Array, rest: jax.Array | None) -
     ys = jnp.moveaxis(ys, 0, 1)
     ys = ys.reshape(ys.shape[0], ys.shape[1] * ys.shape[2], *ys.shape[3:])
     return jnp.concatenate([y0, ys.astype(y0.dtype)], axis=1)
+
+
+def tile_windows(size: int, core: int, halo: int) -> tuple[int, int, list[int], list[int]]:
+    """Tiles of one spatial axis of ``size`` latent pixels: ``(core, window, core_starts, window_starts)``.
+
+    Cores of ``core`` pixels cover ``[0, size)`` (the last one moved back to end at ``size``, overlapping its
+    neighbour); each window is ``core + 2 * halo`` pixels centred on its core and shifted to lie inside the axis,
+    so a core is at least ``halo`` pixels from every window edge that is not the axis's edge. When a window would
+    cover the whole axis the axis is not tiled (one core = one window = the axis)."""
+    if core < 1 or halo < 0:
+        raise ValueError(f"tile core {core} / halo {halo}: use core >= 1 and halo >= 0")
+    if core + 2 * halo >= size:
+        return size, size, [0], [0]
+    window = core + 2 * halo
+    cores = [min(i * core, size - core) for i in range(-(-size // core))]
+    windows = [min(max(c - halo, 0), size - window) for c in cores]
+    return core, window, cores, windows
 
 
 class WanVAE(nnx.Module):
@@ -197,18 +229,26 @@ class WanVAE(nnx.Module):
         return LatentDist(mean, jnp.clip(logvar, *LOGVAR_RANGE))
 
     def decode(self, latents: jax.Array, *, chunked: bool = True, split_halves: bool = False,
-               clip: bool = True) -> jax.Array:
+               clip: bool = True, tile: tuple[int, int] | None = None, halo: int | None = None) -> jax.Array:
         """latents (N, T, h, w, z_dim) -> video (N, 1 + 4 (T-1), 8h, 8w, C), clipped to [-1, 1] like diffusers.
 
         ``split_halves``: decode the left and right width halves (4DNeX's RGB | XYZ fused latent) independently and
         concatenate them. Not equivalent to the fused decode: convs and the mid-block attention see across the seam.
         ``clip=False`` returns the raw decoder output (for tests).
+        ``tile=(th, tw)``: the spatially tiled decode (:meth:`_decode_tiled`, same result as the whole decode to fp
+        rounding): the pixel stage runs on one (th, tw) latent core at a time with ``halo`` latent pixels around
+        it (default :func:`~fourdnex_jax.models.vae.config.decoder_halo`, the exact one; a smaller ``halo`` is
+        only for tests that show the seams).
         """
+        if tile is not None and not split_halves:
+            x, _ = self.post_quant_conv(latents.astype(self.dtype))
+            out = self._decode_tiled(x, tile, decoder_halo(self.config) if halo is None else halo, chunked)
+            return jnp.clip(out, -1.0, 1.0) if clip else out
         if split_halves:
             w = latents.shape[3]
             if w % 2:
                 raise ValueError(f"split_halves needs an even latent width, got {w}")
-            halves = [self.decode(latents[:, :, :, s], chunked=chunked, clip=clip)
+            halves = [self.decode(latents[:, :, :, s], chunked=chunked, clip=clip, tile=tile, halo=halo)
                       for s in (slice(0, w // 2), slice(w // 2, w))]
             return jnp.concatenate(halves, axis=3)
         x, _ = self.post_quant_conv(latents.astype(self.dtype))
@@ -217,6 +257,44 @@ class WanVAE(nnx.Module):
         else:
             out, _ = self.decoder(x)
         return jnp.clip(out, -1.0, 1.0) if clip else out
+
+    def _decode_tiled(self, x: jax.Array, tile: tuple[int, int], halo: int, chunked: bool) -> jax.Array:
+        """``decoder`` on ``x`` (N, T, h, w, z_dim) after ``post_quant_conv``, tiled in space (and chunked in time).
+
+        The latent stage (conv_in + mid block, whose attention is global per frame) runs once on the whole map,
+        chunk by chunk: (N, T, h, w, mid_dim), small (1/8 x 1/8 of the pixels, 384 channels for Wan2.1). The pixel
+        stage, where the memory is (full-resolution activations and the causal caches of every conv), then runs
+        one spatial tile at a time (``lax.scan`` over the tiles; inside, the causal time chunks as in the whole
+        decode): the window is the tile's (th, tw) core plus ``halo`` latent pixels on each side, shifted to stay
+        inside the map (a window edge on the map's edge pads as the whole decode does), and only the core's
+        pixels are written out. With ``halo >= decoder_halo(config)`` no core pixel sees a window edge that is not
+        the map's, so the result equals the untiled decode (up to the convolutions' summation order). Memory:
+        the pixel stage's temporaries and caches scale with the window area instead of the frame area; compute
+        grows by the summed window area over the frame area."""
+        n, t, h, w, _ = x.shape
+        s = self.config.spatial_factor
+        feats = (_scan_chunks(self.decoder.latent_stage, x[:, :1], jnp.moveaxis(x[:, 1:, None], 1, 0)) if chunked
+                 else self.decoder.latent_stage(x)[0])
+        (core_h, win_h, ch, wh), (core_w, win_w, cw, ww) = (tile_windows(size, core, halo)
+                                                            for size, core in zip((h, w), tile))
+        grid = [(a, b, c, d) for a, b in zip(ch, wh) for c, d in zip(cw, ww)]
+        starts = jnp.asarray(grid, jnp.int32)  # (tiles, 4): core h, window h, core w, window w
+        t_out = 1 + self.config.temporal_factor * (t - 1)
+        out_channels = self.config.out_channels
+
+        def one_tile(video, start):
+            c_h, w_h, c_w, w_w = start[0], start[1], start[2], start[3]
+            z = jax.lax.dynamic_slice(feats, (0, 0, w_h, w_w, 0), (n, t, win_h, win_w, feats.shape[-1]))
+            if chunked:
+                y = _scan_chunks(self.decoder.pixel_stage, z[:, :1], jnp.moveaxis(z[:, 1:, None], 1, 0))
+            else:
+                y, _ = self.decoder.pixel_stage(z)
+            core = jax.lax.dynamic_slice(y, (0, 0, (c_h - w_h) * s, (c_w - w_w) * s, 0),
+                                         (n, t_out, core_h * s, core_w * s, out_channels))
+            return jax.lax.dynamic_update_slice(video, core.astype(video.dtype), (0, 0, c_h * s, c_w * s, 0)), None
+
+        video = jnp.zeros((n, t_out, h * s, w * s, out_channels), self.dtype)
+        return jax.lax.scan(one_tile, video, starts)[0]
 
     # ------------------------------------------------------------------------------------------------------------
     def normalize_latents(self, latents: jax.Array) -> jax.Array:
