@@ -58,6 +58,8 @@ def base_config() -> ml_collections.ConfigDict:
     config.sample.weight_quant = "none"  # 'none' | 'int8' (weight-only DiT block linears)
     config.sample.step_cache_interval = 0  # 0 off; k: transformer blocks in full every k steps
     config.sample.release_after_use = False  # free each model's weights once the call is past its stage
+    config.sample.stream_blocks = False  # DiT / UMT5 block weights in host memory, streamed a block ahead
+    config.sample.decode_tile = (0, 0)  # latent (h, w) tile of the VAE decode (exact, less memory); (0, 0): whole
     # --- sharded LoRA training (fourdnex_jax.training, fourdnex train, fourdnex plan) ---------------------------
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 5000

@@ -3,7 +3,8 @@ deviceless topologies).
 
     fourdnex plan --config wan21_i2v_14b_480p --topology v5p-8 [--mesh 1,4,1,1] [--global-batch 4]
         [--attention ring|chunked] [--out plans.jsonl]
-    fourdnex plan --job inference --topology v5e-8|v6e-8|v5p-8|v6e-16|gpu-80gb|gpu-48gb|gpu-24gb
+    fourdnex plan --job inference --topology v5e-8|v6e-8|v5p-8|v6e-16|gpu-80gb|gpu-48gb|gpu-24gb|gpu-16gb|
+        2x-gpu-24gb|4x-gpu-16gb
         [--mesh 1,2,2,2] [--weight-quant none|int8] [--programs denoise_step,decode] [--out plan.json]
 
 Builds the abstract 14B model (nothing allocated), lowers and compiles the sharded train step (35,100-token
@@ -143,7 +144,8 @@ def _plan_inference(config) -> int:
     dit = model_config(config).replace(lora_rank=0, lora_alpha=0.0, remat_policy="none",
                                        attention=_ATTENTION.value or ("ring" if target.mesh[2] > 1 else "chunked"))
     models = plan.wan14b_models(dit, height, width)
-    settings = SampleSettings.from_preset(SAMPLING_PRESETS[config.name], weight_quant=quant, release_after_use=True)
+    settings = SampleSettings.from_preset(SAMPLING_PRESETS[config.name], weight_quant=quant, release_after_use=True,
+                                          stream_blocks=target.stream_blocks, decode_tile=target.decode_tile)
     row = None
     if _OUT.value and os.path.exists(_OUT.value):
         with open(_OUT.value) as f:

@@ -20,12 +20,18 @@ def stack_layers(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: 
     return create(rngs)
 
 
-def scan_layers(stack: nnx.Module, x: jax.Array, *args, length: int | None = None) -> jax.Array:
+def scan_layers(stack: nnx.Module, x: jax.Array, *args, length: int | None = None, stream: bool = False
+                ) -> jax.Array:
     """Runs ``x = layer(x, *args)`` for the first ``length`` (default: all) layers of a stacked module with
-    ``jax.lax.scan`` (one traced layer body, whatever the depth)."""
+    ``jax.lax.scan`` (one traced layer body, whatever the depth). ``stream``: the layers' weights may be in host
+    memory; each is brought to the device one layer ahead (:func:`fourdnex_jax.models.streaming.stream_scan`)."""
     graphdef, state = nnx.split(stack)
     if length is not None:
         state = jax.tree.map(lambda a: a[:length], state)
+    if stream:
+        from fourdnex_jax.models import streaming
+
+        return streaming.stream_scan(lambda weights, h: nnx.merge(graphdef, weights)(h, *args), state, x)
 
     def body(carry, layer_state):
         return nnx.merge(graphdef, layer_state)(carry, *args), None

@@ -48,6 +48,21 @@ def stream_scan(layer: Callable[[Any, jax.Array], jax.Array], stacked: Any, x: j
     return x
 
 
+def streamed(model: nnx.Module) -> nnx.Module:
+    """A module sharing ``model``'s weights that streams its stacked ``blocks``: the DiT with
+    ``config.stream_blocks=True``, UMT5 with ``stream_blocks = True``. ``model`` itself is unchanged."""
+    graphdef, state = nnx.split(model)
+    copy = nnx.merge(graphdef, state)
+    config = getattr(copy, "config", None)
+    if hasattr(config, "stream_blocks"):
+        copy.config = config.replace(stream_blocks=True)
+    elif hasattr(copy, "stream_blocks"):
+        copy.stream_blocks = True
+    else:
+        raise TypeError(f"{type(model).__name__} cannot stream its blocks (no stream_blocks setting)")
+    return copy
+
+
 def is_streamed(path: tuple, prefix: str = "blocks") -> bool:
     """Whether a state path (of ``nnx.State`` / ``jax.tree_util`` keys) is under ``prefix`` (the stacked blocks)."""
     if not path:

@@ -50,7 +50,11 @@ class SampleSettings:
     serves one call. ``weight_quant``: 'none' | 'int8' (a quantised copy of
     the DiT; the caller's model is untouched). ``step_cache_interval``: 0 = no step cache (the exact sampler);
     k >= 1 = the transformer blocks run in full every k steps and at the last step, the steps between reuse the
-    cached block residual (k = 1: every step full, bit-identical to 0)."""
+    cached block residual (k = 1: every step full, bit-identical to 0). ``stream_blocks``: the DiT's and UMT5's
+    stacked block weights stay in host memory and each block is brought to the device one block ahead of its use
+    (:mod:`fourdnex_jax.models.streaming`; the same values as resident weights). ``decode_tile``: (h, w) latent
+    pixels per tile of the spatially tiled VAE decode (``WanVAE.decode(tile=...)``, the same result as the whole
+    decode, less memory); (0, 0) decodes whole frames."""
 
     num_frames: int
     max_area: int
@@ -67,9 +71,17 @@ class SampleSettings:
     weight_quant: str = "none"
     step_cache_interval: int = 0
     release_after_use: bool = False
+    stream_blocks: bool = False
+    decode_tile: tuple[int, int] = (0, 0)
 
     def __post_init__(self):
+        object.__setattr__(self, "decode_tile", tuple(self.decode_tile))
         bounds.check_dataclass(self, "sampling settings")
+        if (len(self.decode_tile) != 2 or any(not isinstance(v, int) or isinstance(v, bool) or v < 0
+                                              for v in self.decode_tile)
+                or (0 in self.decode_tile and self.decode_tile != (0, 0))):
+            raise ValueError(f"decode_tile={self.decode_tile!r}: use (h, w) latent pixels >= 1, or (0, 0) for whole "
+                             "frames")
         positive = {"num_frames": self.num_frames, "max_area": self.max_area, "num_steps": self.num_steps,
                     "text_len": self.text_len, "batch_size": self.batch_size}
         for name, value in positive.items():
@@ -122,6 +134,11 @@ class SampleSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def tile(self) -> tuple[int, int] | None:
+        """``decode_tile`` as ``WanVAE.decode``'s ``tile`` (None: whole frames)."""
+        return None if self.decode_tile == (0, 0) else self.decode_tile
 
     def schedule(self, scheduler: UniPCConfig = UniPCConfig()):
         """The solver schedule these settings sample with (timesteps, sigmas, coefficient table): ``solver`` with

@@ -164,6 +164,8 @@ class UMT5Encoder(nnx.Module):
             lambda r: UMT5Block(config, rngs=r, param_dtype=param_dtype, compute_dtype=compute_dtype),
             config.num_layers, rngs)
         self.final_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon, param_dtype=param_dtype)
+        # the blocks' weights may live in host memory, each brought to the device a block ahead (models.streaming)
+        self.stream_blocks = False
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """input_ids, attention_mask (B, L) (mask 1 = real token, 0 = padding) -> last hidden state (B, L, d_model).
@@ -177,7 +179,7 @@ class UMT5Encoder(nnx.Module):
         buckets = jnp.asarray(relative_position_buckets(n, n, cfg.relative_attention_num_buckets,
                                                         cfg.relative_attention_max_distance))
         x = jnp.take(self.token_embedding[...], input_ids, axis=0).astype(jnp.float32)
-        x = scan_layers(self.blocks, x, buckets, key_mask)
+        x = scan_layers(self.blocks, x, buckets, key_mask, stream=self.stream_blocks)
         return self.final_norm(x)
 
     def encode(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
