@@ -21,6 +21,8 @@ from flax import nnx
 
 #: The memory kind streamed weights live in (page-locked host memory: the device can DMA from it).
 HOST_MEMORY = "pinned_host"
+#: The image-to-4D pipeline's models whose stacked ``blocks`` stream (the DiT and UMT5).
+STREAMED_MODELS = ("transformer", "text_encoder")
 
 
 def to_device(tree: Any) -> Any:

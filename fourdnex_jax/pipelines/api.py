@@ -167,7 +167,8 @@ class ImageTo4DPipeline:
         directory = bundle_path(bundle_dir)
         settings = bundle_lib.resolve_settings(directory, sample, transformer_dir=transformer, **overrides)
         t0 = time.perf_counter()
-        bundle = bundle_lib.load_bundle(directory, transformer_dir=transformer, mesh=mesh, rules=rules)
+        bundle = bundle_lib.load_bundle(directory, transformer_dir=transformer, mesh=mesh, rules=rules,
+                                        host_blocks=settings.stream_blocks)
         load_s = time.perf_counter() - t0
         return cls.from_bundle(bundle, settings, devices=devices, mesh=mesh, rules=rules,
                                executable_cache=executable_cache,

@@ -38,6 +38,7 @@ from fourdnex_jax.media.io import atomic_save_json
 from fourdnex_jax.media.publish import publish_dir
 from fourdnex_jax.models import params
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig
+from fourdnex_jax.models.streaming import STREAMED_MODELS
 from fourdnex_jax.models.text_encoder import UMT5Tokenizer
 from fourdnex_jax.models.transformer import FROZEN, TRAINABLE
 from fourdnex_jax.pipelines.programs import MODELS
@@ -185,12 +186,14 @@ def check_bundle(directory: str | os.PathLike, transformer_dir: str | os.PathLik
 
 def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_dir: str | os.PathLike | None = None,
                 mesh: Mesh | None = None, rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES,
-                **transformer_overrides: Any) -> Bundle:
+                host_blocks: bool = False, **transformer_overrides: Any) -> Bundle:
     """Restores every model of a bundle / converted folder, each parameter straight into the sharding its logical
     axes get on ``mesh`` under ``rules`` (every device / process reads only its shard; the pipeline then uses the
     arrays in place), or onto the first device with ``mesh=None``. ``transformer_overrides``: execution fields of
     the DiT (e.g. ``attention='ring'``, see :data:`~fourdnex_jax.weights.restore.RESTORE_OVERRIDABLE`). An
-    incomplete bundle is refused before any weights load (:func:`check_bundle`); ``manifest.json`` is read once."""
+    incomplete bundle is refused before any weights load (:func:`check_bundle`); ``manifest.json`` is read once.
+    ``host_blocks``: the stacked blocks of the streamed models (the DiT, UMT5) are restored into host memory
+    (``settings.stream_blocks``: they never occupy the devices)."""
     directory = Path(directory)
     manifest = manifest_lib.read_manifest(directory)  # read once, here
     preset, spec = read_presets(directory, manifest)  # before any weights load: a bundle without presets fails fast
@@ -217,6 +220,7 @@ def load_bundle(directory: str | os.PathLike = DEFAULT_BUNDLE, *, transformer_di
         raise InputError(f"{info_path}: holds a {type(info).__name__}, not a JSON object; {fix}")
     tokenizer = UMT5Tokenizer.from_dir(directory / "tokenizer")
     models = {name: restore_model(tdir if name == "transformer" else directory, name, mesh, rules,
+                                  host_blocks=host_blocks and name in STREAMED_MODELS,
                                   **(transformer_overrides if name == "transformer" else {}))
               for name in MODELS}
     return Bundle(tokenizer=tokenizer, clip_preprocess=clip_pre, scheduler=scheduler, directory=directory,

@@ -21,6 +21,13 @@ stage of the pipeline also holds the weights of the other models that are on the
 stagings ``keep`` / ``release`` / ``offload`` of :data:`~fourdnex_jax.pipelines.programs.STAGINGS`) and its own
 models' weights that the executable does not read (:func:`stage_peak`).
 
+With ``settings.stream_blocks`` the DiT's and UMT5's stacked blocks are arguments in host memory
+(``pinned_host``): they count in ``host_weights`` and ``host_arguments``, not in the device figures (XLA:CPU has
+one memory and reports them as device arguments; the plan subtracts their exact bytes), while the two blocks in
+flight on the device are in the program's temporaries. A streamed row also carries ``stream_cost``
+(:func:`stream_cost`): bytes moved per denoising step against the step's FLOPs, per card of :data:`CARDS`.
+``settings.decode_tile`` compiles the spatially tiled VAE decode.
+
 ``pipeline peak = max over stages (program peak + co-resident weights)``. On a deviceless TPU topology
 (``jax.experimental.topologies``, needs ``libtpu``) the TPU compiler also rejects programs over the HBM size (an
 exception: a result). On the CPU backend (one device, standing for one GPU) the figures are XLA:CPU's buffer
@@ -348,6 +355,8 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
                 return "x"
             return f"{p[name]['peak_gib']:.2f}"
 
+        host = (r.get("host_weights_gib") or {}).get("transformer") or 0.0
+        streamed = f" (+ {host:.2f} in host memory)" if host else ""
         step = p.get("denoise_step", {})
         temp = f" ({step['temp_gib']:.2f})" if "temp_gib" in step else ""
         verdict = {True: "**yes**", False: "no", None: "unknown"}[r["fits"]]
@@ -355,7 +364,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
         lines.append(
             f"| {r['target']} | {chips} | ({', '.join(map(str, r['mesh']))}) | {r['images_per_call']} "
             f"({r['dit_rows']} x {r['tokens_per_row']}) | {r['model_weights_gib']['transformer']:.2f} "
-            f"{r['weight_quant'] if r['weight_quant'] != 'none' else 'bf16'} | {peak('encode_text')} | "
+            f"{r['weight_quant'] if r['weight_quant'] != 'none' else 'bf16'}{streamed} | {peak('encode_text')} | "
             f"{peak('encode_image')} | {peak('denoise_step')}{temp} | {peak('decode')} | "
             f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.2f')}, {r['staging']} | {verdict} |")
     return "\n".join(lines)

@@ -27,6 +27,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from fourdnex_jax.models import params
+from fourdnex_jax.models.streaming import HOST_MEMORY
 from fourdnex_jax.models.transformer import TRAINABLE
 from fourdnex_jax.sharding import DEFAULT_LOGICAL_AXIS_RULES, sharded_targets
 from fourdnex_jax.utils.errors import InputError
@@ -128,7 +129,7 @@ def _resolve_config(directory: Path, name: str, config: Any, overrides: dict[str
 
 def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
                    rules: Sequence[tuple[str, Any]] = DEFAULT_LOGICAL_AXIS_RULES, *, config: Any = None,
-                   param_filter: nnx.filterlib.Filter = ..., **overrides: Any
+                   param_filter: nnx.filterlib.Filter = ..., host_blocks: bool = False, **overrides: Any
                    ) -> tuple[nnx.Module, dict[str, jax.Array]]:
     """``(abstract model, {path: array})`` of model ``name`` ('transformer', 'vae', 'text_encoder',
     'image_encoder'), every array placed as the rules shard it on ``mesh``.
@@ -137,7 +138,8 @@ def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
     the :data:`RESTORE_OVERRIDABLE` fields, and the model is built from it. Otherwise the stored config is used,
     with ``overrides`` (transformer execution fields only). ``param_filter``: which parameters to return; a
     checkpoint none of whose parameters is selected is not read (``FROZEN``: the DiT base without its adapter).
-    Selected adapter parameters need the folder's adapter checkpoint (module docstring)."""
+    Selected adapter parameters need the folder's adapter checkpoint (module docstring). ``host_blocks``: the
+    stacked ``blocks`` are restored into host memory (streamed weights: they never occupy the device)."""
     directory = Path(directory)
     spec = SPECS[name]
     config, param_dtype, adapter_diff = _resolve_config(directory, name, config, overrides)
@@ -149,10 +151,17 @@ def restore_params(directory: str | Path, name: str, mesh: Mesh | None = None,
     if adapter_diff and wanted & set(trainable):  # the stored adapter was made for the stored config
         raise ValueError(f"base checkpoint {directory} differs from the config in {adapter_diff}: its adapter "
                          "cannot be restored into this config (restore the base only: param_filter=FROZEN)")
+    def targets_of(variables):
+        targets = sharded_targets(variables, mesh, rules)
+        if host_blocks:
+            targets = {p: t.update(sharding=t.sharding.with_memory_kind(HOST_MEMORY)) if p.startswith("blocks/")
+                       else t for p, t in targets.items()}
+        return targets
+
     if wanted & set(base):
-        values.update(_restore_checked(directory, name, sharded_targets(base, mesh, rules)))
+        values.update(_restore_checked(directory, name, targets_of(base)))
     if wanted & set(trainable):
-        targets = sharded_targets(trainable, mesh, rules)
+        targets = targets_of(trainable)
         if (directory / ADAPTER_CHECKPOINT).exists():
             values.update(_restore_checked(directory, ADAPTER_CHECKPOINT, targets))
         else:

@@ -94,6 +94,21 @@ def test_tiny_checkpoint_streamed_equals_resident():
     np.testing.assert_array_equal(streamed, resident)  # bit-identical
 
 
+def test_restore_into_host_memory_then_stream():
+    """``restore_model(..., host_blocks=True)`` reads the blocks straight into host memory (they never occupy the
+    device); the streamed forward on them equals the resident one."""
+    from fourdnex_jax.weights.restore import restore_model
+
+    resident_model = restore_model(bundle_lib.DEFAULT_BUNDLE, "transformer")
+    model = restore_model(bundle_lib.DEFAULT_BUNDLE, "transformer", host_blocks=True, stream_blocks=True)
+    graphdef, state = nnx.split(model)
+    _assert_blocks_on_host(state)
+    args = _inputs(model.config)
+    resident, _ = _forward(resident_model, args=args)
+    streamed = np.asarray(jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a))(state, *args))
+    np.testing.assert_array_equal(streamed, resident)
+
+
 def test_tiny_checkpoint_streamed_equals_resident_on_a_mesh():
     from fourdnex_jax.weights.restore import restore_model
 

@@ -15,6 +15,13 @@ so from chunk 1 on shapes and cache structure are constant and one compiled body
 memory therefore does not grow with the number of frames (only the output buffer does; see benchmarks/vae_memory.py).
 ``chunked=False`` runs the same modules once on the whole clip
 (same result; used to test the cache bookkeeping).
+
+Tiling in space (``decode(tile=(th, tw))``): the decoder is its latent stage (``conv_in`` + mid block, whose
+attention is global over each frame) and its pixel stage (up blocks + head: convolutions, per-pixel norms, nearest
+upsampling only). The latent stage runs on the whole latent map; the pixel stage, which holds the full-resolution
+activations and most of the causal caches (~12 GiB of the 14B pipeline's 480 x 1440 decode), runs one tile at a
+time on a window of the tile plus the decoder's receptive field (:func:`~fourdnex_jax.models.vae.config.decoder_halo`,
+13 latent pixels for Wan2.1), so every output pixel is computed from the same inputs as in the whole decode.
 """
 
 from __future__ import annotations
