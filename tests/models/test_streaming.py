@@ -16,6 +16,7 @@ from fourdnex_jax import sharding
 from fourdnex_jax.models import streaming
 from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
 from fourdnex_jax.pipelines import bundle as bundle_lib
+from fourdnex_jax.pipelines import plan
 
 
 def _inputs(cfg: WanTransformerConfig, batch: int = 2, t: int = 2, h: int = 4, w: int = 8, seed: int = 0):
@@ -25,9 +26,9 @@ def _inputs(cfg: WanTransformerConfig, batch: int = 2, t: int = 2, h: int = 4, w
 
 
 def _forward(model: nnx.Module, placements=None, mesh=None, rules=sharding.DEFAULT_LOGICAL_AXIS_RULES,
-             args=()) -> tuple[np.ndarray, nnx.State]:
+             args=(), options=None) -> tuple[np.ndarray, nnx.State]:
     """The jitted forward of ``model`` with its state placed by ``placements`` (a function of the state's default
-    shardings), under ``mesh``."""
+    shardings), under ``mesh``, compiled with XLA ``options``."""
     graphdef, state = nnx.split(model)
     if mesh is not None:
         shardings = sharding.state_shardings(state, mesh, rules)
@@ -39,7 +40,7 @@ def _forward(model: nnx.Module, placements=None, mesh=None, rules=sharding.DEFAU
     state = jax.device_put(state, shardings)
     fn = jax.jit(lambda st, *a: nnx.merge(graphdef, st)(*a))
     with sharding.mesh_context(mesh, rules) if mesh is not None else _null():
-        return np.asarray(fn(state, *args)), state
+        return np.asarray(fn.lower(state, *args).compile(compiler_options=options)(state, *args)), state
 
 
 class _null:
@@ -124,17 +125,37 @@ def test_tiny_checkpoint_streamed_equals_resident_on_a_mesh():
     np.testing.assert_array_equal(streamed, resident)
 
 
+def _random_14b_shaped(num_layers: int, ffn_dim: int, mesh):
+    """A DiT with the 14B's widths (dim 5120 = 40 heads x 128, text 4096, CLIP 1280), ``num_layers`` blocks and
+    ``ffn_dim``, bf16 weights (fp32 compute), random values drawn on the host and placed leaf by leaf (a jitted
+    random init on 8 fake devices draws every leaf whole on each device: 4x the memory)."""
+    cfg = WanTransformerConfig(num_layers=num_layers, ffn_dim=ffn_dim, param_dtype="bfloat16",
+                               compute_dtype="float32")
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
+    placements = sharding.state_shardings(state, mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES)
+    leaves, treedef = jax.tree.flatten(state)
+    values = [jax.device_put((np.random.default_rng(i).standard_normal(a.shape, dtype=np.float32) * 0.02)
+                             .astype(jnp.dtype(a.dtype)), p)
+              for i, (a, p) in enumerate(zip(leaves, jax.tree.leaves(placements)))]
+    return nnx.merge(graphdef, jax.tree.unflatten(treedef, values))
+
+
 @pytest.mark.slow
-def test_14b_shaped_blocks_streamed_equal_resident_on_a_mesh():
-    """Two blocks of the 14B's shape (dim 5120 = 40 heads x 128, FFN 13824, text 4096, CLIP 1280; bf16 weights,
-    fp32 compute) on the 8-device mesh (1, 2, 2, 2), 2 rows x 16 tokens."""
-    cfg = WanTransformerConfig(num_layers=2, param_dtype="bfloat16", compute_dtype="float32")
-    mesh = sharding.make_mesh(types.SimpleNamespace(mesh_shape=(1, 2, 2, 2), mesh_axes=sharding.MESH_AXES))
-    with sharding.mesh_context(mesh, sharding.DEFAULT_LOGICAL_AXIS_RULES):
-        model = WanTransformer3D(cfg, rngs=nnx.Rngs(0))
-    args = _inputs(cfg, batch=2, t=1, h=4, w=8)
-    resident, _ = _forward(model, mesh=mesh, args=args)
-    streamed, state = _forward(_with_config(model, stream_blocks=True), streaming.host_shardings, mesh, args=args)
+@pytest.mark.parametrize("num_layers,ffn_dim,mesh_shape", [
+    (1, 1024, (1, 2, 2, 2)),  # 14B widths on the 8-device mesh, FFN scaled down (8 fake devices each gather
+                              # the layer's weights: ~10 GiB host RAM)
+    (2, 13824, (1, 1, 1, 1)),  # two whole 14B blocks on one device (~2 GiB of bf16 blocks)
+])
+def test_14b_shaped_blocks_streamed_equal_resident(num_layers, ffn_dim, mesh_shape):
+    mesh = sharding.make_mesh(types.SimpleNamespace(mesh_shape=mesh_shape, mesh_axes=sharding.MESH_AXES),
+                              devices=jax.devices()[:int(np.prod(mesh_shape))])
+    model = _random_14b_shaped(num_layers, ffn_dim, mesh)
+    args = _inputs(model.config, batch=2, t=1, h=4, w=8)
+    # no fp32 copy of the stacked bf16 weights hoisted out of the scan by XLA:CPU (the plan's GPU-standing options)
+    options = plan.CPU_AS_GPU_OPTIONS
+    resident, _ = _forward(model, mesh=mesh, args=args, options=options)
+    streamed, state = _forward(_with_config(model, stream_blocks=True), streaming.host_shardings, mesh, args=args,
+                               options=options)
     _assert_blocks_on_host(state)
     assert np.isfinite(resident).all() and np.abs(resident).max() > 0
     np.testing.assert_array_equal(streamed, resident)
