@@ -170,8 +170,8 @@ def _plan_inference(config) -> int:
     peaks = ", ".join(f"{s} {e['peak_gib']:.2f} GiB" for s, e in row["stagings"].items() if e["peak_gib"] is not None)
     verdict = {True: "fits", False: "does NOT fit", None: "unknown"}[row["fits"]]
     missing = f" (not compiled: {', '.join(row['missing'])})" if row["missing"] else ""
-    print(f"plan: {name} ({row['topology'] or 'GPU cards as CPU devices'}, {row['chips']} chip(s), {row['hbm_gib']} GiB) mesh "
-          f"data,fsdp,context,tensor={tuple(row['mesh'])}, {row['images_per_call']} image(s) per call, DiT batch "
+    print(f"plan: {name} ({row['topology'] or 'CPU devices as GPUs'}, {row['chips']} chip(s), {row['hbm_gib']} GiB) "
+          f"mesh data,fsdp,context,tensor={tuple(row['mesh'])}, {row['images_per_call']} image(s) per call, DiT batch "
           f"{row['dit_rows']} x {row['tokens_per_row']} tokens, {row['attention']} attention, DiT weights "
           f"{row['weight_quant']}:\n  pipeline peak per chip: {peaks} -> with '{row['staging']}' {verdict}{missing}")
     sys.stdout.flush()

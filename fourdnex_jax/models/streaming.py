@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import numpy as np
 from flax import nnx
 
 #: The memory kind streamed weights live in (page-locked host memory: the device can DMA from it).
@@ -78,17 +77,3 @@ def host_shardings(shardings: Any, prefix: str = "blocks") -> Any:
     with the leaves under ``prefix`` moved to host memory (:data:`HOST_MEMORY`), the rest unchanged."""
     return jax.tree_util.tree_map_with_path(
         lambda path, s: s.with_memory_kind(HOST_MEMORY) if is_streamed(path, prefix) else s, shardings)
-
-
-def streamed_bytes(state: nnx.State | Any, prefix: str = "blocks") -> tuple[float, float]:
-    """(bytes of the leaves under ``prefix``, bytes of one layer of them) per device of a state of arrays or
-    sharded ``ShapeDtypeStruct``s: what streaming keeps off the device, and what one layer's transfer moves."""
-    total = 0.0
-    layers = None
-    for path, a in jax.tree_util.tree_leaves_with_path(state):
-        if not is_streamed(path, prefix):
-            continue
-        shape = a.sharding.shard_shape(a.shape) if getattr(a, "sharding", None) is not None else a.shape
-        total += float(np.prod(shape, dtype=np.int64)) * np.dtype(a.dtype).itemsize
-        layers = shape[0]
-    return total, (total / layers if layers else 0.0)

@@ -74,8 +74,6 @@ def test_host_shardings_move_only_the_blocks():
     paths = {tuple(getattr(k, "key", k) for k in p)[0]: s.memory_kind
              for p, s in jax.tree_util.tree_leaves_with_path(placed)}
     assert paths["blocks"] == "pinned_host" and paths["patch_embedding"] == "device"
-    total, per_layer = streaming.streamed_bytes(state)
-    assert total > 0 and per_layer == total / 2
 
 
 def test_stream_blocks_needs_the_scan():

@@ -1,7 +1,7 @@
 """The small-hardware stagings of the pipeline on the 8 fake CPU devices with the shipped tiny model: block weights
 streamed from host memory (``stream_blocks``, the bundle restored with its DiT / UMT5 blocks in host memory), the
 spatially tiled VAE decode (``decode_tile``) and ``release_after_use``, together, give the resident pipeline's
-latents and videos bit for bit (fp32)."""
+latents bit for bit and its videos to fp32 rounding (<= 1e-5 relative L2)."""
 
 import dataclasses
 
@@ -14,6 +14,7 @@ from fourdnex_jax.models import streaming
 from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D
 from fourdnex_jax.pipelines.settings import SampleSettings
+from fourdnex_jax.testing.numerics import rel_l2
 
 RULES = sharding.DEFAULT_LOGICAL_AXIS_RULES
 PROMPTS = ["a ball", "a box on the floor"]
@@ -52,5 +53,7 @@ def test_streamed_tiled_released_pipeline_equals_resident():
         assert kinds == {(True, streaming.HOST_MEMORY), (False, "device")}, name
     small_out = pipe(_images(), PROMPTS, progress=False)
     for a, b in zip(resident, small_out):
-        np.testing.assert_array_equal(b.latents, a.latents)
-        np.testing.assert_array_equal(b.video, a.video)
+        np.testing.assert_array_equal(b.latents, a.latents)  # streamed blocks: bit for bit
+        # tiled decode on the mesh: the same values up to the partitioned convolutions' summation order (the tiled
+        # VAE decode alone on this mesh: 7.8e-8 relative L2, 3.0e-7 max abs; bit-identical on one device)
+        assert rel_l2(b.video, a.video) <= 1e-5
