@@ -49,6 +49,10 @@ Fast paths (each measured by the sampling benchmark):
     step); the steps between reuse the last block residual (the ``step_cached`` program of
     :mod:`fourdnex_jax.pipelines.programs`, the schedule from :mod:`fourdnex_jax.sampling.step_cache`);
     ``ImageTo4D.stats`` counts full and cached DiT evaluations;
+  * ``settings.stream_blocks``: the DiT's and UMT5's stacked block weights are placed in host memory and each
+    block is brought to the device one block ahead of its use (:mod:`fourdnex_jax.models.streaming`; same values);
+    ``settings.decode_tile``: the VAE decode runs tile by tile in space (``WanVAE.decode(tile=...)``, same result):
+    the two memory levers of small GPUs (``fourdnex plan --job inference``);
   * ``executable_cache=DIR``: every compiled function is loaded from / saved to serialized executables
     (:mod:`fourdnex_jax.pipelines.aot`); JAX's persistent compilation cache is set up by the caller
     (:func:`fourdnex_jax.pipelines.aot.enable_compilation_cache`).
@@ -70,6 +74,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from fourdnex_jax import sharding
+from fourdnex_jax.models import streaming
 from fourdnex_jax.models.image_encoder import CLIPPreprocessConfig, preprocess_images
 from fourdnex_jax.models.quantize import quantize_int8
 from fourdnex_jax.models.text_encoder import clean_prompt
@@ -162,11 +167,13 @@ class ImageTo4D:
         modules = {"transformer": transformer, "vae": vae, "text_encoder": text_encoder,
                    "image_encoder": image_encoder}
         for name in programs.MODELS:
-            graphdef, state = nnx.split(modules[name])
-            # by the parameters' logical axes; arrays already placed so (a bundle restored onto this mesh) stay
+            graphdef, state = nnx.split(programs.streamed_module(name, modules[name], s))
+            # by the parameters' logical axes; arrays already placed so (a bundle restored onto this mesh) stay;
+            # with stream_blocks the DiT's and UMT5's blocks in host memory
             self._graphdefs[name] = graphdef
+            host = s.stream_blocks and name in streaming.STREAMED_MODELS
             self._states[name] = jax.device_put(state, programs.weight_shardings(state, mesh, self.rules,
-                                                                                 programs.staging_of(s)))
+                                                                                 programs.staging_of(s), host))
         self.executables = None
         if executable_cache is not None:
             context = {"transformer": transformer.config.to_dict(), "vae": dataclasses.asdict(vae.config),

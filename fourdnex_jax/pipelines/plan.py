@@ -51,7 +51,9 @@ from fourdnex_jax import sharding
 from fourdnex_jax.models.image_encoder import CLIPVisionConfig
 from fourdnex_jax.models.quantize import quantize_int8
 from fourdnex_jax.models.text_encoder import UMT5Config
+from fourdnex_jax.models import streaming
 from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
+from fourdnex_jax.models.transformer import flops as flops_lib
 from fourdnex_jax.models.vae.config import WanVAEConfig
 from fourdnex_jax.pipelines import programs as programs_lib
 from fourdnex_jax.pipelines.programs import MODELS, PROGRAMS, STAGINGS, Layout
@@ -99,9 +101,10 @@ def build_programs(models: PlanModels, settings: SampleSettings, spec: SixDSpec,
     graphdefs, states = {}, {}
     for name in MODELS:
         quant = settings.weight_quant if name == "transformer" else "none"
-        graphdefs[name], states[name] = programs_lib.abstract_state(models.abstract(name, quant), mesh, rules,
-                                                                    staging)
-    weights = {name: shard_bytes(states[name]) for name in MODELS}
+        module = programs_lib.streamed_module(name, models.abstract(name, quant), settings)
+        host = settings.stream_blocks and name in streaming.STREAMED_MODELS
+        graphdefs[name], states[name] = programs_lib.abstract_state(module, mesh, rules, staging, host)
+    weights = {name: shard_bytes(states[name], "device") for name in MODELS}  # streamed blocks are in host memory
     fns = programs_lib.build(graphdefs, settings, spec, layout, staging=staging)
     inputs = programs_lib.abstract_inputs(settings, layout, models.height, models.width,
                                           transformer_config=models.transformer, vae_config=models.vae,
@@ -179,6 +182,15 @@ def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, 
             r = compile_program(fn, args, mesh, rules, compiler_options)
         except Exception as e:  # a rejected program is a result
             r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:400]}"}
+        host = shard_bytes(args, streaming.HOST_MEMORY)
+        if host and "peak_bytes" in r and not r.get("host_arguments_bytes"):
+            # XLA:CPU has one memory: it counts host-memory arguments as device arguments. Their bytes are exact
+            # (the shardings), so the device figures are the compiler's minus them.
+            r["arguments_bytes"] -= host
+            r["peak_bytes"] -= host
+            r["host_accounting"] = "host-memory arguments subtracted from the backend's device figures"
+        if host:
+            r["host_arguments_bytes"] = host
         r["weights_bytes"] = sum(weights[m] for m in PROGRAMS[name])
         r["inputs_bytes"] = shard_bytes(args[len(PROGRAMS[name]):])
         results[name] = r
@@ -186,12 +198,23 @@ def plan_pipeline(models: PlanModels, settings: SampleSettings, spec: SixDSpec, 
             on_program(name, r)
     stagings = {staging: stage_peaks(results, weights, staging) for staging in STAGINGS}
     dit = models.transformer
-    tokens = int(np.prod(built["denoise_step"][1][3].shape[1:4])) // int(np.prod(dit.patch_size))
+    latent_thw = built["denoise_step"][1][3].shape[1:4]
+    tokens = int(np.prod(latent_thw)) // int(np.prod(dit.patch_size))
+    rows = 2 * layout.images if settings.guidance_scale > 1.0 else layout.images
+    # host-memory weights of each model (streamed blocks): from the programs' model arguments
+    host_weights = {}
+    for name, own in PROGRAMS.items():
+        for i, model in enumerate(own):
+            host_weights.setdefault(model, shard_bytes(built[name][1][i], streaming.HOST_MEMORY))
+    step_flops = flops_lib.forward_flops(dit, flops_lib.token_grid(dit, latent_thw), batch=rows,
+                                         text_len=settings.text_len,
+                                         image_tokens=models.image_encoder.num_positions)
     return {"mesh": dict(mesh.shape), "devices": len(devices), "device_kind": devices[0].device_kind,
-            "images_per_call": layout.images, "dit_rows": 2 * layout.images if settings.guidance_scale > 1.0
-            else layout.images, "cfg_over_data": layout.cfg_over_data, "tokens_per_row": tokens,
-            "attention": dit.attention, "weight_quant": settings.weight_quant, "model_weights_bytes": weights,
-            "programs": results, "stagings": stagings}
+            "images_per_call": layout.images, "dit_rows": rows, "cfg_over_data": layout.cfg_over_data,
+            "tokens_per_row": tokens, "attention": dit.attention, "weight_quant": settings.weight_quant,
+            "stream_blocks": settings.stream_blocks, "decode_tile": list(settings.decode_tile),
+            "model_weights_bytes": weights, "host_weights_bytes": host_weights,
+            "step_flops_per_device": step_flops / len(devices), "programs": results, "stagings": stagings}
 
 
 # -- the 14B targets ------------------------------------------------------------------------------------------------
@@ -208,6 +231,9 @@ class Target:
     mesh: tuple[int, int, int, int]
     weight_quant: str = "none"
     staging: str = "release"
+    stream_blocks: bool = False  # settings.stream_blocks: DiT / UMT5 blocks in host memory, streamed
+    decode_tile: tuple[int, int] = (0, 0)  # settings.decode_tile: the VAE decode's latent tile, (0, 0) whole
+    cards: tuple[str, ...] = ()  # the CARDS this row stands for (link and FLOP/s of the streaming cost)
 
     @classmethod
     def tpu(cls, name: str, mesh: tuple[int, int, int, int], **kw) -> Target:
@@ -220,14 +246,71 @@ class Target:
 #: it (H100 80GB: 81,559 MiB; L40S / RTX 6000 Ada: 46,068 MiB; RTX 4090: 24,564 MiB); XLA preallocates 75 % of it
 #: unless XLA_PYTHON_CLIENT_MEM_FRACTION / _PREALLOCATE say otherwise.
 TARGETS = {t.name: t for t in (
-    Target.tpu("v5e-8", (1, 2, 2, 2)),
+    Target.tpu("v5e-8", (1, 2, 2, 2), decode_tile=(60, 45)),
     Target.tpu("v6e-8", (1, 2, 2, 2)),
     Target.tpu("v5p-8", (1, 2, 2, 1)),
     Target.tpu("v6e-16", (1, 4, 4, 1)),
-    Target("gpu-80gb", "cpu", None, 79.65, (1, 1, 1, 1)),
-    Target("gpu-48gb", "cpu", None, 44.99, (1, 1, 1, 1), weight_quant="int8", staging="offload"),
-    Target("gpu-24gb", "cpu", None, 23.99, (1, 1, 1, 1), weight_quant="int8", staging="offload"),
+    Target("gpu-80gb", "cpu", None, 79.65, (1, 1, 1, 1), cards=("H100 PCIe", "H100 SXM")),
+    Target("gpu-48gb", "cpu", None, 44.99, (1, 1, 1, 1), weight_quant="int8", staging="offload",
+           cards=("RTX A6000",)),
+    Target("gpu-24gb", "cpu", None, 23.99, (1, 1, 1, 1), stream_blocks=True, cards=("RTX 3090", "RTX 4090")),
+    Target("gpu-16gb", "cpu", None, 15.99, (1, 1, 1, 1), stream_blocks=True, decode_tile=(60, 45),
+           cards=("RTX 4080",)),
+    Target("2x-gpu-24gb", "cpu", None, 23.99, (1, 2, 1, 1), stream_blocks=True, cards=("RTX 3090", "RTX 4090")),
+    # fsdp 4 (one image per card): with context 2 (mesh (1, 2, 2, 1)) XLA:CPU's ring attention needs 18.3 GiB of
+    # step temporaries per card, over 16 GB
+    Target("4x-gpu-16gb", "cpu", None, 15.99, (1, 4, 1, 1), stream_blocks=True, decode_tile=(60, 45),
+           cards=("RTX 4080",)),
 )}
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    """One accelerator for the streaming cost: its host link (GB/s per direction, theoretical) and its peak dense
+    bf16 matmul rate (TFLOP/s, fp32 accumulation), with where the figures come from."""
+
+    link_gbs: float | None
+    bf16_tflops: float
+    source: str
+
+
+#: Cards the plan's rows stand for. PCIe x16 per direction: 4.0 = 16 GT/s x 16 lanes x 128/130 / 8 = 31.5 GB/s,
+#: 5.0 = 63.0 GB/s (PCI-SIG base specifications; measured host-to-device copies reach about 80 % of it).
+CARDS = {
+    "RTX 3090": Card(31.5, 71.0, "PCIe 4.0 x16; NVIDIA Ampere GA102 whitepaper: FP16/BF16 tensor, FP32 accumulate, "
+                                 "dense"),
+    "RTX 4080": Card(31.5, 97.5, "PCIe 4.0 x16; NVIDIA Ada Lovelace whitepaper: FP16/BF16 tensor, FP32 accumulate, "
+                                 "dense"),
+    "RTX 4090": Card(31.5, 165.2, "PCIe 4.0 x16; NVIDIA Ada Lovelace whitepaper: FP16/BF16 tensor, FP32 "
+                                  "accumulate, dense"),
+    "RTX A6000": Card(31.5, 154.8, "PCIe 4.0 x16; NVIDIA RTX A6000 datasheet: BF16 tensor, dense (309.7 sparse)"),
+    "H100 PCIe": Card(63.0, 756.5, "PCIe 5.0 x16; NVIDIA H100 datasheet: BF16 tensor 1,513 sparse = 756.5 dense"),
+    "H100 SXM": Card(63.0, 989.5, "PCIe 5.0 x16 host link; NVIDIA H100 datasheet: BF16 tensor 1,979 sparse = "
+                                  "989.5 dense"),
+    "TPU v5e": Card(None, 197.0, "Cloud TPU v5e documentation: 197 TFLOP/s bf16 per chip; host link not published"),
+}
+
+
+def stream_cost(host_dit_bytes: float, num_layers: int, step_flops: float, cards: Sequence[str]
+                ) -> dict[str, Any]:
+    """What streaming the DiT's blocks costs per denoising step on one device: ``bytes`` moved host -> device
+    (the device's share of the host-memory blocks, each block once per DiT call, plus the last block fetched again
+    by the fixed loop body: x (L + 1) / L; one DiT call per step, CFG batched) against the step's matmul
+    ``flops`` on that device (:mod:`fourdnex_jax.models.transformer.flops`), and per card of ``cards``
+    (:data:`CARDS`) the link time and the compute time at peak: the transfer hides under compute when
+    ``link_s <= compute_s``, and ``max`` of the two bounds the step time from below."""
+    moved = host_dit_bytes * (num_layers + 1) / num_layers
+    out: dict[str, Any] = {"bytes_per_step": moved, "flops_per_step": step_flops,
+                           "flops_per_byte": step_flops / moved if moved else None, "cards": {}}
+    for name in cards:
+        card = CARDS[name]
+        compute_s = step_flops / (card.bf16_tflops * 1e12)
+        link_s = moved / (card.link_gbs * 1e9) if card.link_gbs else None
+        out["cards"][name] = {
+            "link_gbs": card.link_gbs, "bf16_tflops": card.bf16_tflops, "compute_s": compute_s, "link_s": link_s,
+            "step_bound_s": max(compute_s, link_s or 0.0), "hidden": None if link_s is None else link_s <= compute_s,
+            "source": card.source}
+    return out
 
 #: Parameter dtypes of the planned 14B pipeline: the DiT and UMT5 in bf16 (as Wan ships them), CLIP in bf16, the
 #: VAE in fp32 (diffusers' Wan VAE).
@@ -239,7 +322,12 @@ def target_devices(target: Target) -> list[Any]:
     if target.platform == "tpu":
         return tpu_devices(target.topology)
     if target.platform == "cpu":
-        return jax.devices("cpu")[:int(np.prod(target.mesh))]
+        n = int(np.prod(target.mesh))
+        devices = jax.devices("cpu")[:n]
+        if len(devices) < n:
+            raise ValueError(f"target {target.name}: mesh {target.mesh} needs {n} CPU devices, jax has "
+                             f"{len(devices)}; run with XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+        return devices
     raise ValueError(f"target {target.name}: platform {target.platform!r}; use 'tpu' or 'cpu'")
 
 
@@ -266,11 +354,16 @@ def report_row(target: Target, plan: Mapping[str, Any], models: PlanModels, sett
            "dtypes": dict(models.dtypes), "frames": settings.num_frames, "size": [models.height, models.width],
            "text_len": settings.text_len,
            "model_weights_gib": {k: _gib(v) for k, v in plan["model_weights_bytes"].items()},
+           "stream_blocks": plan["stream_blocks"], "decode_tile": plan["decode_tile"],
+           "host_weights_gib": {k: _gib(v) for k, v in plan["host_weights_bytes"].items()},
            "programs": progs, "staging": target.staging,
            "estimate": ("TPU compiler (libtpu deviceless topology)" if target.platform == "tpu"
                         else "XLA:CPU buffer assignment (compile only), standing for one GPU"),
            "compiler_options": dict(compiler_options or {}),
            "wall_s": round(wall_s, 1)}
+    if plan["stream_blocks"]:
+        row["stream_cost"] = stream_cost(plan["host_weights_bytes"]["transformer"], models.transformer.num_layers,
+                                         plan["step_flops_per_device"], target.cards)
     return restage(row)
 
 
@@ -280,8 +373,10 @@ def _gib(b: float | None) -> float | None:
 
 #: Fields two rows must share to be merged (:func:`merge_rows`): the same target, mesh, model and shape.
 ROW_IDENTITY = ("target", "platform", "topology", "chips", "mesh", "images_per_call", "dit_rows", "attention",
-                "attention_chunk", "weight_quant", "dtypes", "frames", "size", "text_len", "model_weights_gib",
-                "compiler_options")
+                "attention_chunk", "weight_quant", "stream_blocks", "decode_tile", "dtypes", "frames", "size",
+                "text_len", "model_weights_gib", "compiler_options")
+#: The value of a ROW_IDENTITY field in rows written before it existed.
+ROW_DEFAULTS = {"stream_blocks": False, "decode_tile": [0, 0]}
 
 
 def restage(row: dict[str, Any]) -> dict[str, Any]:
@@ -312,6 +407,8 @@ def merge_rows(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]
         a, b = old.get(key), new.get(key)
         if key == "compiler_options":  # rows written before the field existed: no options
             a, b = a or {}, b or {}
+        if key in ROW_DEFAULTS:  # rows written before the field existed: its default
+            a, b = (ROW_DEFAULTS[key] if v is None else v for v in (a, b))
         if key == "model_weights_gib" and isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
             if all(abs(a[m] - b[m]) <= 1e-3 for m in a):  # rows rounded to different precisions
                 continue
@@ -336,6 +433,16 @@ def run_target(target: Target, models: PlanModels, settings: SampleSettings, spe
                          programs=programs, compiler_options=options, on_program=on_program,
                          staging=target.staging)
     return report_row(target, plan, models, settings, time.perf_counter() - t0, options)
+
+
+def staging_label(row: Mapping[str, Any]) -> str:
+    """The row's staging with its memory-saving settings: e.g. 'release + stream + tiled decode 60x45'."""
+    parts = [row["staging"]]
+    if row.get("stream_blocks"):
+        parts.append("stream")
+    if list(row.get("decode_tile") or [0, 0]) != [0, 0]:
+        parts.append("tiled decode {}x{}".format(*row["decode_tile"]))
+    return " + ".join(parts)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -366,5 +473,5 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
             f"({r['dit_rows']} x {r['tokens_per_row']}) | {r['model_weights_gib']['transformer']:.2f} "
             f"{r['weight_quant'] if r['weight_quant'] != 'none' else 'bf16'}{streamed} | {peak('encode_text')} | "
             f"{peak('encode_image')} | {peak('denoise_step')}{temp} | {peak('decode')} | "
-            f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.2f')}, {r['staging']} | {verdict} |")
+            f"{'-' if r['peak_gib'] is None else format(r['peak_gib'], '.2f')}, {staging_label(r)} | {verdict} |")
     return "\n".join(lines)

@@ -40,6 +40,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
 from fourdnex_jax import sharding
+from fourdnex_jax.models import streaming
 from fourdnex_jax.models import towers as towers_lib
 from fourdnex_jax.models.transformer import layouts
 from fourdnex_jax.pipelines.settings import SampleSettings
@@ -173,13 +174,14 @@ def denoise_step(dit, solver_state, cond: jax.Array, text: jax.Array, neg: jax.A
     return (state, new_residual) if mode == "full" else state
 
 
-def decode_latents(vae, latents: jax.Array, spec: SixDSpec) -> jax.Array:
+def decode_latents(vae, latents: jax.Array, spec: SixDSpec, tile: tuple[int, int] | None = None) -> jax.Array:
     """Fused latents (B, T', h, 2w, 16) -> the decoded canvas (B, T, H, 2W, 3) fp32: the XYZ half un-normalised
-    with the recipe's mean/std (``spec``), the fused latent VAE-de-normalised and decoded in one pass."""
+    with the recipe's mean/std (``spec``), the fused latent VAE-de-normalised and decoded in one pass (``tile``:
+    spatially tiled, the same result in less memory, ``WanVAE.decode``)."""
     rgb, xyz = layouts.split(latents, MODALITY_LAYOUT)
     xyz = xyz * float(spec.xyz_latent_std) + float(spec.xyz_latent_mean)  # undo 4DNeX's XYZ latent normalisation
     fused = vae.denormalize_latents(layouts.fuse(rgb, xyz, MODALITY_LAYOUT))
-    return vae.decode(fused).astype(jnp.float32)
+    return vae.decode(fused, tile=tile).astype(jnp.float32)
 
 
 def staging_of(settings: SampleSettings) -> str:
@@ -192,19 +194,29 @@ def _check_staging(staging: str) -> None:
         raise ValueError(f"staging {staging!r}: use one of {tuple(STAGINGS)}")
 
 
-def weight_shardings(state: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]], staging: str = "keep"):
+def weight_shardings(state: nnx.State, mesh: Mesh, rules: Sequence[tuple[str, Any]], staging: str = "keep",
+                     host_blocks: bool = False):
     """Where a model's weights live while its programs run: every parameter by its logical axes under ``rules``
-    (:func:`fourdnex_jax.sharding.state_shardings`), for every staging of :data:`STAGINGS`."""
+    (:func:`fourdnex_jax.sharding.state_shardings`), for every staging of :data:`STAGINGS`; ``host_blocks``: the
+    stacked ``blocks`` in host memory (``settings.stream_blocks`` for the models of
+    :data:`~fourdnex_jax.models.streaming.STREAMED_MODELS`: :func:`~fourdnex_jax.models.streaming.host_shardings`)."""
     _check_staging(staging)
-    return sharding.state_shardings(state, mesh, rules)
+    shardings = sharding.state_shardings(state, mesh, rules)
+    return streaming.host_shardings(shardings) if host_blocks else shardings
 
 
-def abstract_state(module: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, Any]], staging: str = "keep"
-                   ) -> tuple[nnx.GraphDef, nnx.State]:
+def streamed_module(name: str, module: nnx.Module, settings: SampleSettings) -> nnx.Module:
+    """Model ``name`` as the pipeline runs it with ``settings``: with ``stream_blocks`` the DiT and UMT5 fetch their
+    blocks a block ahead (:func:`fourdnex_jax.models.streaming.streamed`, the weights shared), else ``module``."""
+    return streaming.streamed(module) if settings.stream_blocks and name in streaming.STREAMED_MODELS else module
+
+
+def abstract_state(module: nnx.Module, mesh: Mesh, rules: Sequence[tuple[str, Any]], staging: str = "keep",
+                   host_blocks: bool = False) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, state) of a (possibly abstract) ``module`` whose leaves are ``ShapeDtypeStruct``s with the
     shardings of :func:`weight_shardings` (where the pipeline places them)."""
     graphdef, state = nnx.split(module)
-    shardings = weight_shardings(state, mesh, rules, staging)
+    shardings = weight_shardings(state, mesh, rules, staging, host_blocks)
     state = jax.tree.map(lambda v, s: v.replace(jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s)), state,
                          shardings, is_leaf=lambda x: isinstance(x, nnx.Variable))
     return graphdef, state
@@ -238,7 +250,7 @@ def build(graphdefs: Mapping[str, nnx.GraphDef], settings: SampleSettings, spec:
                             cfg_over_data=layout.cfg_over_data)
 
     def decode(vae, latents):
-        return decode_latents(nnx.merge(gd["vae"], vae), latents, spec)
+        return decode_latents(nnx.merge(gd["vae"], vae), latents, spec, s.tile)
 
     # the solver state stays split by image (the same shardings every step: one signature per program); the step
     # cache's residual (2B, L, D) is split over the DiT's batch rows

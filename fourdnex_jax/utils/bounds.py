@@ -112,6 +112,7 @@ BOUNDS: dict[str, Range] = {
     "sample.guidance_scale": Range(0, 100.0),
     "sample.text_len": _int(1, 4096),
     "sample.seed": _int(0, 2**31 - 1),
+    "sample.decode_tile": _int(0, 4096),  # latent pixels per tile of the tiled VAE decode (0, 0: whole frames)
     "sample.batch_size": _int(1, 1024),
     "sample.step_cache_interval": _int(0, 1000),
     # the DiT (config.model / configs/transformer.json)

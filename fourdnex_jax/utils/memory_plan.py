@@ -44,10 +44,13 @@ def tpu_devices(topology: str) -> list[Any]:
     return list(topologies.get_topology_desc(topology_name=topology, platform="tpu").devices)
 
 
-def shard_bytes(tree) -> float:
-    """Bytes per device of a tree of sharded ``ShapeDtypeStruct``s or arrays (the largest shard of each leaf)."""
+def shard_bytes(tree, memory: str | None = None) -> float:
+    """Bytes per device of a tree of sharded ``ShapeDtypeStruct``s or arrays (the largest shard of each leaf);
+    ``memory``: only the leaves in that memory kind ('device' also counts leaves without one)."""
     total = 0
     for x in jax.tree.leaves(tree):
+        if memory is not None and (getattr(x.sharding, "memory_kind", None) or "device") != memory:
+            continue
         shape = x.sharding.shard_shape(x.shape)
         total += int(np.prod(shape, dtype=np.int64)) * np.dtype(x.dtype).itemsize
     return float(total)
@@ -61,7 +64,8 @@ def memory_analysis(compiled) -> dict[str, float]:
         return {}
     out = {"arguments_bytes": float(ma.argument_size_in_bytes), "outputs_bytes": float(ma.output_size_in_bytes),
            "alias_bytes": float(ma.alias_size_in_bytes), "temp_bytes": float(ma.temp_size_in_bytes),
-           "code_bytes": float(ma.generated_code_size_in_bytes)}
+           "code_bytes": float(ma.generated_code_size_in_bytes),
+           "host_arguments_bytes": float(getattr(ma, "host_argument_size_in_bytes", 0) or 0)}
     out["peak_bytes"] = (out["arguments_bytes"] + out["outputs_bytes"] - out["alias_bytes"] + out["temp_bytes"]
                          + out["code_bytes"])
     return out
