@@ -48,10 +48,10 @@ import numpy as np
 from flax import nnx
 
 from fourdnex_jax import sharding
+from fourdnex_jax.models import streaming
 from fourdnex_jax.models.image_encoder import CLIPVisionConfig
 from fourdnex_jax.models.quantize import quantize_int8
 from fourdnex_jax.models.text_encoder import UMT5Config
-from fourdnex_jax.models import streaming
 from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
 from fourdnex_jax.models.transformer import flops as flops_lib
 from fourdnex_jax.models.vae.config import WanVAEConfig
