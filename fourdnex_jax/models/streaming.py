@@ -13,7 +13,8 @@ a no-op), so a model configured to stream runs unchanged on a backend or a test 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from flax import nnx

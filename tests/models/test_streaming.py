@@ -81,6 +81,7 @@ def test_stream_blocks_needs_the_scan():
         WanTransformerConfig(stream_blocks=True, scan_layers=False)
 
 
+@pytest.mark.integration  # ~40-200 s on the 2-core VM (compiles the tiny models)
 def test_tiny_checkpoint_streamed_equals_resident():
     from fourdnex_jax.weights.restore import restore_model
 
@@ -93,6 +94,7 @@ def test_tiny_checkpoint_streamed_equals_resident():
     np.testing.assert_array_equal(streamed, resident)  # bit-identical
 
 
+@pytest.mark.integration  # ~40-200 s on the 2-core VM (compiles the tiny models)
 def test_restore_into_host_memory_then_stream():
     """``restore_model(..., host_blocks=True)`` reads the blocks straight into host memory (they never occupy the
     device); the streamed forward on them equals the resident one."""
@@ -108,6 +110,7 @@ def test_restore_into_host_memory_then_stream():
     np.testing.assert_array_equal(streamed, resident)
 
 
+@pytest.mark.integration  # ~40-200 s on the 2-core VM (compiles the tiny models)
 def test_tiny_checkpoint_streamed_equals_resident_on_a_mesh():
     from fourdnex_jax.weights.restore import restore_model
 

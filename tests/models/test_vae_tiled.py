@@ -47,6 +47,7 @@ def test_tile_windows_untiled_when_the_window_covers_the_axis():
     assert tile_windows(30, 8, 13) == (30, 30, [0], [0])
 
 
+@pytest.mark.integration  # ~40-200 s on the 2-core VM (compiles the tiny models)
 def test_tiled_decode_equals_whole_on_the_tiny_checkpoint():
     from fourdnex_jax.weights.restore import restore_model
 

@@ -28,6 +28,7 @@ def _settings(**kw):
     return SampleSettings.from_preset(SAMPLING_PRESETS["tiny"], guidance_scale=5.0, num_steps=4, **kw)
 
 
+@pytest.mark.integration  # ~40-200 s on the 2-core VM (compiles the tiny models)
 def test_streamed_plan_keeps_the_blocks_off_the_devices():
     programs = ("denoise_step", "encode_text")
     resident = plan.plan_pipeline(_models(), _settings(), SixDSpec(), jax.devices(), mesh_shape=(1, 2, 2, 2),

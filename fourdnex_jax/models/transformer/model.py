@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from fourdnex_jax.models.layers import Dense, LayerNorm, make_param, torch_linear_init
 from fourdnex_jax.models import streaming
+from fourdnex_jax.models.layers import Dense, LayerNorm, make_param, torch_linear_init
 from fourdnex_jax.models.remat import remat_policy
 from fourdnex_jax.models.stacking import stack_layers
 from fourdnex_jax.models.transformer import layouts
