@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -253,6 +254,136 @@ def stage_dit(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
         sampling_extrapolated_s=shapes.steps * tm["median_s"], steps=shapes.steps)
 
 
+#: The memory caps of the streamed-step stages (GiB): the plan's gpu-24gb and gpu-16gb cards
+#: (``fourdnex_jax.pipelines.plan.TARGETS[...].hbm_gib``: an RTX 4090 reports 24,564 MiB). The parent sets
+#: ``XLA_PYTHON_CLIENT_MEM_FRACTION`` = cap / the card's memory for the stage's process (:func:`stream_cap_env`).
+STREAM_CAPS_GIB = {"stream_24gb": 23.99, "stream_16gb": 15.99}
+
+
+def stream_cap_env(stage: str, total_bytes: int | None) -> dict[str, str]:
+    """The environment of a streamed-step stage's process: JAX's allocator pool limited to the stage's cap
+    (:data:`STREAM_CAPS_GIB`) on a card of ``total_bytes`` (None, e.g. on the CPU: no cap)."""
+    if stage not in STREAM_CAPS_GIB or not total_bytes:
+        return {}
+    fraction = STREAM_CAPS_GIB[stage] * 2 ** 30 / total_bytes
+    return {"XLA_PYTHON_CLIENT_MEM_FRACTION": f"{min(fraction, 1.0):.4f}", "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
+
+
+def random_streamed_state(abstract_state, dev, chunk_layers: int = 4):
+    """Random bf16/fp32 values (normal, std 0.02) for an abstract DiT state, the stacked ``blocks`` in pinned host
+    memory and the rest on ``dev``. The blocks are drawn on the device ``chunk_layers`` layers at a time and copied
+    into one host array per leaf, then placed in pinned host memory: the device never holds more than a chunk
+    (a 16 GB cap cannot hold the 14B's 30 GiB of blocks, nor one 5.6 GiB FFN leaf drawn in fp32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fourdnex_jax.models import streaming
+
+    device = jax.sharding.SingleDeviceSharding(dev)
+    host = device.with_memory_kind(streaming.HOST_MEMORY)
+
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def draw(key, shape, dtype):
+        return (0.02 * jax.random.normal(key, shape, jnp.float32)).astype(dtype)
+
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    treedef = jax.tree.structure(abstract_state)
+    values = []
+    for i, (path, a) in enumerate(leaves):
+        key = jax.random.fold_in(jax.random.key(0), i)
+        dtype = jnp.dtype(a.dtype)
+        if not streaming.is_streamed(path):
+            values.append(jax.device_put(draw(key, tuple(a.shape), dtype), device))
+            continue
+        whole = np.empty(a.shape, dtype)
+        for start in range(0, a.shape[0], chunk_layers):
+            n = min(chunk_layers, a.shape[0] - start)
+            part = draw(jax.random.fold_in(key, start), (n, *a.shape[1:]), dtype)
+            whole[start:start + n] = np.asarray(part)
+            del part
+        values.append(jax.device_put(whole, host))
+        del whole
+    return jax.tree.unflatten(treedef, values)
+
+
+def stage_stream(shapes: Shapes, rec: Recorder, deadline: float, attention: str, stage: str) -> None:
+    """The guided step of :func:`stage_dit` with the DiT's block weights streamed from pinned host memory
+    (``stream_blocks``: :mod:`fourdnex_jax.models.streaming`), in a process whose JAX allocator is capped at a
+    smaller card's memory (:data:`STREAM_CAPS_GIB`, set by the parent): compile, median step, peak device memory
+    (``peak_bytes``, the allocator's; ``bytes_limit`` the cap in force), the host-to-device copy rate of one block,
+    and the plan's streaming cost on paper for this card (bytes per step, link and compute bounds)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from fourdnex_jax.models import streaming
+    from fourdnex_jax.models.transformer import WanTransformer3D, flops
+    from fourdnex_jax.sampling.flow_matching import make_schedule
+
+    _, cfg = stage_model_config(shapes, attention)
+    cfg = cfg.replace(stream_blocks=True)
+    dev = jax.devices()[0]
+    stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
+    t, h, w = shapes.latent
+    fl = flops.summary(cfg, flops.token_grid(cfg, (t, h, 2 * w)), batch=1, text_len=TEXT_LEN,
+                       image_tokens=IMAGE_TOKENS)
+    rec(config=shapes.config, cap_gib=STREAM_CAPS_GIB[stage], bytes_limit=(stats or {}).get("bytes_limit"),
+        mem_fraction=os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION"), tokens=fl["tokens"],
+        cfg_batch=2, attention=cfg.attention, param_dtype=cfg.param_dtype, forward_flops_per_sample=fl["forward"])
+    t0 = time.perf_counter()
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
+    state = random_streamed_state(abstract, dev)
+    jax.block_until_ready(state)
+    host_bytes = sum(x.nbytes for p, x in jax.tree_util.tree_leaves_with_path(state) if streaming.is_streamed(p))
+    rec(weights_init_s=time.perf_counter() - t0, host_weights_bytes=host_bytes,
+        device_weights_bytes=sum(x.nbytes for x in jax.tree.leaves(state)) - host_bytes,
+        peak_bytes_weights=peak_bytes(dev))
+    # one block host -> device, the copy each layer of the scan makes (its rate against the link's)
+    blocks = [x for p, x in jax.tree_util.tree_leaves_with_path(state) if streaming.is_streamed(p)]
+    fetch = jax.jit(lambda bs: streaming.to_device([b[0] for b in bs]))
+    jax.block_until_ready(fetch(blocks))
+    block_bytes = host_bytes / cfg.num_layers
+    tc = timed_within(lambda: jax.block_until_ready(fetch(blocks)), repeats=5, warmup=1, deadline=deadline)
+    rec(block_copy={"bytes": block_bytes, **tc, "gb_per_s": block_bytes / tc["median_s"] / 1e9})
+
+    @jax.jit
+    def inputs(key):
+        k = jax.random.split(key, 5)
+        lat = (1, t, h, 2 * w, cfg.out_channels)
+        return (jax.random.normal(k[0], lat), jax.random.normal(k[1], lat),
+                jax.random.normal(k[2], (1, TEXT_LEN, cfg.text_dim)),
+                jax.random.normal(k[3], (1, TEXT_LEN, cfg.text_dim)),
+                jax.random.normal(k[4], (1, IMAGE_TOKENS, cfg.image_dim)))
+
+    x, cond, text, neg, clip = inputs(jax.random.key(3))
+    schedule = make_schedule("unipc", shapes.steps, 3.0)
+    rows = [jnp.asarray(r) for r in schedule.table]
+    timesteps = [jnp.asarray(ts, jnp.float32) for ts in schedule.timesteps]
+    fns = pipeline_programs(shapes, {"transformer": graphdef})
+    holder = {"s": fns["init"](x), "i": 0}
+    exe, comp = compiled(fns["step"], state, holder["s"], None, cond, text, neg, clip, rows[0], timesteps[0])
+    rec(guided_step_compile=comp)
+
+    def one_step():
+        i = holder["i"] % shapes.steps
+        holder["s"] = exe(state, holder["s"], None, cond, text, neg, clip, rows[i], timesteps[i])
+        holder["i"] += 1
+        jax.block_until_ready(holder["s"])
+
+    tm = timed_within(one_step, repeats=shapes.repeats, warmup=0, deadline=deadline)
+    if not bool(jnp.isfinite(holder["s"].x).all()):
+        raise FloatingPointError("the streamed guided step with random weights produced non-finite latents")
+    peak = peak_tflops(dev.device_kind)
+    step_flops = 2 * fl["forward"]
+    moved = host_bytes * (cfg.num_layers + 1) / cfg.num_layers  # streaming.stream_scan: the last block twice
+    rec(guided_step=tm, guided_step_tflops_per_s=step_flops / tm["median_s"] / 1e12, peak_tflops_datasheet=peak,
+        mfu=step_flops / tm["median_s"] / 1e12 / peak if peak else None, peak_bytes=peak_bytes(dev),
+        stream={"bytes_per_step": moved, "flops_per_step": step_flops,
+                "copy_s_at_measured_rate": moved / (block_bytes / tc["median_s"]),
+                "compute_s_at_peak": step_flops / (peak * 1e12) if peak else None},
+        sampling_extrapolated_s=shapes.steps * tm["median_s"], steps=shapes.steps)
+
+
 def stage_vae(shapes: Shapes, rec: Recorder, deadline: float, attention: str) -> None:
     """The pipeline's ``decode`` program (the XYZ half un-normalised, then the fused VAE decode, chunked as the
     pipeline runs it) of a random fp32 latent (1, T, H, 2W, z), with the VAE in bf16."""
@@ -383,6 +514,10 @@ STAGES: dict[str, tuple[Callable, str, str]] = {
     "env": (stage_env, "1", "device, versions, bf16 matmul TFLOP/s, elementwise GB/s"),
     "attention": (stage_attention, "2", "cudnn vs the reference attention (40 x 128 heads, 35,100 tokens)"),
     "dit": (stage_dit, "3", "DiT guided step (CFG batch 2): compile, median, MFU, peak memory, 50 steps"),
+    "stream_24gb": (functools.partial(stage_stream, stage="stream_24gb"), "25",
+                    "DiT guided step, blocks streamed from host memory, allocator capped at 24 GB"),
+    "stream_16gb": (functools.partial(stage_stream, stage="stream_16gb"), "25",
+                    "DiT guided step, blocks streamed from host memory, allocator capped at 16 GB"),
     "vae": (stage_vae, "3", "VAE decode of the fused latent (13 x 60 x 180)"),
     "diffusers": (stage_diffusers, "4", "diffusers WanTransformer3DModel batch-2 forward (SDPA)"),
     "train": (stage_train, "5", "LoRA train step, remat full"),

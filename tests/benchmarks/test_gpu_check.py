@@ -20,6 +20,10 @@ STAGE_KEYS = {  # what each stage's results must hold on the CPU path (the GPU r
     "attention": {"implementation", "reference_implementation", "candidate", "reference", "errors", "shape"},
     "dit": {"params", "tokens", "guided_step", "guided_step_compile", "sampling_extrapolated_s", "mfu",
             "peak_bytes", "forward_flops_per_sample"},
+    "stream_24gb": {"guided_step", "guided_step_compile", "peak_bytes", "bytes_limit", "host_weights_bytes",
+                    "block_copy", "stream"},
+    "stream_16gb": {"guided_step", "guided_step_compile", "peak_bytes", "bytes_limit", "host_weights_bytes",
+                    "block_copy", "stream"},
     "vae": {"latent", "video", "decode", "decode_compile", "peak_bytes"},
     "diffusers": {"forward", "peak_bytes", "tokens", "diffusers", "torch"},
     "train": {"step", "compile", "remat_policy", "train_flops", "peak_bytes"},
@@ -106,3 +110,37 @@ def test_cpu_run_end_to_end(tmp_path):
     assert r["derived"]["jax_over_diffusers"] > 0
     table = res.stdout[res.stdout.index("stage "):]
     assert all(f"\n{name} " in table for name in STAGES) and "summary: cpu" in table
+
+
+def test_stream_caps_are_the_plan_cards():
+    """The streamed stages' caps are the plan's 24 GB / 16 GB cards, as fractions of the card in hand (an H100's
+    81,559 MiB); no card (CPU), no cap."""
+    from benchmarks.dit_gpu import STREAM_CAPS_GIB, stream_cap_env
+    from fourdnex_jax.pipelines.plan import TARGETS
+
+    assert STREAM_CAPS_GIB == {"stream_24gb": TARGETS["gpu-24gb"].hbm_gib, "stream_16gb": TARGETS["gpu-16gb"].hbm_gib}
+    env = stream_cap_env("stream_16gb", 81559 * 2 ** 20)
+    assert float(env["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * 81559 / 1024 == pytest.approx(15.99, abs=0.01)
+    assert stream_cap_env("stream_24gb", None) == {} and stream_cap_env("dit", 81559 * 2 ** 20) == {}
+
+
+@pytest.mark.integration  # ~2 min here: one small compile per leaf shape
+def test_random_streamed_state_puts_the_blocks_in_host_memory():
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from benchmarks.dit_gpu import random_streamed_state
+    from fourdnex_jax.models import streaming
+    from fourdnex_jax.models.transformer import WanTransformer3D, WanTransformerConfig
+
+    cfg = WanTransformerConfig(num_layers=5, num_heads=2, head_dim=8, ffn_dim=32, text_dim=16, image_dim=8,
+                               added_kv_proj_dim=16, freq_dim=16, param_dtype="bfloat16", stream_blocks=True)
+    _, abstract = nnx.split(nnx.eval_shape(lambda: WanTransformer3D(cfg, rngs=nnx.Rngs(0))))
+    state = random_streamed_state(abstract, jax.devices()[0], chunk_layers=2)  # 2 + 2 + 1 layers per leaf
+    for path, x in jax.tree_util.tree_leaves_with_path(state):
+        assert x.sharding.memory_kind == (streaming.HOST_MEMORY if streaming.is_streamed(path) else "device")
+        v = np.asarray(x, np.float32)
+        assert np.isfinite(v).all() and (v.size < 2 or v.std() > 0.005), path
+    ffn = [x for p, x in jax.tree_util.tree_leaves_with_path(state) if streaming.is_streamed(p)][0]
+    assert not np.array_equal(np.asarray(ffn[0], np.float32), np.asarray(ffn[4], np.float32))  # chunks differ
