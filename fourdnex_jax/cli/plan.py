@@ -119,6 +119,7 @@ def main(argv) -> int:
 
 def _plan_inference(config) -> int:
     import dataclasses
+    import math
     import os
 
     from fourdnex_jax.config import model_config
@@ -150,7 +151,10 @@ def _plan_inference(config) -> int:
     if _OUT.value and os.path.exists(_OUT.value):
         with open(_OUT.value) as f:
             row = json.load(f)
-    command = (f"fourdnex plan --job inference --config {config.name} --topology {name} --mesh "
+    chips = math.prod(target.mesh)  # a CPU target of several cards compiles on that many fake CPU devices
+    fake = f"XLA_FLAGS=--xla_force_host_platform_device_count={chips} " if target.platform == "cpu" and chips > 1 \
+        else ""
+    command = (f"{fake}fourdnex plan --job inference --config {config.name} --topology {name} --mesh "
                f"{','.join(map(str, target.mesh))} --weight-quant {quant} --size {_SIZE.value}")
     # one program at a time, the row written after each: a plan that stops keeps what it compiled, and a rerun
     # with the same --out compiles only what is missing (merge_rows checks that target, mesh and model agree)
@@ -161,6 +165,7 @@ def _plan_inference(config) -> int:
         new = plan.run_target(target, models, settings, programs=[program])
         row = new if row is None else plan.merge_rows(row, new)
         row["command"] = command
+        row["date"] = time.strftime("%Y-%m-%d", time.gmtime())  # of the last program compiled into the row
         r = row["programs"][program]
         print(f"plan: {name} {program}: " + (f"FAILED {r['error']}" if "error" in r else
               f"arguments {r['arguments_gib']:.2f} GiB (weights {r['weights_gib']:.2f}), temp {r['temp_gib']:.2f}, "

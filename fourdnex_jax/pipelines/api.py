@@ -31,6 +31,7 @@ import numpy as np
 from fourdnex_jax.media.images import MIN_SIDE, ImageLike, TargetSize, load_image
 from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.pipelines import domain as domain_lib
+from fourdnex_jax.pipelines import programs
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D, ImageTo4DOutput
 from fourdnex_jax.pipelines.inputs import caption_for_image, noise_latent, resize_target
 from fourdnex_jax.pipelines.outputs import save_result
@@ -276,6 +277,11 @@ class ImageTo4DPipeline:
             "devices": [str(d) for d in pipe.mesh.devices.flat], "batch_per_call": pipe.batch, "images_in_run": n,
             "timings_s": {**self.timings, "generate_all": gen_s, **timings, "per_image_generate": gen_s / n},
             "latent_shape": list(o.latents.shape), "bundle": self.bundle.info,
+            # the memory levers of `fourdnex plan --job inference`: staging, streaming and the tiled decode change
+            # no output value; weight_quant int8 does
+            "memory": {"staging": programs.staging_of(s), "release_after_use": s.release_after_use,
+                       "stream_blocks": s.stream_blocks, "decode_tile": list(s.decode_tile),
+                       "weight_quant": s.weight_quant},
             "fast_paths": {"weight_quant": s.weight_quant, "step_cache_interval": s.step_cache_interval,
                            "dit_evaluations": dict(pipe.stats),  # whole pipeline lifetime, all batches
                            "aot_cache": None if pipe.executables is None else str(pipe.executables.directory),

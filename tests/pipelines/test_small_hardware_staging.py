@@ -4,6 +4,9 @@ spatially tiled VAE decode (``decode_tile``) and ``release_after_use``, together
 latents bit for bit and its videos to fp32 rounding (<= 1e-5 relative L2)."""
 
 import dataclasses
+import json
+import re
+import shlex
 
 import jax
 import numpy as np
@@ -15,6 +18,7 @@ from fourdnex_jax.pipelines import bundle as bundle_lib
 from fourdnex_jax.pipelines.image_to_4d import ImageTo4D
 from fourdnex_jax.pipelines.settings import SampleSettings
 from fourdnex_jax.testing.numerics import rel_l2
+from tests.helpers import ROOT, run_cli
 
 RULES = sharding.DEFAULT_LOGICAL_AXIS_RULES
 PROMPTS = ["a ball", "a box on the floor"]
@@ -57,3 +61,52 @@ def test_streamed_tiled_released_pipeline_equals_resident():
         # tiled decode on the mesh: the same values up to the partitioned convolutions' summation order (the tiled
         # VAE decode alone on this mesh: 7.8e-8 relative L2, 3.0e-7 max abs; bit-identical on one device)
         assert rel_l2(b.video, a.video) <= 1e-5
+
+
+def hardware_rows() -> dict[str, str]:
+    """README's "Which hardware runs it" table: {hardware: its settings cell, as written (backticks dropped)}."""
+    text = (ROOT / "README.md").read_text()
+    table = text[text.index("#### Which hardware runs it"):]
+    table = table[table.index("| your hardware"):]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = " ".join(re.findall(r"`([^`]*)`", cells[2]))
+    return rows
+
+
+def test_readme_hardware_settings_are_config_overrides_a_shell_takes():
+    from fourdnex_jax.config import base_config
+
+    rows = hardware_rows()
+    assert {"RTX 3090 / 4090 (24 GB)", "16 GB card (RTX 4080, A4000)", "TPU v5e-8"} <= set(rows)
+    config = base_config()
+    for hardware, settings in rows.items():
+        if not settings:  # "the 24 GB row's"
+            continue
+        assert "(" not in re.sub(r"'[^']*'", "", settings), f"{hardware}: quote a setting with parentheses"
+        for token in shlex.split(settings):
+            key, _, value = token.partition("=")
+            assert key.startswith("--config.") and value, (hardware, token)
+            section, field = key[len("--config."):].split(".")
+            assert field in config[section], (hardware, token)
+
+
+@pytest.mark.integration
+def test_generate_with_the_readme_16gb_settings(tmp_path):
+    """README's 16 GB row's settings, as written, on the shipped tiny bundle: the run goes through and
+    ``summary.json`` records where the weights lived."""
+    from fourdnex_jax.media.io import write_png
+
+    write_png(tmp_path / "a.png", _images(1)[0])
+    settings = shlex.split(hardware_rows()["16 GB card (RTX 4080, A4000)"])
+    res = run_cli("generate", "--image", tmp_path / "a.png", "--prompt", "a ball", "--out", tmp_path / "out",
+                  "--nopostprocess", "--config.sample.num_frames=5", f"--config.sample.max_area={32 * 48}",
+                  "--config.sample.num_steps=2", *settings, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["memory"] == {"staging": "release", "release_after_use": True, "stream_blocks": True,
+                                 "decode_tile": [60, 45], "weight_quant": "none"}
+    assert summary["settings"]["stream_blocks"] is True
