@@ -1,7 +1,7 @@
 """The small-hardware stagings of the pipeline on the 8 fake CPU devices with the shipped tiny model: block weights
 streamed from host memory (``stream_blocks``, the bundle restored with its DiT / UMT5 blocks in host memory), the
 spatially tiled VAE decode (``decode_tile``) and ``release_after_use``, together, give the resident pipeline's
-latents bit for bit and its videos to fp32 rounding (<= 1e-5 relative L2)."""
+latents bit for bit and its videos to fp32 rounding (<= 1e-6 relative L2)."""
 
 import dataclasses
 import json
@@ -38,7 +38,7 @@ def test_settings_validate_decode_tile():
             SampleSettings.from_preset(preset, decode_tile=bad)
 
 
-@pytest.mark.slow
+@pytest.mark.integration  # 6.4 min and 0.7 GiB on the loaded 2-core VM (2026-12-07): two pipelines on 8 devices
 def test_streamed_tiled_released_pipeline_equals_resident():
     mesh = jax.make_mesh((1, 2, 2, 2), sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 4)
     preset = bundle_lib.read_presets(bundle_lib.DEFAULT_BUNDLE)[0]
@@ -60,7 +60,8 @@ def test_streamed_tiled_released_pipeline_equals_resident():
         np.testing.assert_array_equal(b.latents, a.latents)  # streamed blocks: bit for bit
         # tiled decode on the mesh: the same values up to the partitioned convolutions' summation order (the tiled
         # VAE decode alone on this mesh: 7.8e-8 relative L2, 3.0e-7 max abs; bit-identical on one device)
-        assert rel_l2(b.video, a.video) <= 1e-5
+        # (2026-12-07: 1.1e-7 and 9.8e-8 relative L2, 4.8e-7 / 5.4e-7 max abs)
+        assert rel_l2(b.video, a.video) <= 1e-6
 
 
 def hardware_rows() -> dict[str, str]:
