@@ -362,7 +362,10 @@ def stage_stream(shapes: Shapes, rec: Recorder, deadline: float, attention: str,
     fns = pipeline_programs(shapes, {"transformer": graphdef})
     holder = {"s": fns["init"](x), "i": 0}
     exe, comp = compiled(fns["step"], state, holder["s"], None, cond, text, neg, clip, rows[0], timesteps[0])
-    rec(guided_step_compile=comp)
+    ma = exe.memory_analysis()  # the compiler's view: the blocks should be host arguments, not device ones
+    rec(guided_step_compile=comp, memory_analysis=None if ma is None else {
+        k: getattr(ma, k, None) for k in ("argument_size_in_bytes", "host_argument_size_in_bytes",
+                                          "temp_size_in_bytes", "output_size_in_bytes")})
 
     def one_step():
         i = holder["i"] % shapes.steps
