@@ -5,7 +5,8 @@ deviceless topologies).
         [--attention ring|chunked] [--out plans.jsonl]
     fourdnex plan --job inference --topology v5e-8|v6e-8|v5p-8|v6e-16|gpu-80gb|gpu-48gb|gpu-24gb|gpu-16gb|
         2x-gpu-24gb|4x-gpu-16gb
-        [--mesh 1,2,2,2] [--weight-quant none|int8] [--programs denoise_step,decode] [--out plan.json]
+        [--mesh 1,2,2,2] [--weight-quant none|int8] [--stream-blocks true|false] [--programs denoise_step,decode]
+        [--out plan.json]
 
 Builds the abstract 14B model (nothing allocated), lowers and compiles the sharded train step (35,100-token
 samples: 13 x 60 x 90 latent per modality, width-fused) for the topology's devices with the TPU compiler, and
@@ -61,6 +62,8 @@ _QUANT = flags.DEFINE_enum("weight-quant", "", ["", "none", "int8"], "Inference:
                            "target's).")
 _PROGRAMS = flags.DEFINE_string("programs", "", "Inference: comma list of programs to compile (default all: "
                                 "encode_text, denoise_step, decode, encode_image).")
+_STREAM = flags.DEFINE_enum("stream-blocks", "", ["", "true", "false"], "Inference: the DiT's and UMT5's blocks "
+                            "streamed from host memory (sample.stream_blocks; default: the target's).")
 _SIZE = flags.DEFINE_string("size", "480,720", "Inference: sampled H,W per modality.")
 _OUT = flags.DEFINE_string("out", "", "Train: append the result as one JSON line to this file. Inference: write the "
                            "row as JSON (merged with the programs already in it).")
@@ -137,6 +140,8 @@ def _plan_inference(config) -> int:
     target = plan.TARGETS[name]
     if _MESH.value:
         target = dataclasses.replace(target, mesh=tuple(int(x) for x in _MESH.value.split(",")))
+    if _STREAM.value:
+        target = dataclasses.replace(target, stream_blocks=_STREAM.value == "true")
     quant = _QUANT.value or target.weight_quant
     height, width = (int(x) for x in _SIZE.value.split(","))
     programs = [p for p in _PROGRAMS.value.split(",") if p] or ["encode_text", "denoise_step", "decode",
@@ -155,7 +160,8 @@ def _plan_inference(config) -> int:
     fake = f"XLA_FLAGS=--xla_force_host_platform_device_count={chips} " if target.platform == "cpu" and chips > 1 \
         else ""
     command = (f"{fake}fourdnex plan --job inference --config {config.name} --topology {name} --mesh "
-               f"{','.join(map(str, target.mesh))} --weight-quant {quant} --size {_SIZE.value}")
+               f"{','.join(map(str, target.mesh))} --weight-quant {quant} --size {_SIZE.value}"
+               + (f" --stream-blocks {_STREAM.value}" if _STREAM.value else ""))
     # one program at a time, the row written after each: a plan that stops keeps what it compiled, and a rerun
     # with the same --out compiles only what is missing (merge_rows checks that target, mesh and model agree)
     for program in programs:
