@@ -34,9 +34,14 @@ def to_device(tree: Any) -> Any:
 def stream_scan(layer: Callable[[Any, jax.Array], jax.Array], stacked: Any, x: jax.Array) -> jax.Array:
     """``x = layer(layer_weights_i, x)`` for i = 0 .. L-1 over ``stacked`` (a pytree whose leaves carry a leading
     layers axis of L, typically in host memory), with layer i + 1's weights transferred to the device while layer
-    i computes (one layer of prefetch: two layers' weights on the device at a time). The last iteration fetches
-    layer L-1 again (a fixed loop body; 1/L more traffic)."""
+    i computes (one layer of prefetch: two layers' weights on the device at a time; the per-layer vectors of
+    every layer stay on the device during the scan). The last iteration fetches layer L-1 again (a fixed loop
+    body; 1/L more traffic)."""
     num_layers = jax.tree.leaves(stacked)[0].shape[0]
+    # vectors per layer ((L, d): norms, biases) come to the device whole, once: they are small, and the TPU compiler
+    # cannot slice one row of a packed (bf16) host-memory array ("Sublane slicing size must be multiple of element
+    # packing factor"); the matrices ((L, ..., m, n)) are sliced on their layer axis, a major one
+    stacked = jax.tree.map(lambda a: to_device(a) if a.ndim <= 2 else a, stacked)
 
     def weights(i):
         return to_device(jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, i, keepdims=False), stacked))
