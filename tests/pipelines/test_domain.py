@@ -148,3 +148,27 @@ def test_domain_without_precision_is_the_rms_z_score_and_bad_fields_are_refused(
     (tmp_path / "domain.json").write_text(json.dumps(dict(dom, precision=[[1.0, 0.0], [0.0, 1.0]])))
     with pytest.raises(ValueError, match=r"domain.json: 'precision' is not 8x8 finite numbers; rebuild it"):
         domain.load_domain(tmp_path)
+
+
+def test_api_result_carries_the_note_and_the_camera_status(dom):
+    """The Python API says what `fourdnex generate` prints: ``Result.note`` (the out-of-domain note) and
+    ``Result.camera_status``, both also in ``repr(result)``."""
+    from fourdnex_jax.pipelines.api import Result
+    from fourdnex_jax.pipelines.image_to_4d import ImageTo4DOutput
+
+    inp, _ = synthetic.pointmap_sequence(0, frames=3, height=24, width=32)
+    t, h, w = inp["xyz"].shape[:3]
+    out = ImageTo4DOutput(rgb=inp["rgb"], xyz=inp["xyz"], valid=inp["valid"], video=np.zeros((t, h, 2 * w, 3)),
+                          latents=np.zeros((1, 3, 8, 16)), prompt="p", seed=0, image=inp["rgb"][0],
+                          xyz_normalization="sequence", sizing={})
+    photo = _as_run_checks(_retina_like(0, 600))
+    check = domain.check_image(dom, photo)
+    note = domain.notice([check], ["retina.jpg"], "checkpoints/tiny")
+    result = Result(out, {"input_domain": dict(check, note=note)}, source="retina.jpg")
+    assert result.note == note and note.startswith("note: retina.jpg looks unlike the synthetic images")
+    assert result.camera_status.startswith("cameras: 3/3 frames"), result.camera_status
+    text = repr(result)
+    assert text.startswith("Result(retina.jpg: 3 frames of 24x32") and result.camera_status in text and note in text
+    quiet = Result(out, {"input_domain": dict(domain.check_image(dom, _as_run_checks(read_image(EXAMPLE))),
+                                              note=None)})
+    assert quiet.note is None and "note:" not in repr(quiet)
