@@ -165,7 +165,8 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     # README's "As a package" commands and its Python API block, as written, in a folder without the repository
     text = (ROOT / "README.md").read_text()
     section = text[text.index("### As a package"):]
-    block = section[section.index("```bash\n") + 8:section.index("\n```")]
+    start = section.index("```bash\n") + 8
+    block = section[start:section.index("\n```", start)]  # up to the closing fence (not the opening one)
     commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("fourdnex ")]
     assert [c[:2] for c in commands] == [["fourdnex", "--help"], ["fourdnex", "generate"]], commands
     for command in commands:
