@@ -59,6 +59,48 @@ def test_runtime_imports_are_declared_and_pinned():
     assert not ORACLE & pinned, "the oracle belongs in requirements-test.txt, not the runtime set"
 
 
+def _top_level_names(path: Path) -> set[str]:
+    """What ``from MODULE import NAME`` can take from a module file: its top-level definitions, assignments and
+    imports (every branch of a top-level if/try counted)."""
+    names: set[str] = set()
+    body = list(ast.parse(path.read_text()).body)
+    while body:
+        node = body.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            body += node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", [])
+            body += [n for h in getattr(node, "handlers", []) for n in h.body]
+    return names
+
+
+def test_every_fourdnex_jax_import_names_something_that_exists():
+    """Function-level imports run only when their branch does: a name moved to another module (``fourdnex
+    bundle``'s ``check_output_dir``, once) would fail only there, in front of a user. Read from the sources (no
+    import: the oracle modules would pull in torch)."""
+    missing = []
+    for path in sorted((ROOT / "fourdnex_jax").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.split(".")[0] == "fourdnex_jax"):
+                continue
+            where = ROOT.joinpath(*node.module.split("."))
+            module = where / "__init__.py" if where.is_dir() else where.with_suffix(".py")
+            if not module.is_file():
+                missing.append(f"{path.relative_to(ROOT)}:{node.lineno}: no module {node.module}")
+                continue
+            defined = _top_level_names(module)
+            missing += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{a.name}" for a in node.names
+                        if a.name not in defined and not (where / f"{a.name}.py").is_file()
+                        and not (where / a.name / "__init__.py").is_file()]
+    assert not missing, missing
+
+
 def _fresh_venv(tmp: Path) -> Path:
     """A venv of its own (no pip, no fourdnex_jax) that sees the dependencies already in this interpreter's
     site-packages through a .pth file, so nothing is downloaded."""
@@ -123,7 +165,8 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     # README's "As a package" commands and its Python API block, as written, in a folder without the repository
     text = (ROOT / "README.md").read_text()
     section = text[text.index("### As a package"):]
-    block = section[section.index("```bash\n") + 8:section.index("\n```")]
+    start = section.index("```bash\n") + 8
+    block = section[start:section.index("\n```", start)]  # up to the closing fence (not the opening one)
     commands = [line.split("#")[0].split() for line in block.splitlines() if line.startswith("fourdnex ")]
     assert [c[:2] for c in commands] == [["fourdnex", "--help"], ["fourdnex", "generate"]], commands
     for command in commands:

@@ -12,7 +12,8 @@ normalisation in ``summary.json: xyz_normalization`` (and already holds these ou
 transforms.json, depth.npz, ply/, scene.glb, viewer.html, novel_*.mp4
 (:func:`fourdnex_jax.geometry.scene.postprocess_scene`) into ``--out``, published as a unit (a previous result is
 kept unless ``--overwrite``; a killed run leaves none), prints the summary as JSON on stdout and the one line
-saying how many frames' cameras were recovered on stderr (rejected ones, and why, are in cameras.json).
+saying whether transforms.json was written (only with a registered camera) and the one line saying how many frames'
+cameras were recovered on stderr (rejected ones, and why, are in cameras.json).
 """
 
 from __future__ import annotations
@@ -69,5 +70,7 @@ def main(argv) -> int:
                                     per_frame_intrinsics=_PER_FRAME_K.value, anchor=_ANCHOR.value,
                                     gn_steps=_GN_STEPS.value)
     print(json.dumps(summary, indent=2, allow_nan=False))
-    print(summary["message"], file=sys.stderr)  # the cameras' verdict; stdout stays one JSON document
+    # whether transforms.json was written, then the cameras' verdict (as generate prints them); stdout stays JSON
+    print(summary["transforms"], file=sys.stderr)
+    print(summary["message"], file=sys.stderr)
     return 0

@@ -116,12 +116,12 @@ def load_run_bundle(run: str | os.PathLike, base: str | os.PathLike | None = Non
 def write_run_bundle(run: str | os.PathLike, out: str | os.PathLike, base: str | os.PathLike | None = None):
     """:func:`load_run_bundle`, written to ``out`` as a bundle folder (published as a unit: a half-written bundle
     is never left; an ``out`` that holds files is refused). Returns the bundle."""
-    from fourdnex_jax.media.io import check_output_dir, publish_dir
+    from fourdnex_jax.media.publish import check_output_dir, publish_dir
     from fourdnex_jax.pipelines.bundle import save_bundle
 
     check_output_dir(out)
     b = load_run_bundle(run, base)
-    with publish_dir(out) as tmp:
+    with publish_dir(out, writer="bundle") as tmp:
         save_bundle(tmp, transformer=b.transformer, vae=b.vae, text_encoder=b.text_encoder,
                     image_encoder=b.image_encoder, tokenizer_dir=b.directory / "tokenizer",
                     clip_preprocess={"size": dict(b.clip_preprocess.size),

@@ -23,12 +23,15 @@ def dataset(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("data")
     dims = ["--frames", str(T), "--height", str(H), "--width", str(W)]
     s = run_cli("synth-data", "--out", str(tmp / "raw"), "--num-clips", str(N), "--workers", "0", *dims, check=True)
-    assert f"{N} clips ({N} new" in s.stdout
+    assert f"{N} clips ({N} new" in s.stdout and "new clips/min" in s.stdout
+    again = run_cli("synth-data", "--out", str(tmp / "raw"), "--num-clips", str(N), "--workers", "0", *dims, check=True)
+    assert f"{N} clips (0 new, {N} already there)" in again.stdout and "clips/min" not in again.stdout  # no rate
     run_cli("synth-data", "--out", str(tmp / "raw_heldout"), "--num-clips", "2", "--split", "heldout",
           "--workers", "0", *dims, check=True)
     p = run_cli("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw"), "--out",
               str(tmp / "tfds"), "--shard-size", "4", *dims, check=True)
     assert "10/10 examples kept, none skipped; shards 3 written, 0 reused" in p.stdout
+    assert "Downloading and preparing" not in p.stdout + p.stderr and "downloaded and prepared" not in p.stdout
     p = run_cli("prepare-data", "--layout", "synthetic", "--input", str(tmp / "raw_heldout"), "--out",
               str(tmp / "tfds"), "--split", "heldout", "--shard-size", "4", *dims, check=True)
     folder = p.stdout.strip().split("-> ")[-1].split(" [")[0]
