@@ -55,6 +55,28 @@ GPU_SHAPES = Shapes("configs/wan21_i2v_14b_480p.py", (13, 60, 90), 8192, 4096, 4
 CPU_SHAPES = Shapes("configs/tiny.py", (3, 8, 12), 512, 64, 2, 64, 512, 128, "tiny", repeats=2)
 
 
+def _step_inputs(cfg, shapes, t: int, h: int, w: int):
+    """Random inputs of one guided step ((x, cond) latents (1, t, h, 2w, C), text / negative (1, TEXT_LEN, D), CLIP
+    tokens) and the schedule's rows and timesteps, on the device before timing (the pipeline puts one per step)."""
+    import jax
+    import jax.numpy as jnp
+
+    from fourdnex_jax.sampling.flow_matching import make_schedule
+
+    @jax.jit
+    def inputs(key):
+        k = jax.random.split(key, 5)
+        lat = (1, t, h, 2 * w, cfg.out_channels)
+        return (jax.random.normal(k[0], lat), jax.random.normal(k[1], lat),
+                jax.random.normal(k[2], (1, TEXT_LEN, cfg.text_dim)),
+                jax.random.normal(k[3], (1, TEXT_LEN, cfg.text_dim)),
+                jax.random.normal(k[4], (1, IMAGE_TOKENS, cfg.image_dim)))
+
+    schedule = make_schedule("unipc", shapes.steps, 3.0)
+    return (inputs(jax.random.key(3)), [jnp.asarray(r) for r in schedule.table],
+            [jnp.asarray(ts, jnp.float32) for ts in schedule.timesteps])
+
+
 def peak_bytes(dev) -> int | None:
     """``peak_bytes_in_use`` of the device allocator since the process started (None where not reported)."""
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
@@ -191,7 +213,6 @@ def stage_dit(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
     from flax import nnx
 
     from fourdnex_jax.models.transformer import WanTransformer3D, flops
-    from fourdnex_jax.sampling.flow_matching import make_schedule
 
     _, cfg = stage_model_config(shapes, attention)
     if cfg.modality_layout != "width":
@@ -210,20 +231,7 @@ def stage_dit(shapes: Shapes, rec: Recorder, deadline: float, attention: str) ->
     rec(params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state)), weights_init_s=time.perf_counter() - t0,
         peak_bytes_weights=peak_bytes(dev))
 
-    @jax.jit
-    def inputs(key):
-        k = jax.random.split(key, 5)
-        lat = (1, t, h, 2 * w, cfg.out_channels)
-        return (jax.random.normal(k[0], lat), jax.random.normal(k[1], lat),
-                jax.random.normal(k[2], (1, TEXT_LEN, cfg.text_dim)),
-                jax.random.normal(k[3], (1, TEXT_LEN, cfg.text_dim)),
-                jax.random.normal(k[4], (1, IMAGE_TOKENS, cfg.image_dim)))
-
-    x, cond, text, neg, clip = inputs(jax.random.key(3))
-    # the schedule's rows and timesteps on the device before timing (the pipeline puts one per step)
-    schedule = make_schedule("unipc", shapes.steps, 3.0)
-    rows = [jnp.asarray(r) for r in schedule.table]
-    timesteps = [jnp.asarray(ts, jnp.float32) for ts in schedule.timesteps]
+    (x, cond, text, neg, clip), rows, timesteps = _step_inputs(cfg, shapes, t, h, w)
     fns = pipeline_programs(shapes, {"transformer": graphdef})
     holder = {"s": fns["init"](x), "i": 0}
     args = (holder["s"], None, cond, text, neg, clip, rows[0], timesteps[0])
@@ -318,7 +326,6 @@ def stage_stream(shapes: Shapes, rec: Recorder, deadline: float, attention: str,
 
     from fourdnex_jax.models import streaming
     from fourdnex_jax.models.transformer import WanTransformer3D, flops
-    from fourdnex_jax.sampling.flow_matching import make_schedule
 
     _, cfg = stage_model_config(shapes, attention)
     cfg = cfg.replace(stream_blocks=True)
@@ -346,19 +353,7 @@ def stage_stream(shapes: Shapes, rec: Recorder, deadline: float, attention: str,
     tc = timed_within(lambda: jax.block_until_ready(fetch(blocks)), repeats=5, warmup=1, deadline=deadline)
     rec(block_copy={"bytes": block_bytes, **tc, "gb_per_s": block_bytes / tc["median_s"] / 1e9})
 
-    @jax.jit
-    def inputs(key):
-        k = jax.random.split(key, 5)
-        lat = (1, t, h, 2 * w, cfg.out_channels)
-        return (jax.random.normal(k[0], lat), jax.random.normal(k[1], lat),
-                jax.random.normal(k[2], (1, TEXT_LEN, cfg.text_dim)),
-                jax.random.normal(k[3], (1, TEXT_LEN, cfg.text_dim)),
-                jax.random.normal(k[4], (1, IMAGE_TOKENS, cfg.image_dim)))
-
-    x, cond, text, neg, clip = inputs(jax.random.key(3))
-    schedule = make_schedule("unipc", shapes.steps, 3.0)
-    rows = [jnp.asarray(r) for r in schedule.table]
-    timesteps = [jnp.asarray(ts, jnp.float32) for ts in schedule.timesteps]
+    (x, cond, text, neg, clip), rows, timesteps = _step_inputs(cfg, shapes, t, h, w)
     fns = pipeline_programs(shapes, {"transformer": graphdef})
     holder = {"s": fns["init"](x), "i": 0}
     exe, comp = compiled(fns["step"], state, holder["s"], None, cond, text, neg, clip, rows[0], timesteps[0])
