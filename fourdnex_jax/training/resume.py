@@ -4,8 +4,8 @@ Exact resume means the resumed run computes what one straight run with the new c
 of these breaks it, and is refused unless it is listed in ``train.resume_allow_changes`` (dotted keys, or ``*``):
 
 * ``model.*`` -- the architecture, the LoRA (rank, alpha, targets), dtypes and the execution fields that change the
-  numbers (attention implementation, compute dtype, scanned layers); only ``model.remat_policy`` may change (it
-  recomputes the same values);
+  numbers (attention implementation, compute dtype, scanned layers); only ``model.remat_policy`` (it recomputes the
+  same values) and ``model.stream_blocks`` (the same weights, fetched from host memory a block ahead) may change;
 * ``train.trainable`` -- what is trained ('adapter' or 'full': another train state altogether);
 * ``train.global_batch_size``, ``train.grad_accum_steps`` -- the data position is counted in records of the
   saved batch size (a smaller one replays examples), and the micro-batch split changes the sums;
@@ -32,7 +32,7 @@ from fourdnex_jax.utils.errors import InputError
 EXACT = ("model.*", "train.trainable", "train.global_batch_size", "train.grad_accum_steps", "optim.*", "data.dir",
          "data.split", "data.text_len", "data.sample_posterior", "seed")
 #: Inside the sections above, keys that may change (they compute the same values).
-FREE = ("model.remat_policy",)
+FREE = ("model.remat_policy", "model.stream_blocks")
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

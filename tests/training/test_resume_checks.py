@@ -27,8 +27,10 @@ def test_resume_problems_rules():
              "optim": {"preset": "reference_effective"},
              "train": {"num_steps": 4, "global_batch_size": 4, "log_every": 1}, "data": {"dir": "/a"}}
     same = {**saved, "train": {**saved["train"], "log_every": 5, "num_steps": 8},
-            "model": {**saved["model"], "remat_policy": "full"}}
-    assert resume_problems(saved, same, 4) == []  # logging, remat and a longer constant-LR run are free
+            "model": {**saved["model"], "remat_policy": "full", "stream_blocks": True}}
+    # logging, remat, block streaming (absent from a checkpoint of an older version) and a longer constant-LR run
+    # are free
+    assert resume_problems(saved, same, 4) == []
     changed = {**saved, "model": {**saved["model"], "lora_alpha": 8.0}, "data": {"dir": "/b"},
                "train": {**saved["train"], "global_batch_size": 2}}
     problems = resume_problems(saved, changed, 4)
