@@ -11,6 +11,7 @@ PROGRAM = "python -m fourdnex_jax.dev"
 #: name -> (module under fourdnex_jax.dev, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-tiny-bundle": ("make_tiny_bundle", "builds the shipped tiny bundle (towers + encoded data, then assemble)"),
+    "make-example": ("make_example", "writes the bundled example (frame 0, caption, ground truth) of a synthetic clip"),
     "make-dit-fixtures": ("make_dit_fixtures", "records the torch-free DiT parity fixtures (needs the test extra)"),
 }
 
