@@ -6,8 +6,9 @@
 Writes ``synth_{split}_{index:06d}.png`` (frame 0, the input of ``bash tools/run.sh demo``), ``.txt`` (the caption)
 and ``_gt.npz``: ``rgb`` uint8 (T, H, W, 3), ``xyz`` float16 (T, H, W, 3) in the reference normalisation (what the
 model outputs; the sky kept), ``valid`` (T, H, W), ``depth`` metric z-depth (T, H, W), ``c2w`` (T, 4, 4) relative
-to camera 0 in metric units, ``intrinsics`` (T, 3, 3), ``centers`` (T, 3) and ``scale`` (the normalisation's). The
-defaults are the tiny model's domain (docs/tiny_model.md); clip i of a split is always the same scene.
+to camera 0 in metric units, ``intrinsics`` (T, 3, 3), ``centers`` (T, 3), ``scale`` (the normalisation's) and
+``dome_radius`` (the rendering's). The defaults are the tiny model's domain (docs/tiny_model.md); clip i of a split
+is always the same scene.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def main(argv) -> int:
                     valid=inputs["valid"], depth=truth["depth"].astype(np.float32),
                     c2w=se3.relative_to_first(rendered["cam_c2w"]).astype(np.float32),
                     intrinsics=rendered["intrinsics"].astype(np.float32),
-                    centers=truth["centers"].astype(np.float32), scale=np.float32(truth["scale"]))
+                    centers=truth["centers"].astype(np.float32), scale=np.float32(truth["scale"]),
+                    dome_radius=np.float32(_DOME.value))
     print(f"make-example: {out / clip_id}.png, .txt, _gt.npz ({_FRAMES.value} frames, {_HEIGHT.value}x{_WIDTH.value},"
           f" sky dome radius {_DOME.value:g})")
     return 0

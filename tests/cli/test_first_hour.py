@@ -93,4 +93,4 @@ def test_register_reads_the_shipped_ground_truth_npz_and_names_what_it_ignores()
     ignored = []
     arrays = load_pointmaps(ROOT / "examples" / "synth_heldout_000000_gt.npz", ignored)
     assert set(arrays) == {"xyz", "rgb", "valid", "centers", "scale"}
-    assert ignored == ["c2w", "depth", "intrinsics"]
+    assert ignored == ["c2w", "depth", "dome_radius", "intrinsics"]
