@@ -232,6 +232,7 @@ def _main() -> int:
     from fourdnex_jax.pipelines import runs
     from fourdnex_jax.pipelines.aot import enable_compilation_cache
     from fourdnex_jax.pipelines.api import ImageTo4DPipeline
+    from fourdnex_jax.pipelines.inputs import upscale_note
     from fourdnex_jax.utils.resources import bundle_path
 
     ckpt = bundle_path(_CHECKPOINT.value)  # None / 'tiny': the shipped bundle
@@ -296,6 +297,10 @@ def _main() -> int:
     note = pipe.domain_notice()
     if note:  # once per run, however many inputs
         print(note)
+    for (path, _), res in zip(items, results):
+        small = upscale_note(res.output.sizing, path.name)
+        if small:
+            print(small)
     for line in camera_lines:  # the geometry's verdicts last (geometry/status.py, geometry/consistency.py)
         print(line)
     if failed:

@@ -94,6 +94,22 @@ def prepare_image(image: np.ndarray, max_area: int, multiple: tuple[int, int], m
     return out, sizing
 
 
+#: Upscaling (output side / input side) from which ``generate`` says the input was small for the model.
+UPSCALE_NOTE_FACTOR = 1.5
+
+
+def upscale_note(sizing: dict[str, Any], name: str) -> str | None:
+    """One ``note:`` line when :func:`prepare_image` enlarged the image ``name`` by :data:`UPSCALE_NOTE_FACTOR` or
+    more on a side (the model then samples from interpolated pixels: the first frame and its geometry are blurred),
+    else None."""
+    factor = max(sizing["height"] / sizing["input_height"], sizing["width"] / sizing["input_width"])
+    if factor < UPSCALE_NOTE_FACTOR:
+        return None
+    return (f"note: {name} is {sizing['input_height']}x{sizing['input_width']} px, upscaled {factor:.1f}x to "
+            f"{sizing['height']}x{sizing['width']} for this model's sampling area: its first frame and geometry "
+            "are blurred; give an image of at least that size")
+
+
 def noise_latent(noise: Any, expected: tuple[int, int, int, int], source: str, image: str) -> np.ndarray:
     """``noise`` as the (T', h, 2w, C) float32 initial latent of ``image`` (whose sampling size gives ``expected``),
     from this project's layout or the official (1, C, T', h, 2w) one; anything else raises ValueError naming

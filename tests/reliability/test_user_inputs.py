@@ -304,6 +304,19 @@ def test_thin_image_sampled_within_the_preset_area(h, w, area, multiple):
     assert sh * sw >= area // 2  # not starved either
 
 
+@pytest.mark.parametrize("h, w, factor", [(16, 24, "4.0x"), (32, 48, "2.0x"), (56, 84, None), (64, 96, None),
+                                           (400, 600, None)])
+def test_a_small_input_gets_one_upscaling_note(h, w, factor):
+    from fourdnex_jax.pipelines.inputs import prepare_image, upscale_note
+
+    _, sizing = prepare_image(np.zeros((h, w, 3), np.uint8), 64 * 96, (8, 8))
+    note = upscale_note(sizing, "photo.png")
+    if factor is None:
+        assert note is None
+    else:
+        assert note.startswith(f"note: photo.png is {h}x{w} px, upscaled {factor} to 64x96") and "\n" not in note
+
+
 def test_tiny_image_is_refused_with_the_minimum(tmp_path):
     png(tmp_path / "small.png", np.zeros((8, 8, 3), np.uint8))
     from fourdnex_jax.pipelines.api import as_image
