@@ -5,7 +5,7 @@
         --stage STAGE_DIR --data-out DATA_DIR
     # 2. after `fourdnex train --config.data.dir=<printed encoded6d folder> --out RUN`:
     python -m fourdnex_jax.dev make-tiny-bundle --step assemble --stage STAGE_DIR --run RUN --out checkpoints/tiny \
-        [--vae VAE_DIR]
+        [--vae VAE_DIR] [--config.sample.max_area=AREA ...]
     # 3. the bundle's training-domain statistics: fourdnex make-domain --checkpoint checkpoints/tiny
 
 The UMT5 and CLIP towers are random (seed ``--seed``) frozen feature extractors: the DiT learns to read them during
@@ -29,7 +29,9 @@ from fourdnex_jax.utils.errors import InputError
 from fourdnex_jax.utils.resources import config_path
 
 CONFIG = config_flags.DEFINE_config_file("config", str(config_path("tiny")), "Experiment config (--step encode: "
-                                         "the DiT architecture and the text length).", lock_config=True)
+                                         "the DiT architecture and the text length; --step assemble: its "
+                                         "sample section's preset fields, e.g. --config.sample.max_area=1536, "
+                                         "override the stage's sampling preset).", lock_config=True)
 _STEP = flags.DEFINE_enum("step", None, ["encode", "assemble"], "encode: towers + encoded dataset; assemble: the "
                           "bundle from the stage and a training run.", required=True)
 _VAE = flags.DEFINE_string("vae", None, "encode: folder with vae/ and configs/vae.json (fourdnex train-tiny-vae); "
@@ -120,6 +122,10 @@ def cmd_assemble() -> int:
         if changed or old.keys() != new.keys():
             raise InputError(f"--vae {_VAE.value}: its encoder differs from the staged VAE's ({changed[:3]}...); the "
                              "DiT was trained on latents of the staged encoder (use --train-part decoder)")
+    from fourdnex_jax.pipelines.settings import PRESET_FIELDS
+
+    given = {k: CONFIG.value.sample[k] for k in PRESET_FIELDS if CONFIG.value.sample.get(k) is not None}
+    preset = dataclasses.replace(stage.preset, **given)  # what the bundle is meant to sample with (manifest.json)
     step, meta = read_meta(_RUN.value)
     dit = load_trained_model(_RUN.value)
     missing = [p for p in _VAE_REPORT.value if not Path(p).is_file()]
@@ -132,7 +138,7 @@ def cmd_assemble() -> int:
                 image_encoder=stage.image_encoder, tokenizer_dir=Path(_STAGE.value) / "tokenizer",
                 clip_preprocess={"size": dict(stage.clip_preprocess.size),
                                  "crop_size": dict(stage.clip_preprocess.crop_size)},
-                preset=stage.preset, spec=stage.spec, scheduler=stage.scheduler, info=info)
+                preset=preset, spec=stage.spec, scheduler=stage.scheduler, info=info)
     size = sum(p.stat().st_size for p in Path(_OUT.value).rglob("*") if p.is_file())
     print(f"make-tiny-bundle: {_OUT.value} ({size / 1e6:.1f} MB), DiT step {step}")
     return 0
