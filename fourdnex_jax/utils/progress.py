@@ -15,20 +15,25 @@ def line_open() -> bool:
 
 
 class Progress:
-    """``label: n/total ... elapsed`` on one stderr line, updated in place every ``every`` items (default: 20
-    updates in all) and at the end, where the line is closed."""
+    """``label: n/total ... elapsed`` on stderr every ``every`` items and at the end. On a terminal one line is
+    updated in place (default: 20 updates in all) and closed at the end; elsewhere (a log file, a pipe) each
+    update is a line of its own (default: 4 in all), so a log stays readable."""
 
     def __init__(self, total: int, label: str, every: int | None = None):
         self.total, self.label, self.n = total, label, 0
-        self.every = every or max(1, total // 20)
+        self.in_place = sys.stderr.isatty()
+        self.every = every or max(1, total // (20 if self.in_place else 4))
         self.t0 = time.perf_counter()
 
     def update(self, n: int = 1, info: str = "") -> None:
         self.n += n
         if self.n == self.total or self.n % self.every == 0:
             elapsed = time.perf_counter() - self.t0
-            print(f"\r{self.label}: {self.n}/{self.total} {info} [{elapsed:.1f}s]", end="", file=sys.stderr,
-                  flush=True)
+            text = f"{self.label}: {self.n}/{self.total} {info} [{elapsed:.1f}s]"
+            if not self.in_place:
+                print(text, file=sys.stderr, flush=True)
+                return
+            print("\r" + text, end="", file=sys.stderr, flush=True)
             _LINE_OPEN[0] = True
             if self.n >= self.total:
                 print(file=sys.stderr, flush=True)
