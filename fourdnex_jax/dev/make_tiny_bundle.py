@@ -122,10 +122,10 @@ def cmd_assemble() -> int:
         if changed or old.keys() != new.keys():
             raise InputError(f"--vae {_VAE.value}: its encoder differs from the staged VAE's ({changed[:3]}...); the "
                              "DiT was trained on latents of the staged encoder (use --train-part decoder)")
-    from fourdnex_jax.pipelines.settings import PRESET_FIELDS
+    from fourdnex_jax.pipelines.settings import SampleSettings
 
-    given = {k: CONFIG.value.sample[k] for k in PRESET_FIELDS if CONFIG.value.sample.get(k) is not None}
-    preset = dataclasses.replace(stage.preset, **given)  # what the bundle is meant to sample with (manifest.json)
+    # what the bundle is meant to sample with (manifest.json): the stage's preset, then the config's preset fields
+    preset = SampleSettings.from_config(CONFIG.value.sample, stage.preset).preset
     step, meta = read_meta(_RUN.value)
     dit = load_trained_model(_RUN.value)
     missing = [p for p in _VAE_REPORT.value if not Path(p).is_file()]
