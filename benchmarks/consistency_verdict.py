@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -69,6 +68,14 @@ def _perturb_xyz(case: str, x: np.ndarray, fg: np.ndarray | None, rng: np.random
     raise ValueError(case)
 
 
+def _median_or_none(values: list[float]) -> float | None:
+    return float(np.median(values)) if values else None
+
+
+def _deg(value: float | None) -> str:
+    return "n/a (no camera)" if value is None else f"{value:.2f} deg"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clips", required=True)
@@ -102,7 +109,9 @@ def main(argv=None) -> int:
             per_clip.append({"clip": c.clip_id, "frames_registered": reg.status.num_registered,
                              "consistent": reg.clip.consistent, "reason": reg.clip.reason,
                              "min_agreement": min(agree) if agree else None,
-                             "rot_err_deg": rotation_angle_deg(rel)[1:].round(3).tolist()})
+                             # null: a frame without a camera (strict JSON has no NaN)
+                             "rot_err_deg": [v if np.isfinite(v) else None
+                                             for v in rotation_angle_deg(rel)[1:].round(3).tolist()]})
         if not per_clip:
             print(f"{case}: skipped (no clip has the pixels it needs)")
             continue
@@ -112,16 +121,17 @@ def main(argv=None) -> int:
             "frames_registered": int(sum(r["frames_registered"] for r in per_clip)),
             "consistent": int(sum(r["consistent"] for r in per_clip)),
             "min_agreement": [None if r["min_agreement"] is None else round(r["min_agreement"], 3) for r in per_clip],
-            "rot_err_median_deg": float(np.median(np.concatenate([r["rot_err_deg"] for r in per_clip]))),
+            "rot_err_median_deg": _median_or_none([v for r in per_clip for v in r["rot_err_deg"] if v is not None]),
             "reasons": dict(reasons), "per_clip": per_clip}
         r = rows[case]
         print(f"{case}: frames registered {r['frames_registered']}/{r['frames']}, consistent {r['consistent']}/"
-              f"{r['clips']}, rotation error median {r['rot_err_median_deg']:.2f} deg, lowest pair agreement "
+              f"{r['clips']}, rotation error median {_deg(r['rot_err_median_deg'])}, lowest pair agreement "
               f"per clip {r['min_agreement']}, {r['reasons']}", flush=True)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump({"clips": args.clips, "split": args.split, "dome_radius": args.dome_radius, "cases": rows}, f,
-                      indent=1)
+        from fourdnex_jax.media.io import atomic_save_json
+
+        atomic_save_json(args.out, {"clips": args.clips, "split": args.split, "dome_radius": args.dome_radius,
+                                    "cases": rows})
     return 0
 
 

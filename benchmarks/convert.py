@@ -58,7 +58,7 @@ def write_checkpoint(directory: Path, dim: int, layers: int, shard_bytes: int) -
         entries += [(k, tuple(tshape), np.dtype(ml_dtypes.bfloat16)) for k in table.torch_keys(rule)]
     entries.sort(key=lambda e: (int(e[0].split(".")[1]) if e[0].startswith("blocks.") else -1, e[0]))
     directory.mkdir(parents=True)
-    (directory / "config.json").write_text(json.dumps(hf))
+    (directory / "config.json").write_text(json.dumps(hf, allow_nan=False))
     writer = ShardedSafetensorsWriter(directory, "diffusion_pytorch_model", entries, max_shard_bytes=shard_bytes)
     rng = np.random.default_rng(0)
     for key, shape, _ in entries:
@@ -144,7 +144,7 @@ def main() -> int:
             "source_passes": manifest["models"]["transformer"]["source_passes"],
             "converter_summary": res.stderr.strip().splitlines()[-1],
         }
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2, allow_nan=False))
     finally:
         if args.keep:
             print(f"kept {tmp}", file=sys.stderr)

@@ -85,8 +85,10 @@ def main(argv=None) -> int:
         mb = args.batch_size * args.frames * args.height * args.width * 6 * 4 / 2 ** 20
         print(f"loader, {threads} reader threads, {workers} worker processes: {rate:.1f} batches/s "
               f"({rate * mb:.0f} MiB/s of float32 RGB+XYZ, batch {args.batch_size})")
-    (work / "benchmark.json").write_text(json.dumps(res, indent=2))
-    print(json.dumps(res))
+    from fourdnex_jax.media.io import atomic_save_json
+
+    atomic_save_json(work / "benchmark.json", res)
+    print(json.dumps(res, allow_nan=False))
     return 0
 
 
