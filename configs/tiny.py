@@ -1,4 +1,5 @@
-"""Tiny 4DNeX DiT for CPU tests, benchmarks and the bundled demo (2 layers, dim 64).
+"""Tiny 4DNeX DiT for CPU tests and benchmarks (2 layers, dim 64); the bundled demo's DiT is this config with
+4 heads (dim 128), FFN 256 and 4 layers, trained whole (the exact command: docs/tiny_model.md).
 
 Its sampling preset is ``fourdnex_jax.recipe.SAMPLING_PRESETS["tiny"]`` (recorded in checkpoints/tiny).
 Variants (``--config configs/tiny.py:optim=reference_effective``): ``optim`` names the optimizer preset (default

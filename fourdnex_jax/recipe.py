@@ -197,8 +197,8 @@ SAMPLING_PRESETS = {
     "wan21_i2v_14b_480p": SamplingPreset(num_frames=49, max_area=480 * 720, num_steps=50, guidance_scale=5.0,
                                          negative_prompt="", text_len=512, flow_shift=3.0, solver="unipc",
                                          sigma_schedule="diffusers_0_34"),
-    # The shipped tiny model (checkpoints/tiny): 9 frames at 64 x 96, no CFG (it never saw a dropped caption).
-    "tiny": SamplingPreset(num_frames=9, max_area=64 * 96, num_steps=20, guidance_scale=1.0, negative_prompt="",
+    # The shipped tiny model (checkpoints/tiny): 9 frames at 32 x 48, no CFG (it never saw a dropped caption).
+    "tiny": SamplingPreset(num_frames=9, max_area=32 * 48, num_steps=20, guidance_scale=1.0, negative_prompt="",
                            text_len=16, flow_shift=3.0, solver="unipc", sigma_schedule="diffusers_0_34"),
 }
 

@@ -116,7 +116,7 @@ def test_14b_sampling_and_lora_values():
     assert set(cfg.lora_targets) == {"to_q", "to_k", "to_v", "to_out.0"}
     assert cfg.modality_layout == recipe.MODALITY_LAYOUT
     tiny = recipe.SAMPLING_PRESETS["tiny"]
-    assert (tiny.num_frames, tiny.max_area, tiny.num_steps, tiny.guidance_scale, tiny.text_len) == (9, 64 * 96, 20,
+    assert (tiny.num_frames, tiny.max_area, tiny.num_steps, tiny.guidance_scale, tiny.text_len) == (9, 32 * 48, 20,
                                                                                                    1.0, 16)
 
 

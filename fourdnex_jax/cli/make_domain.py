@@ -6,7 +6,8 @@ on an unlike input (a real photo) says so once (fourdnex_jax/pipelines/domain.py
 
 Statistics from the first frames of synthetic ``train`` clips 0..train-1; the threshold from ``heldout`` clips
 16..16+heldout-1 (clips 0..15 are the held-out evaluation scenes, the bundled example among them, and stay out),
-rendered as the bundle's training clips were (``--height``, ``--width``, ``--dome-radius``: synth-data's flags).
+rendered as the bundle's training clips were (``--height``, ``--width``, ``--dome-radius``: synth-data's flags;
+the defaults are the shipped tiny model's, ``synthetic.TINY_*``).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ EVAL_SCENES = 16
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Bundle folder to write domain.json into.", required=True)
 _TRAIN = flags.DEFINE_integer("train", 200, "Synthetic train clips to measure.")
 _HELDOUT = flags.DEFINE_integer("heldout", 100, "Synthetic held-out clips for the threshold.")
-_HEIGHT = flags.DEFINE_integer("height", synthetic.DEFAULT_HEIGHT, "Frame height the training clips were rendered at.")
-_WIDTH = flags.DEFINE_integer("width", synthetic.DEFAULT_WIDTH, "Frame width the training clips were rendered at.")
-_DOME = flags.DEFINE_float("dome-radius", synthetic.DOME_RADIUS, "Sky dome radius of the training clips.")
+_HEIGHT = flags.DEFINE_integer("height", synthetic.TINY_HEIGHT, "Frame height the training clips were rendered at.")
+_WIDTH = flags.DEFINE_integer("width", synthetic.TINY_WIDTH, "Frame width the training clips were rendered at.")
+_DOME = flags.DEFINE_float("dome-radius", synthetic.TINY_DOME_RADIUS, "Sky dome radius of the training clips.")
 
 
 def main(argv) -> int:

@@ -32,6 +32,8 @@ DOME_RADIUS = 40.0
 # 21 m at radius 40): at radius 12 an error of 0.01 in the normalised pointmap costs 1.4 px on the foreground at
 # 64 x 96 instead of 3.6 px (docs/tiny_model.md), which is what lets a tiny VAE + DiT reach registrable geometry.
 TINY_DOME_RADIUS = 12.0
+# The shipped tiny model's frame size (checkpoints/tiny: trained, sampled and evaluated at 32 x 48).
+TINY_HEIGHT, TINY_WIDTH = 32, 48
 
 PALETTE = {  # named colours, so captions describe what is rendered
     "red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 200), "yellow": (230, 200, 40),

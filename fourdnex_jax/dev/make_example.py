@@ -26,8 +26,8 @@ _OUT = flags.DEFINE_string("out", "examples", "Folder to write the three files i
 _SPLIT = flags.DEFINE_enum("split", "heldout", sorted(synthetic.SPLIT_OFFSETS), "Split of the clip.")
 _INDEX = flags.DEFINE_integer("index", 0, "Clip index in the split.")
 _FRAMES = flags.DEFINE_integer("frames", 9, "Frames of the ground truth.")
-_HEIGHT = flags.DEFINE_integer("height", 32, "Frame height.")
-_WIDTH = flags.DEFINE_integer("width", 48, "Frame width.")
+_HEIGHT = flags.DEFINE_integer("height", synthetic.TINY_HEIGHT, "Frame height.")
+_WIDTH = flags.DEFINE_integer("width", synthetic.TINY_WIDTH, "Frame width.")
 _DOME = flags.DEFINE_float("dome-radius", synthetic.TINY_DOME_RADIUS, "Sky dome radius.")
 
 

@@ -149,8 +149,8 @@ def export_model(directory: Path, name: str, out: Path, record: dict | None, *, 
 def export_adapter(directory: Path, out: Path, record: dict | None) -> dict[str, Any]:
     """The 4DNeX release format (see the module docstring); returns its manifest entry."""
     config, _ = read_config(directory, "transformer")
-    if not config.lora_rank:
-        raise ValueError(f"{directory}: the transformer config has no LoRA (lora_rank=0): nothing to export")
+    # a model trained whole (lora_rank 0): its weights are the exported transformer; the adapter folder then holds
+    # the domain embeddings and an empty LoRA file, which the 4DNeX loading code and `fourdnex convert` both read
     variables = params.flat_variables(abstract_model(config), TRAINABLE)
     flat = {p: np.asarray(v) for p, v in restore_flat(directory / ADAPTER_CHECKPOINT,
                                                        sharded_targets(variables, None, ())).items()}
@@ -164,6 +164,15 @@ def export_adapter(directory: Path, out: Path, record: dict | None) -> dict[str,
     target = out / "adapter"
     files = write_adapter(target, lora, domain)
     scale = config.lora_scale
+    if not config.lora_rank:
+        (target / "README.md").write_text(
+            "# 4DNeX adapter exported by fourdnex_jax\n\nThe model was trained whole (no LoRA): its weights are the "
+            f"exported `transformer/` folder, `{LORA_FILE}` is empty"
+            + (f" and `{DOMAIN_FILE}` holds the (2, {domain.shape[1]}) domain embeddings" if domain is not None else "")
+            + ".\n")
+        return {"folder": "adapter", "rank": 0, "targets": [], "effective_scale": 0.0, "fuse_lora_scale": 0.0,
+                "alpha_metadata": None, "domain_embeddings": domain is not None,
+                "files": {f.name: manifest_lib.file_record(f) for f in files}}
     readme = (f"# 4DNeX adapter exported by fourdnex_jax\n\n"
               f"`{LORA_FILE}` holds peft LoRA weights (rank {config.lora_rank}, targets {list(config.lora_targets)}) "
               f"with `transformer.`-prefixed keys and no alpha metadata, like the 4DNeX release"
@@ -210,7 +219,8 @@ def export(src: str | Path, out: str | Path, *, models: Iterable[str] | None = N
             log(f"{name}: {entry['tensors']} tensors, {entry['bytes'] / 1e9:.2f} GB in {entry['seconds']:.1f} s")
         if adapter and (src / ADAPTER_CHECKPOINT).exists():
             manifest["adapter"] = export_adapter(src, tmp, source_manifest.get("adapter"))
-            log(f"adapter: load_lora_weights + fuse_lora(lora_scale={manifest['adapter']['fuse_lora_scale']:g})")
+            log("adapter: domain embeddings only (the model was trained whole)" if not manifest["adapter"]["rank"]
+                else f"adapter: load_lora_weights + fuse_lora(lora_scale={manifest['adapter']['fuse_lora_scale']:g})")
         for name in COPIED_COMPONENTS:
             if (src / name).is_dir():
                 shutil.copytree(src / name, tmp / name)

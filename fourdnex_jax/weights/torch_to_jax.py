@@ -244,7 +244,8 @@ FOURDNEX_LORA_TARGETS = ("to_k", "to_out.0", "to_q", "to_v")
 def adapter_problems(adapter: Adapter, *, allow_no_domain_embeddings: bool = False,
                      lora_targets: Sequence[str] | None = FOURDNEX_LORA_TARGETS) -> list[str]:
     """What makes ``adapter`` another model than the one asked for: a missing domain-embedding file (4DNeX's
-    adapter always has one) and LoRA targets other than ``lora_targets`` (None: any targets)."""
+    adapter always has one) and LoRA targets other than ``lora_targets`` (None: any targets; an empty adapter has
+    none)."""
     from fourdnex_jax.weights.adapter import DOMAIN_FILE, LORA_FILE
 
     problems = []
@@ -252,7 +253,8 @@ def adapter_problems(adapter: Adapter, *, allow_no_domain_embeddings: bool = Fal
         problems.append(f"{DOMAIN_FILE} missing next to {LORA_FILE}: the 4DNeX adapter has learned domain "
                         "embeddings and a model without them is another model; add the file, or pass "
                         "--allow-no-domain-embeddings to convert a LoRA without them")
-    if lora_targets is not None and sorted(adapter.targets) != sorted(lora_targets):
+    # an empty LoRA file (rank 0: a model trained whole, its weights in the transformer folder) has no targets
+    if lora_targets is not None and adapter.rank and sorted(adapter.targets) != sorted(lora_targets):
         problems.append(f"LoRA targets {sorted(adapter.targets)} differ from the expected {sorted(lora_targets)} "
                         "(e.g. keys of one attention missing: an incomplete or other adapter); pass "
                         "--lora-targets " + ",".join(sorted(adapter.targets)) + " to convert it as it is")

@@ -254,11 +254,12 @@ def test_shipped_model_beats_the_plane_prior_on_heldout_scenes():
     bundle = bundle_lib.load_bundle()
     s = SampleSettings.from_config(cfg.sample, bundle.preset)
     pipe = ImageTo4D.from_bundle(bundle, s)
-    height, width = 64, 96  # the training frame; the aspect rule keeps it as it is
+    height, width = synthetic.TINY_HEIGHT, synthetic.TINY_WIDTH  # the training frame; the aspect rule keeps it
     assert pipe.sample_size(np.zeros((height, width, 3), np.uint8)) == (height, width)
     clips = []
     for i in range(8):
-        clip_id, a, caption = synthetic.generate_clip("heldout", i, s.num_frames, height, width)
+        clip_id, a, caption = synthetic.generate_clip("heldout", i, s.num_frames, height, width,
+                                                      synthetic.TINY_DOME_RADIUS)
         raw = RawClip(clip_id=clip_id, rgb=a["images"], c2w=a["cam_c2w"], K=a["intrinsics"], depth=a["depths"],
                       dynamic_mask=a["dynamic_mask"], caption=caption, source="synthetic")
         clips.append(to_clip6d(raw, ClipConfig(num_frames=s.num_frames, height=height, width=width)))
@@ -287,7 +288,7 @@ def test_generate_portrait_with_the_shipped_bundle(tmp_path):
             "--checkpoint", str(ROOT / "checkpoints" / "tiny"), "--nopostprocess", "--config.sample.num_steps=2"]
     env = {**__import__("os").environ, "JAX_PLATFORMS": "cpu"}
     tiny = SAMPLING_PRESETS["tiny"]
-    for mode, (h, w) in (("aspect", (104, 56)), ("cover_crop", (64, 96))):
+    for mode, (h, w) in (("aspect", (52, 28)), ("cover_crop", (32, 48))):  # 1536 px, multiples of 4
         out = tmp_path / mode
         res = subprocess.run(base + ["--out", str(out), f"--config.sample.resize_mode={mode}"], capture_output=True,
                              text=True, timeout=600, env=env)

@@ -27,7 +27,7 @@ from fourdnex_jax.weights.safetensors import CheckpointFileError, read_header
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "checkpoints" / "tiny"
-BIG = "transformer/ocdbt.process_0/d/a689b1287424c7ff217d6e5dab3c1963"  # the DiT's largest data file
+BIG = "transformer/ocdbt.process_0/d/874c8a1e43920e18fa88f743db203435"  # the DiT's largest data file
 
 
 @pytest.fixture(autouse=True)
@@ -141,11 +141,11 @@ def test_verify_command_prints_one_summary_line(bundle):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     ok = subprocess.run([sys.executable, "-m", "fourdnex_jax", "verify", str(bundle)], capture_output=True,
                         text=True, env=env, timeout=300)
-    assert ok.returncode == 0 and ok.stdout.count("\n") == 1 and ": OK: 67 files" in ok.stdout, ok
+    assert ok.returncode == 0 and ok.stdout.count("\n") == 1 and ": OK: 65 files" in ok.stdout, ok
     _flip(bundle / BIG)
     bad = subprocess.run([sys.executable, "-m", "fourdnex_jax", "verify", str(bundle)], capture_output=True,
                          text=True, env=env, timeout=300)
-    assert bad.returncode == 1 and bad.stdout.count("\n") == 1 and "DAMAGED: 1 of 67" in bad.stdout, bad
+    assert bad.returncode == 1 and bad.stdout.count("\n") == 1 and "DAMAGED: 1 of 65" in bad.stdout, bad
     assert "Traceback" not in bad.stderr
 
 

@@ -180,6 +180,16 @@ def test_lossy_cast_messages_suggest_a_fix_that_applies(tmp_path):
     assert "int64" in k and "not a weight of this model" in k and "--param-dtype" not in k
 
 
+def _flat(bundle_dir) -> dict:
+    """{path: array} of a bundle's transformer (the weights and the domain embeddings)."""
+    from flax import nnx
+
+    from fourdnex_jax.weights.restore import restore_model
+
+    state = nnx.to_flat_state(nnx.state(restore_model(bundle_dir, "transformer")))
+    return {"/".join(map(str, k)): np.asarray(v.get_value()) for k, v in state}
+
+
 def test_export_of_the_shipped_bundle_round_trips_and_is_published_as_a_unit(tmp_path):
     out = tmp_path / "export"
     m = export(ROOT / "checkpoints" / "tiny", out, progress=False)
@@ -191,13 +201,15 @@ def test_export_of_the_shipped_bundle_round_trips_and_is_published_as_a_unit(tmp
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no temporary sibling left
     with pytest.raises(OutputExistsError, match="--overwrite"):
         export(ROOT / "checkpoints" / "tiny", out, progress=False)
-    # and back: the exported folder converts; the tiny model's adapter targets more than 4DNeX's, so it needs
-    # them named (the default expects the 4DNeX release's)
-    with pytest.raises(ConversionError, match="--lora-targets add_k_proj,add_v_proj,ffn.net.0.proj"):
-        convert(out, tmp_path / "again", adapter=out / "adapter", preset="tiny", progress=False)
-    back = convert(out, tmp_path / "again", adapter=out / "adapter", preset="tiny", progress=False,
-                   lora_targets=m["adapter"]["targets"])
+    # the tiny model was trained whole: its adapter is the domain embeddings and an empty LoRA file
+    assert (m["adapter"]["rank"], m["adapter"]["targets"], m["adapter"]["domain_embeddings"]) == (0, [], True)
+    # and back: the exported folder converts, to the same DiT weights
+    back = convert(out, tmp_path / "again", adapter=out / "adapter", preset="tiny", progress=False)
     assert back["adapter"]["domain_embeddings"] is True
+    shipped, again = _flat(ROOT / "checkpoints" / "tiny"), _flat(tmp_path / "again")
+    assert sorted(again) == sorted(shipped)
+    for name, value in again.items():
+        np.testing.assert_array_equal(value, shipped[name], err_msg=name)
     with pytest.raises(InputError, match="no such folder"):
         export(tmp_path / "nope", tmp_path / "x", progress=False)
 
