@@ -103,9 +103,9 @@ def main() -> None:
     report["speedup_total"] = round(report["full"]["total_s"] / report["draft"]["total_s"], 1)
     report["speedup_decode"] = round(report["full"]["decode_s"] / report["draft"]["decode_s"], 1)
     report["speedup_total_cpu"] = round(report["full"]["total_cpu_s"] / report["draft"]["total_cpu_s"], 1)
-    print(json.dumps(report, indent=2))
+    print(json.dumps(report, indent=2, allow_nan=False))
     if args.out:
-        Path(args.out).write_text(json.dumps(report, indent=2))
+        Path(args.out).write_text(json.dumps(report, indent=2, allow_nan=False))
 
 
 if __name__ == "__main__":

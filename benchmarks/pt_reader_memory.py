@@ -47,7 +47,7 @@ try:
     out = tp.load_pt(sys.argv[1]); outcome = f"parsed ({len(out) if isinstance(out, dict) else 1} tensors)"
 except tp.PtFormatError as e:
     outcome = "refused: " + str(e).split(": ", 1)[-1][:70]
-print(json.dumps({"outcome": outcome, "peak_growth_bytes": status("VmHWM") - before}))
+print(json.dumps({"outcome": outcome, "peak_growth_bytes": status("VmHWM") - before}, allow_nan=False))
 """
 
 

@@ -122,7 +122,7 @@ def main(argv=None) -> int:
                       seconds_no_compile=ref["seconds_no_compile"], final_loss=ref["loss"])
         rows.append({"scene": i, "closed_form": ours, "adam_reference": theirs,
                      "speedup": theirs["seconds"] / secs, "speedup_no_compile": theirs["seconds_no_compile"] / secs})
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps(rows[-1], allow_nan=False), flush=True)
     summ = {}
     for m in ("closed_form", "adam_reference"):
         keys = [k for k, v in rows[0][m].items() if isinstance(v, float)]
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     summ["speedup_total_time"] = summ["adam_reference"]["seconds"] / summ["closed_form"]["seconds"]
     summ["speedup_total_time_no_compile"] = (summ["adam_reference"]["seconds_no_compile"]
                                              / summ["closed_form"]["seconds"])
-    print(json.dumps({"settings": vars(a), "summary": summ}, indent=2))
+    print(json.dumps({"settings": vars(a), "summary": summ}, indent=2, allow_nan=False))
     print(_table(summ))
     if a.out:
         Path(a.out).write_text(json.dumps({"settings": vars(a), "summary": summ, "rows": rows}, indent=2))

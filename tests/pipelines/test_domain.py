@@ -89,11 +89,16 @@ def test_example_in_domain_photo_out_of_domain(dom):
     assert domain.notice([ex], ["example.png"], "checkpoints/tiny") is None
 
 
+def _rms_domain(dom: dict) -> dict:
+    """``dom`` without its precision matrix: ``domain.distance`` is then the RMS z-score, the check used before."""
+    return {k: v for k, v in dom.items() if k != "precision"}
+
+
 def _rms_threshold(dom: dict) -> float:
     """The threshold the RMS z-score (the check before the Mahalanobis one) has on this domain: the margin times
     the largest RMS z-score of make-domain's held-out images."""
     h, w, r = synthetic.TINY_HEIGHT, synthetic.TINY_WIDTH, synthetic.TINY_DOME_RADIUS
-    rms = {k: v for k, v in dom.items() if k != "precision"}
+    rms = _rms_domain(dom)
     firsts = (synthetic.generate_clip("heldout", i, 1, h, w, r)[1]["images"][0] for i in range(16, 116))
     return domain.THRESHOLD_MARGIN * max(domain.distance(rms, domain.image_features(im)) for im in firsts)
 
@@ -110,7 +115,7 @@ def test_retina_photo_is_flagged(dom, rms_threshold, seed, size):
     assert check["in_domain"] is False and check["distance"] > 1.4 * check["threshold"], check
     # the stand-in is as hard as the real photo was: its RMS z-score is within 10% of the RMS check's threshold
     # (the real photo scored 2.16 against 2.18), so that check could not tell it from a synthetic image
-    rms = domain.distance({k: v for k, v in dom.items() if k != "precision"}, domain.image_features(image))
+    rms = domain.distance(_rms_domain(dom), domain.image_features(image))
     assert 0.9 * rms_threshold < rms < 1.1 * rms_threshold, (rms, rms_threshold)
 
 
@@ -156,7 +161,7 @@ def test_fit_domain_threshold_and_undeclared_domain(tmp_path):
 def test_domain_without_precision_is_the_rms_z_score_and_bad_fields_are_refused(dom, tmp_path):
     f = domain.image_features(read_image(EXAMPLE))
     z = (f - np.asarray(dom["mean"])) / np.asarray(dom["std"])
-    old = {k: v for k, v in dom.items() if k != "precision"}  # a domain.json written before the covariance
+    old = _rms_domain(dom)  # a domain.json written before the covariance
     assert domain.distance(old, f) == pytest.approx(float(np.sqrt(np.mean(z * z))))
     (tmp_path / "domain.json").write_text(json.dumps(old))
     assert "precision" not in domain.load_domain(tmp_path)
@@ -193,7 +198,7 @@ def figures() -> dict:
     """The README's figures for the shipped bundle, as the tests above check them:
     ``python -m tests.pipelines.test_domain``."""
     dom = domain.load_domain(bundle.DEFAULT_BUNDLE)
-    rms = {k: v for k, v in dom.items() if k != "precision"}
+    rms = _rms_domain(dom)
     h, w, r = synthetic.TINY_HEIGHT, synthetic.TINY_WIDTH, synthetic.TINY_DOME_RADIUS
 
     def dist(image, domain_=dom):

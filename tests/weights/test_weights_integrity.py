@@ -214,6 +214,23 @@ def test_export_of_the_shipped_bundle_round_trips_and_is_published_as_a_unit(tmp
         export(tmp_path / "nope", tmp_path / "x", progress=False)
 
 
+def test_export_of_a_lora_bundle_round_trips(tmp_path):
+    """A bundle with a LoRA (the 4DNeX case): the adapter exports in the release format and converts back, with
+    the default (4DNeX) targets, to the same DiT weights, LoRA and domain embeddings included."""
+    from fourdnex_jax.testing.random_models import write_random_bundle
+
+    src = write_random_bundle(tmp_path / "bundle")
+    m = export(src, tmp_path / "export", progress=False)
+    assert m["adapter"]["rank"] > 0 and m["adapter"]["domain_embeddings"] is True
+    back = convert(tmp_path / "export", tmp_path / "again", adapter=tmp_path / "export" / "adapter", preset="tiny",
+                   progress=False)
+    assert back["adapter"]["domain_embeddings"] is True
+    original, again = _flat(src), _flat(tmp_path / "again")
+    assert sorted(again) == sorted(original) and any("lora" in k for k in original)
+    for name, value in again.items():
+        np.testing.assert_array_equal(value, original[name], err_msg=name)
+
+
 def test_checkpoint_file_index_names_a_missing_or_truncated_file(tmp_path):
     """save_flat lists its files; a removed or cut data file is reported by name before orbax reads anything, and
     the intact checkpoint restores unchanged (orbax ignores the index)."""
