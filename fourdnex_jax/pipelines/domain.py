@@ -41,7 +41,7 @@ from fourdnex_jax.weights import manifest as manifest_lib
 DOMAIN_FILE = "domain.json"
 FEATURES = ("luminance_mean", "luminance_std", "saturation_mean", "gradient_median", "flat_fraction",
             "edge_fraction", "laplacian_median", "colours_4bit")
-SIZE = (64, 96)  # (H, W) the statistics are measured at (the tiny model's sampling size)
+SIZE = (64, 96)  # (H, W) every image is resampled to before its statistics are measured (domain.json: size)
 THRESHOLD_MARGIN = 1.5
 RIDGE = 0.01  # added to the z-scores' covariance before inverting: a feature constant over the training images
               # (or fewer images than features) must not make the inverse blow up
